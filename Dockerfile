@@ -1,0 +1,27 @@
+# CPU image of the dashboard on the embedded default (SQLite + LocalCluster). For GPU see the README.
+FROM python:3.12-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    HELICAL_PLATFORM_HOME=/data \
+    HELICAL_PLATFORM_ADDRESS=0.0.0.0 \
+    HELICAL_PLATFORM_PORT=5006 \
+    HELICAL_PLATFORM_ALLOW_ORIGIN=localhost:5006
+
+WORKDIR /opt/helical-platform
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY dashboards ./dashboards
+COPY inference ./inference
+COPY store ./store
+COPY panel_serve.py ./
+RUN pip install --no-cache-dir . && useradd --create-home --uid 1000 helical \
+    && mkdir -p /data && chown helical /data
+
+USER helical
+VOLUME ["/data"]
+EXPOSE 5006
+HEALTHCHECK --interval=30s --timeout=10s --start-period=90s --retries=3 \
+  CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://localhost:{os.environ[\"HELICAL_PLATFORM_PORT\"]}/', timeout=8)"
+CMD panel serve panel_serve.py --index panel_serve \
+    --address "$HELICAL_PLATFORM_ADDRESS" --port "$HELICAL_PLATFORM_PORT" \
+    --allow-websocket-origin "$HELICAL_PLATFORM_ALLOW_ORIGIN"

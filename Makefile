@@ -1,0 +1,39 @@
+# The README's two commands: `make serve` and `make test`. Each creates .venv (Python 3.12) when it is
+# missing, of another Python, or older than pyproject.toml, and otherwise reuses it.
+
+SHELL := /bin/bash
+VENV ?= .venv
+STAMP := $(VENV)/.installed
+HELICAL_PLATFORM_PORT ?= 5006
+HELICAL_PLATFORM_ADDRESS ?= localhost
+# Python 3.12: python3.12 on PATH, else pyenv's, else PYTHON312=/path/to/python3.12 make ...
+PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python 2>/dev/null | tail -n 1)
+
+.PHONY: serve test lint venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if ! $(VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then \
+	  test -n "$(PYTHON312)" || { echo "Python 3.12 not found: install it (e.g. pyenv install 3.12) or set PYTHON312=/path/to/python3.12" >&2; exit 1; }; \
+	  echo "creating $(VENV) with $(PYTHON312)"; rm -rf $(VENV); $(PYTHON312) -m venv $(VENV); \
+	fi
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+serve: $(STAMP)
+	@echo "Helical AI Platform: http://$(HELICAL_PLATFORM_ADDRESS):$(HELICAL_PLATFORM_PORT)/"
+	HELICAL_PLATFORM_PORT=$(HELICAL_PLATFORM_PORT) HELICAL_PLATFORM_ADDRESS=$(HELICAL_PLATFORM_ADDRESS) \
+	  exec $(VENV)/bin/panel serve panel_serve.py --index panel_serve \
+	  --address $(HELICAL_PLATFORM_ADDRESS) --port $(HELICAL_PLATFORM_PORT) $(SERVE_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

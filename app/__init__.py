@@ -1,0 +1,1 @@
+"""The service: settings, catalog, datasets, runs and REST handlers. No Panel imports."""

@@ -1,0 +1,101 @@
+"""The catalog: applications and the models that serve them, seeded idempotently at every start."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from store.engine import read_session, write_session
+from store.tables import Application, ModelEntry
+
+CELL_TYPE_ANNOTATION = "cell-type-annotation"
+
+SEED_SOURCE = (
+    "Figure from the product's seed catalog (the design card's model table). It is not a published "
+    "benchmark and this platform has not measured it; see docs/BENCHMARKS.md for figures measured here."
+)
+
+SEED_APPLICATIONS = [
+    Application(
+        id=CELL_TYPE_ANNOTATION,
+        name="Cell type annotation",
+        description="Label every cell of a query dataset with a cell type learned from a labelled reference.",
+    ),
+]
+
+# Attributes a user sees; weights status is the platform's own finding and is kept across re-seeding.
+SEED_MODELS = [
+    dict(
+        id="geneformer",
+        name="Geneformer",
+        speed="fast",
+        accuracy=0.92,
+        accuracy_source=SEED_SOURCE,
+        description="Transformer model for scRNA-seq",
+        applications=[CELL_TYPE_ANNOTATION],
+        backend="geneformer",
+        variant="gf-6L-10M-i2048",
+    ),
+    dict(
+        id="scgpt",
+        name="scGPT",
+        speed="slow",
+        accuracy=0.95,
+        accuracy_source=SEED_SOURCE,
+        description="GPT-style model for single-cell",
+        applications=[CELL_TYPE_ANNOTATION],
+        backend="scgpt",
+        variant="whole-human",
+    ),
+    dict(
+        id="baseline",
+        name="Baseline (log1p + HVG + logistic regression)",
+        speed="fast",
+        accuracy=None,
+        accuracy_source="Measured by this platform on pbmc3k (held-out split); see docs/BENCHMARKS.md.",
+        description=(
+            "Normalise to 10k counts, log1p, highly variable genes of the reference, logistic regression "
+            "(scanpy + scikit-learn). No foundation model: the yardstick the others must beat."
+        ),
+        applications=[CELL_TYPE_ANNOTATION],
+        backend="baseline",
+        variant="",
+        weights_status="installed",
+        weights_detail="No pretrained weights: the classifier is trained on your reference.",
+    ),
+]
+SEEDED_FIELDS = ("name", "speed", "accuracy", "accuracy_source", "description", "applications", "backend",
+                 "variant")
+
+
+def seed_catalog(engine: Engine) -> None:
+    """Insert the seed rows that are missing and refresh seeded attributes of those present."""
+    with write_session(engine) as s:
+        for app in SEED_APPLICATIONS:
+            existing = s.get(Application, app.id)
+            if existing is None:
+                s.add(Application.model_validate(app.model_dump()))
+            else:
+                existing.name, existing.description = app.name, app.description
+                s.add(existing)
+        for seed in SEED_MODELS:
+            existing = s.get(ModelEntry, seed["id"])
+            if existing is None:
+                s.add(ModelEntry(**seed))
+                continue
+            for key in SEEDED_FIELDS:
+                setattr(existing, key, seed[key])
+            s.add(existing)
+
+
+def list_applications(engine: Engine) -> list[Application]:
+    with read_session(engine) as s:
+        return list(s.exec(select(Application).order_by(Application.name)))
+
+
+def list_models(engine: Engine, application_id: str | None = None) -> list[ModelEntry]:
+    with read_session(engine) as s:
+        models = list(s.exec(select(ModelEntry).order_by(ModelEntry.id)))
+    if application_id is not None:
+        models = [m for m in models if application_id in m.applications]
+    return models

@@ -1,0 +1,94 @@
+"""The Platform: one per server process, shared by every session (dashboard, REST API, notebook)."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+
+from app.catalog import list_applications, list_models, seed_catalog
+from app.settings import Settings
+from inference.cluster import Compute, start_compute
+from store.artifacts import ArtifactStore
+from store.engine import init_schema, make_engine
+from store.tables import Application, ModelEntry
+
+log = logging.getLogger(__name__)
+
+_shared: Platform | None = None
+_shared_lock = threading.Lock()
+
+
+class Platform:
+    """Database, data home and Dask cluster behind every view and API call.
+
+    The cluster starts in a background thread, so the first page is served while workers spawn.
+    """
+
+    def __init__(self, settings: Settings, start_cluster: bool = True) -> None:
+        self.settings = settings
+        self.artifacts = ArtifactStore(settings.home)
+        removed = self.artifacts.remove_partials()
+        if removed:
+            log.warning("removed %d partial files left by an interrupted write", len(removed))
+        self.engine = make_engine(settings.db_url)
+        self.schema_version = init_schema(self.engine)
+        seed_catalog(self.engine)
+        self._compute: Compute | None = None
+        self._compute_error: BaseException | None = None
+        self._compute_ready = threading.Event()
+        if start_cluster:
+            threading.Thread(target=self._start_compute, name="start-dask", daemon=True).start()
+
+    @classmethod
+    def shared(cls, settings: Settings | None = None) -> Platform:
+        """The process-wide Platform (``panel serve`` runs the app script once per session)."""
+        global _shared
+        with _shared_lock:
+            if _shared is None:
+                _shared = cls(settings or Settings.from_env())
+                atexit.register(_shared.close)
+            return _shared
+
+    def _start_compute(self) -> None:
+        s = self.settings
+        try:
+            self._compute = start_compute(s.scheduler_address, s.n_workers, s.threads_per_worker,
+                                          s.worker_memory_limit)
+        except BaseException as exc:  # reported to the user through compute_status
+            log.exception("could not start or reach the Dask cluster")
+            self._compute_error = exc
+        finally:
+            self._compute_ready.set()
+
+    def compute(self, timeout: float | None = 120) -> Compute:
+        """The Dask cluster, waiting for it to come up; raises with the reason if it could not."""
+        if not self._compute_ready.wait(timeout):
+            raise TimeoutError("The Dask cluster is still starting; try again in a moment.")
+        if self._compute is None:
+            where = self.settings.scheduler_address or "a LocalCluster"
+            raise RuntimeError(f"The Dask cluster ({where}) is not available: {self._compute_error}")
+        return self._compute
+
+    def compute_status(self) -> dict[str, object]:
+        if not self._compute_ready.is_set():
+            return {"state": "starting"}
+        if self._compute is None:
+            return {"state": "unavailable", "error": str(self._compute_error)}
+        return {"state": "ready", **self._compute.describe()}
+
+    def applications(self) -> list[Application]:
+        return list_applications(self.engine)
+
+    def models(self, application_id: str | None = None) -> list[ModelEntry]:
+        return list_models(self.engine, application_id)
+
+    def close(self) -> None:
+        self._compute_ready.wait(60)
+        if self._compute is not None:
+            try:
+                self._compute.close()
+            except Exception:  # closing at exit: nothing left to tell
+                log.debug("error while closing the Dask cluster", exc_info=True)
+            self._compute = None
+        self.engine.dispose()

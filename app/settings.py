@@ -1,0 +1,78 @@
+"""One settings object, read from the environment once per process (see the README's settings table)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "HELICAL_PLATFORM_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the platform cannot use; the message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number.") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    db_url: str
+    scheduler_address: str | None = None
+    port: int = 5006
+    address: str = "localhost"
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    worker_memory_limit: str = "auto"
+    max_upload_mb: int = 2048
+    files_root: Path | None = None
+    weights_dir: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        home = Path(env.get(ENV_PREFIX + "HOME") or Path.cwd() / "var").expanduser().resolve()
+        db_url = env.get(ENV_PREFIX + "DB_URL") or f"sqlite:///{home / 'platform.db'}"
+        cpus = os.cpu_count() or 1
+        files_root = env.get(ENV_PREFIX + "FILES_ROOT")
+        weights = env.get(ENV_PREFIX + "WEIGHTS")
+        return cls(
+            home=home,
+            db_url=db_url,
+            scheduler_address=env.get("DASK_SCHEDULER_ADDRESS") or None,
+            port=_int(env, ENV_PREFIX + "PORT", 5006, minimum=1),
+            address=env.get(ENV_PREFIX + "ADDRESS") or "localhost",
+            n_workers=_int(env, ENV_PREFIX + "WORKERS", max(1, min(2, cpus)), minimum=1),
+            threads_per_worker=_int(env, ENV_PREFIX + "THREADS_PER_WORKER", 1, minimum=1),
+            worker_memory_limit=env.get(ENV_PREFIX + "WORKER_MEMORY") or "auto",
+            max_upload_mb=_int(env, ENV_PREFIX + "MAX_UPLOAD_MB", 2048, minimum=1),
+            files_root=Path(files_root).expanduser().resolve() if files_root else None,
+            weights_dir=Path(weights).expanduser().resolve() if weights else home / "weights",
+        )
+
+    def describe(self) -> dict[str, str]:
+        """What the settings are, for the page and the logs (never a secret)."""
+        return {
+            "data home": str(self.home),
+            "database": _redact(self.db_url),
+            "dask": self.scheduler_address or f"LocalCluster ({self.n_workers} worker processes)",
+        }
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

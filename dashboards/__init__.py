@@ -1,0 +1,1 @@
+"""Panel views. They talk to the app layer only."""

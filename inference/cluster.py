@@ -1,0 +1,60 @@
+"""The Dask side: connect to a configured scheduler, or start a LocalCluster of worker processes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from distributed import Client, LocalCluster
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Compute:
+    """A client, and the LocalCluster behind it when the platform started one itself."""
+
+    client: Client
+    cluster: LocalCluster | None = None
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def describe(self) -> dict[str, object]:
+        info = self.client.scheduler_info()
+        workers = info.get("workers", {})
+        return {
+            "kind": "LocalCluster (started by the platform)" if self.cluster else "existing scheduler",
+            "scheduler": info.get("address", ""),
+            "workers": len(workers),
+            "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+            "gpus": sum(w.get("resources", {}).get("GPU", 0) for w in workers.values()),
+            "dashboard": self.client.dashboard_link,
+        }
+
+
+def start_compute(
+    scheduler_address: str | None,
+    n_workers: int = 2,
+    threads_per_worker: int = 1,
+    memory_limit: str = "auto",
+) -> Compute:
+    """Connect to ``scheduler_address``, or start a LocalCluster of worker processes when it is None.
+
+    Worker processes import the installed packages, never the server's working directory, so a spawned
+    worker finds the same code whatever folder ``panel serve`` was started from.
+    """
+    if scheduler_address:
+        log.info("connecting to the Dask scheduler at %s", scheduler_address)
+        return Compute(Client(scheduler_address, timeout="30s"))
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        memory_limit=memory_limit,
+        dashboard_address=":0",
+    )
+    log.info("started a LocalCluster of %s worker processes", n_workers)
+    return Compute(Client(cluster), cluster)

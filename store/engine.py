@@ -1,0 +1,108 @@
+"""Engine, sessions and schema for any SQLAlchemy URL, tuned for SQLite shared by a multi-user server.
+
+SQLite under concurrent writers fails with "database is locked" unless it runs in WAL mode, waits on a busy
+lock (busy_timeout), and starts read-then-write transactions with ``BEGIN IMMEDIATE`` (a deferred transaction
+that later upgrades to a write lock fails at once, without waiting). ``write_session`` does that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from store.tables import SCHEMA_VERSION, SchemaMeta
+
+BUSY_TIMEOUT_MS = 30_000
+
+# Ordered migrations: MIGRATIONS[n] takes a database at version n to n + 1, inside one write transaction.
+# A later schema change appends a function here and bumps SCHEMA_VERSION (docs/STORE.md explains).
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; for SQLite files, creates the parent folder and sets WAL and busy timeout."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+        # Let SQLAlchemy emit BEGIN itself (pysqlite's implicit BEGIN cannot be IMMEDIATE).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session whose transaction takes the write lock up front (SQLite) and commits on success."""
+    with Session(engine, expire_on_commit=False) as session:
+        if is_sqlite(engine):
+            session.connection(execution_options={"sqlite_immediate": True})
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def schema_version(engine: Engine) -> int | None:
+    with read_session(engine) as s:
+        try:
+            row = s.get(SchemaMeta, "schema_version")
+        except Exception:  # table missing: a new database
+            return None
+        return int(row.value) if row else None
+
+
+def init_schema(engine: Engine) -> int:
+    """Create missing tables and bring the recorded schema version up to date; safe to call at every start."""
+    SQLModel.metadata.create_all(engine)
+    with write_session(engine) as s:
+        row = s.exec(select(SchemaMeta).where(SchemaMeta.key == "schema_version")).first()
+        if row is None:
+            s.add(SchemaMeta(key="schema_version", value=str(SCHEMA_VERSION)))
+            return SCHEMA_VERSION
+        version = int(row.value)
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"The database is at schema version {version}, newer than this code ({SCHEMA_VERSION}); "
+                "upgrade the platform before opening it."
+            )
+        conn = s.connection()
+        while version < SCHEMA_VERSION:
+            MIGRATIONS[version](conn)
+            version += 1
+        row.value = str(version)
+        s.add(row)
+        return version

@@ -1,0 +1,112 @@
+"""SQLModel tables: the platform's metadata. Big results live in files under the data home, not here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+SCHEMA_VERSION = 1
+
+RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+WEIGHTS_STATUSES = ("installed", "generated", "missing")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(factory: type) -> Any:
+    return Field(default_factory=factory, sa_column=Column(JSON, nullable=False))
+
+
+class SchemaMeta(SQLModel, table=True):
+    """Key/value facts about the database itself (the schema version above all)."""
+
+    __tablename__ = "schema_meta"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class Application(SQLModel, table=True):
+    __tablename__ = "applications"
+    id: str = Field(primary_key=True)
+    name: str
+    description: str = ""
+
+
+class ModelEntry(SQLModel, table=True):
+    """A model offered by the catalog, with the attributes the seed catalog lists and how it is run."""
+
+    __tablename__ = "models"
+    id: str = Field(primary_key=True)
+    name: str
+    speed: str
+    accuracy: float | None = None
+    accuracy_source: str = ""
+    description: str = ""
+    applications: list[str] = _json(list)
+    backend: str
+    variant: str = ""
+    weights_status: str = "missing"
+    weights_detail: str = ""
+    parameters_count: int | None = None
+
+
+class Dataset(SQLModel, table=True):
+    """An uploaded file, stored once per content (sha256) under the data home."""
+
+    __tablename__ = "datasets"
+    id: str = Field(primary_key=True)
+    file_name: str
+    sha256: str = Field(index=True)
+    size_bytes: int
+    n_cells: int | None = None
+    n_genes: int | None = None
+    check_report: dict[str, Any] = _json(dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+    id: str = Field(primary_key=True)
+    application_id: str = Field(foreign_key="applications.id")
+    model_id: str = Field(foreign_key="models.id")
+    dataset_id: str = Field(foreign_key="datasets.id")
+    reference_dataset_id: str | None = Field(default=None, foreign_key="datasets.id")
+    label_column: str | None = None
+    truth_column: str | None = None
+    status: str = Field(default="queued", index=True)
+    progress: float = 0.0
+    stage: str = ""
+    cells_done: int = 0
+    cells_total: int = 0
+    error: str | None = None
+    device: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    parameters: dict[str, Any] = _json(dict)
+    metrics: dict[str, Any] = _json(dict)
+    stage_timings: dict[str, Any] = _json(dict)
+    provenance: dict[str, Any] = _json(dict)
+    result_dir: str | None = None
+
+
+class ClassifierHead(SQLModel, table=True):
+    """A trained classifier head, keyed by what determines it, so that a second run with the same
+    model, reference, label column and settings trains nothing."""
+
+    __tablename__ = "classifier_heads"
+    cache_key: str = Field(primary_key=True)
+    model_id: str
+    model_checksum: str
+    reference_sha256: str
+    label_column: str
+    settings: dict[str, Any] = _json(dict)
+    path: str
+    classes: list[str] = _json(list)
+    metrics: dict[str, Any] = _json(dict)
+    created_at: datetime = Field(default_factory=utcnow)

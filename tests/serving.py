@@ -1,0 +1,87 @@
+"""Start the real server (`make serve`) and a real browser (Debian's chromium) for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+from tests.conftest import REPO, free_port
+
+CHROMIUM = os.environ.get("HELICAL_PLATFORM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, url: str, home: Path, log_path: Path) -> None:
+        self.proc, self.url, self.home, self.log_path = proc, url, home, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def make_serve(tmp: Path, extra_env: dict[str, str] | None = None, timeout: float = 240) -> Iterator[Server]:
+    """Run `make serve` on a free port and a fresh data home until the block ends."""
+    port = free_port()
+    home = tmp / "home"
+    env = {**os.environ, "HELICAL_PLATFORM_PORT": str(port), "HELICAL_PLATFORM_HOME": str(home),
+           "HELICAL_PLATFORM_WORKERS": "1", **(extra_env or {})}
+    log_path = tmp / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["make", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    server = Server(proc, f"http://localhost:{port}", home, log_path)
+    try:
+        wait_until(lambda: _answers(server), timeout, "the server to answer")
+        yield server
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _answers(server: Server) -> bool:
+    if server.proc.poll() is not None:
+        raise AssertionError(f"make serve exited early:\n{server.log()}")
+    try:
+        requests.get(server.url + "/", timeout=60)
+        return True
+    except requests.ConnectionError:
+        return False
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.25) -> object:
+    """Poll ``condition`` until it is truthy (never sleep a guessed time); fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+@contextmanager
+def browser_page(viewport: dict[str, int] | None = None) -> Iterator[object]:
+    """A Playwright page in Debian's headless chromium (Playwright's own browser download cannot work here)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=viewport or {"width": 1400, "height": 900})
+            yield page
+        finally:
+            browser.close()
