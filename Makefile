@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 HELICAL_PLATFORM_PORT ?= 5006
 HELICAL_PLATFORM_ADDRESS ?= localhost
 # Python 3.12: python3.12 on PATH, else pyenv's, else PYTHON312=/path/to/python3.12 make ...
-PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python 2>/dev/null | tail -n 1)
+PYTHON312 ?= $(shell for c in python3.12 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	"$$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1 && { command -v "$$c"; break; }; done)
 
 .PHONY: serve test lint venv clean-venv
 
@@ -37,3 +38,6 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+print-python:
+	@echo "$(PYTHON312)"
