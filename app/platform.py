@@ -8,6 +8,7 @@ import threading
 
 from app.catalog import list_applications, list_models, seed_catalog
 from app.settings import Settings
+from app.weights import ensure_generated_weights, refresh_weights_status, weights_locations
 from inference.cluster import Compute, start_compute
 from store.artifacts import ArtifactStore
 from store.engine import init_schema, make_engine
@@ -37,8 +38,13 @@ class Platform:
         self._compute: Compute | None = None
         self._compute_error: BaseException | None = None
         self._compute_ready = threading.Event()
+        self.weights = weights_locations(settings)
+        refresh_weights_status(self.engine, self.weights)
         if start_cluster:
             threading.Thread(target=self._start_compute, name="start-dask", daemon=True).start()
+        else:
+            self._compute_error = RuntimeError("this process was started without a Dask cluster")
+            self._compute_ready.set()
 
     @classmethod
     def shared(cls, settings: Settings | None = None) -> Platform:
@@ -52,6 +58,10 @@ class Platform:
 
     def _start_compute(self) -> None:
         s = self.settings
+        try:
+            ensure_generated_weights(s, self.engine)
+        except Exception:  # the catalog says "missing" and how to stage weights
+            log.exception("could not prepare generated weights")
         try:
             self._compute = start_compute(s.scheduler_address, s.n_workers, s.threads_per_worker,
                                           s.worker_memory_limit)

@@ -27,6 +27,24 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} must be true or false.")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or "").strip().lower() or default
+    if raw not in choices:
+        raise SettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}.")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -39,7 +57,10 @@ class Settings:
     worker_memory_limit: str = "auto"
     max_upload_mb: int = 2048
     files_root: Path | None = None
-    weights_dir: Path | None = None
+    weights_dir: Path = Path("var/weights")
+    allow_download: bool = False
+    generate_weights: str = "tiny"
+    device: str = "auto"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,7 +82,15 @@ class Settings:
             max_upload_mb=_int(env, ENV_PREFIX + "MAX_UPLOAD_MB", 2048, minimum=1),
             files_root=Path(files_root).expanduser().resolve() if files_root else None,
             weights_dir=Path(weights).expanduser().resolve() if weights else home / "weights",
+            allow_download=_bool(env, ENV_PREFIX + "ALLOW_DOWNLOAD", False),
+            generate_weights=_choice(env, ENV_PREFIX + "GENERATE_WEIGHTS", "tiny", ("tiny", "real", "none")),
+            device=_choice(env, ENV_PREFIX + "DEVICE", "auto", ("auto", "cpu", "cuda")),
         )
+
+    @property
+    def generated_weights_dir(self) -> Path:
+        """Untrained checkpoints the platform generates when no real weights can be had."""
+        return self.home / "weights-generated"
 
     def describe(self) -> dict[str, str]:
         """What the settings are, for the page and the logs (never a secret)."""

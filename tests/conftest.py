@@ -32,3 +32,54 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+DATA = REPO / "tests" / "data"
+PBMC = DATA / "pbmc3k_subset.h5ad"
+TINY_VARIANTS = ["gf-6L-10M-i2048", "gf-12L-38M-i4096"]
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Tiny untrained checkpoints in helical's layout: v1 (pytorch_model.bin), v2 (safetensors), scGPT."""
+    from inference.checkpoints import generate
+
+    root = tmp_path_factory.mktemp("tiny-weights")
+    generate(root, "tiny", TINY_VARIANTS, scgpt=True, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pbmc_small():
+    """60 real PBMCs (raw counts, all 32,738 genes) from the shipped subset."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(PBMC)
+    return adata[::10].copy()
+
+
+@pytest.fixture
+def tiny_locations(tiny_weights, tmp_path):
+    from inference.weights import WeightsLocations
+
+    return WeightsLocations(staged=tmp_path / "staged", generated=tiny_weights,
+                            helical_cache=tmp_path / "helical-cache")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail any socket connection or name lookup, and record the attempts."""
+    attempts: list[object] = []
+
+    def refuse_connect(self, address):  # noqa: ANN001
+        attempts.append(address)
+        raise OSError(f"network disabled in this test (tried {address})")
+
+    def refuse_lookup(*args, **kwargs):  # noqa: ANN002, ANN003
+        attempts.append(args[:2])
+        raise socket.gaierror(f"name lookup disabled in this test ({args[:2]})")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
+    return attempts

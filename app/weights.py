@@ -1,0 +1,54 @@
+"""The app's side of model weights: where they are looked for, and what the catalog says about them."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.engine import Engine
+
+from app.settings import Settings
+from inference.weights import WeightsError, WeightsLocations
+from store.engine import write_session
+from store.tables import ModelEntry
+
+log = logging.getLogger(__name__)
+
+
+def weights_locations(settings: Settings) -> WeightsLocations:
+    return WeightsLocations(staged=settings.weights_dir, generated=settings.generated_weights_dir,
+                            allow_download=settings.allow_download)
+
+
+def refresh_weights_status(engine: Engine, locations: WeightsLocations) -> None:
+    """Write each model's weights status (installed / generated / missing) and how to fix it into the catalog."""
+    with write_session(engine) as s:
+        for model in s.query(ModelEntry).all():
+            if model.backend == "baseline":
+                continue
+            status, detail = locations.status(model.backend, model.variant)
+            model.weights_status, model.weights_detail = status, detail
+            s.add(model)
+
+
+def ensure_generated_weights(settings: Settings, engine: Engine) -> list[str]:
+    """When a model has no real weights, write untrained ones (labelled so) so the product runs offline."""
+    if settings.generate_weights == "none":
+        return []
+    locations = weights_locations(settings)
+    written: list[str] = []
+    with write_session(engine) as s:
+        models = [(m.backend, m.variant) for m in s.query(ModelEntry).all() if m.backend != "baseline"]
+    missing_gf = [v for b, v in models if b == "geneformer" and locations.status(b, v)[0] == "missing"]
+    missing_scgpt = any(b == "scgpt" and locations.status(b, v)[0] == "missing" for b, v in models)
+    if missing_gf or missing_scgpt:
+        from inference.checkpoints import generate
+
+        try:
+            written = generate(settings.generated_weights_dir, settings.generate_weights, missing_gf,
+                               scgpt=missing_scgpt)
+            log.warning("no real weights for %s: generated untrained %s checkpoints in %s", ", ".join(written),
+                        settings.generate_weights, settings.generated_weights_dir)
+        except WeightsError:
+            log.exception("could not generate weights")
+    refresh_weights_status(engine, locations)
+    return written

@@ -1,0 +1,94 @@
+"""The baseline: normalise to 10k counts, log1p, the reference's highly variable genes, scaled.
+
+No foundation model. Its features feed the same logistic-regression head as the others; its UMAP basis is a
+PCA of those features. Published comparisons find it often matches foundation models on annotation, so users
+see both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from inference.backends.base import Backend, Embedding, Progress, ShouldStop, check_stop
+from inference.genes import resolve_gene_ids
+
+CHUNK = 10_000
+
+
+def gene_keys(adata: AnnData) -> list[str]:
+    """One identifier per gene, Ensembl where known (so reference and query match across naming styles)."""
+    ids = resolve_gene_ids(adata.var, adata.var_names)
+    return [e or s or str(n) for e, s, n in zip(ids.ensembl_id, ids.symbol, adata.var_names, strict=True)]
+
+
+def log_normalised(x, target: float = 1e4):  # noqa: ANN001, ANN201 - sparse or dense block
+    """normalize_total(target_sum=1e4) then log1p, per row block, keeping sparsity."""
+    x = sp.csr_matrix(x, dtype=np.float32)
+    totals = np.asarray(x.sum(axis=1)).ravel()
+    scale = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0)
+    x = sp.diags(scale.astype(np.float32)) @ x
+    x.data = np.log1p(x.data)
+    return x
+
+
+class BaselineBackend(Backend):
+    backend = "baseline"
+    variant = ""
+
+    def __init__(self, n_top_genes: int = 2000, n_pcs: int = 50, seed: int = 0) -> None:
+        self.n_top_genes = n_top_genes
+        self.n_pcs = n_pcs
+        self.seed = seed
+        self.genes: list[str] | None = None
+        self.scaler = None
+        self.pca = None
+
+    def load(self) -> None:
+        self.loads += 1  # nothing to load: the model is learnt from each reference
+
+    def fit(self, reference: AnnData) -> None:
+        import scanpy as sc
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
+        ref = AnnData(X=log_normalised(reference.X), var={"key": gene_keys(reference)})
+        ref.var_names = [f"g{i}" for i in range(ref.n_vars)]
+        n_top = min(self.n_top_genes, ref.n_vars)
+        sc.pp.highly_variable_genes(ref, n_top_genes=n_top, flavor="seurat")
+        hvg = ref.var["highly_variable"].to_numpy()
+        self.genes = list(ref.var["key"][hvg])
+        block = ref.X[:, hvg].toarray()
+        self.scaler = StandardScaler().fit(block)
+        scaled = np.clip(self.scaler.transform(block), -10, 10)
+        self.pca = PCA(n_components=min(self.n_pcs, *scaled.shape), random_state=self.seed).fit(scaled)
+
+    def features(self, adata: AnnData, progress: Progress | None = None,
+                 should_stop: ShouldStop | None = None) -> np.ndarray:
+        if self.genes is None:
+            raise RuntimeError("The baseline has not been fitted on a reference.")
+        keys = gene_keys(adata)
+        position = {k: i for i, k in enumerate(keys)}
+        cols = np.array([position.get(g, -1) for g in self.genes])
+        present = cols >= 0
+        out = np.zeros((adata.n_obs, len(self.genes)), dtype=np.float32)
+        for start in range(0, adata.n_obs, CHUNK):
+            check_stop(should_stop)
+            stop = min(start + CHUNK, adata.n_obs)
+            block = log_normalised(adata.X[start:stop])
+            out[start:stop, present] = block[:, cols[present]].toarray()
+            if progress:
+                progress(stop, adata.n_obs)
+        return np.clip(self.scaler.transform(out), -10, 10).astype(np.float32)
+
+    def embed(self, adata: AnnData, progress: Progress | None = None,
+              should_stop: ShouldStop | None = None) -> Embedding:
+        feats = self.features(adata, progress, should_stop)
+        present = len(set(self.genes) & set(gene_keys(adata)))
+        return Embedding(features=feats, basis=self.pca.transform(feats).astype(np.float32), genes_used=present)
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": self.backend, "variant": "", "device": "cpu", "n_top_genes": self.n_top_genes,
+                "n_pcs": self.n_pcs, "weights": {"origin": "none", "trained": True,
+                                                  "detail": "learnt from the reference at each run"}}

@@ -1,0 +1,74 @@
+"""What the foundation-model backends share: device choice, helical's input, the completeness check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from inference.genes import resolve_gene_ids
+from inference.weights import WeightsError
+
+
+def resolve_device(requested: str | None = None) -> str:
+    """``cuda`` when a GPU is present and wanted (``auto``/``cuda``/None), else ``cpu``."""
+    import torch
+
+    wanted = (requested or "auto").lower()
+    if wanted == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda" if wanted in ("auto", "cuda") else wanted
+    if wanted.startswith("cuda"):
+        raise RuntimeError("A GPU was asked for (device=cuda) but torch sees none on this worker.")
+    return "cpu"
+
+
+def helical_input(adata: AnnData) -> AnnData:
+    """A fresh AnnData sharing ``adata``'s counts, with ``ensembl_id`` and ``gene_symbol`` columns.
+
+    helical writes into the obs and var of what it is given; this keeps the caller's object untouched
+    without copying the matrix.
+    """
+    ids = resolve_gene_ids(adata.var, adata.var_names)
+    x = adata.X if not getattr(adata, "isbacked", False) else adata.to_memory().X
+    if sp.issparse(x) and not isinstance(x, sp.csr_matrix):
+        x = sp.csr_matrix(x)
+    var = pd.DataFrame({"ensembl_id": ids.ensembl_id, "gene_symbol": ids.symbol},
+                       index=pd.Index([str(v) for v in adata.var_names]))
+    out = AnnData(X=x, obs=pd.DataFrame(index=adata.obs_names.astype(str)), var=var)
+    out.uns["gene_ids"] = ids.report()
+    return out
+
+
+def check_complete(model_state: Mapping[str, object], checkpoint_shapes: Mapping[str, tuple[int, ...]],
+                   prefixes: Iterable[str], what: str) -> dict[str, int]:
+    """Count the tensors the embedding uses that the checkpoint supplied; refuse a partial load.
+
+    helical's scGPT loads with ``strict=False`` and keeps random tensors where names or shapes differ; a
+    mismatched configuration then loads a handful of tensors and embeds with random weights, silently.
+    """
+    needed = {k: tuple(v.shape) for k, v in model_state.items() if any(k.startswith(p) for p in prefixes)}
+    loaded = [k for k, shape in needed.items() if checkpoint_shapes.get(k) == shape]
+    if len(loaded) < len(needed):
+        wrong = [k for k in needed if k in checkpoint_shapes and checkpoint_shapes[k] != needed[k]]
+        absent = [k for k in needed if k not in checkpoint_shapes]
+        example = (f"{wrong[0]} is {checkpoint_shapes[wrong[0]]} in the checkpoint but {needed[wrong[0]]} in the "
+                   "model" if wrong else f"{absent[0]} is not in the checkpoint")
+        raise WeightsError(
+            f"{what}: only {len(loaded)} of {len(needed)} tensors of the encoder loaded ({example}). The "
+            "checkpoint does not match the model configuration; refusing to embed with random weights. Check "
+            "the architecture in the weights folder (config.json / args.json) against the checkpoint.")
+    return {"tensors_loaded": len(loaded), "tensors_needed": len(needed)}
+
+
+def restore_order(parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+    """Put batch results computed in length order back into the cells' own order."""
+    dim = parts[0][1].shape[1]
+    out = np.empty((n, dim), dtype=np.float32)
+    for idx, values in parts:
+        out[idx] = values
+    return out

@@ -1,0 +1,306 @@
+"""Model weights: where they are, whether they are whole, and staging them without any network.
+
+Layout is helical's cache layout (``~/.cache/helical/models``), so a copy of that folder can be staged as is.
+Resolution order for a model: the staged weights folder (``HELICAL_PLATFORM_WEIGHTS``), helical's cache
+(``CACHE_DIR_HELICAL_PREFIX``), helical's own download (only when downloads are allowed), and last the
+generated, untrained checkpoints. Staged files are checked against ``manifest.json`` (sha256 written when
+they were staged) and are never deleted by the platform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+STAGE_HINT = "helical-platform weights stage SRC"
+
+# Every Geneformer variant helical 3.1.4 offers: version folder, weights file, hidden size, context.
+GENEFORMER_VARIANTS: dict[str, dict[str, object]] = {
+    "gf-6L-10M-i2048": {"version": "v1", "file": "pytorch_model.bin", "embsize": 256, "input_size": 2048},
+    "gf-12L-40M-i2048": {"version": "v1", "file": "pytorch_model.bin", "embsize": 512, "input_size": 2048},
+    "gf-12L-40M-i2048-CZI-CellxGene": {"version": "v1", "file": "model.safetensors", "embsize": 512,
+                                       "input_size": 2048},
+    "gf-12L-38M-i4096": {"version": "v2", "file": "model.safetensors", "embsize": 512, "input_size": 4096},
+    "gf-12L-38M-i4096-CLcancer": {"version": "v2", "file": "model.safetensors", "embsize": 512,
+                                  "input_size": 4096},
+    "gf-20L-151M-i4096": {"version": "v2", "file": "model.safetensors", "embsize": 896, "input_size": 4096},
+    "gf-12L-104M-i4096": {"version": "v3", "file": "model.safetensors", "embsize": 768, "input_size": 4096},
+    "gf-12L-104M-i4096-CLcancer": {"version": "v3", "file": "model.safetensors", "embsize": 768,
+                                   "input_size": 4096},
+    "gf-18L-316M-i4096": {"version": "v3", "file": "model.safetensors", "embsize": 1152, "input_size": 4096},
+}
+DEFAULT_GENEFORMER = "gf-6L-10M-i2048"
+SCGPT_VARIANT = "whole-human"
+
+
+class WeightsError(RuntimeError):
+    """Weights missing, corrupt or incomplete; the message names the file and what to run."""
+
+
+def model_key(backend: str, variant: str) -> str:
+    return f"{backend}:{variant}"
+
+
+def required_files(backend: str, variant: str) -> list[str]:
+    """Paths, relative to the weights root, that helical's classes read for this model (helical's layout)."""
+    if backend == "geneformer":
+        if variant not in GENEFORMER_VARIANTS:
+            raise WeightsError(f"Unknown Geneformer variant {variant!r}; choose one of "
+                               f"{', '.join(GENEFORMER_VARIANTS)}.")
+        v = GENEFORMER_VARIANTS[variant]
+        base = f"geneformer/{v['version']}"
+        return [f"{base}/gene_median_dictionary.json", f"{base}/token_dictionary.json",
+                f"{base}/ensembl_mapping_dict.json", f"{base}/{variant}/config.json",
+                f"{base}/{variant}/training_args.bin", f"{base}/{variant}/{v['file']}"]
+    if backend == "scgpt":
+        return ["scgpt/scGPT_CP/vocab.json", "scgpt/scGPT_CP/best_model.pt"]
+    raise WeightsError(f"The {backend!r} backend has no weights.")
+
+
+def optional_files(backend: str, variant: str) -> list[str]:
+    """Files read when present: scGPT's ``args.json`` (its architecture, as the scGPT releases ship it)."""
+    return ["scgpt/scGPT_CP/args.json"] if backend == "scgpt" else []
+
+
+def helical_cache_dir() -> Path:
+    """helical's cache, computed as helical computes it (without importing helical)."""
+    prefix = os.environ.get("CACHE_DIR_HELICAL_PREFIX")
+    base = Path(prefix) if prefix is not None else Path.home()
+    return base / ".cache" / "helical" / "models"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(root: Path) -> dict:
+    path = root / MANIFEST
+    if not path.is_file():
+        return {"files": {}, "models": {}}
+    return json.loads(path.read_text())
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-manifest.", dir=root)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, root / MANIFEST)
+
+
+@dataclass
+class ResolvedWeights:
+    """Where a model's files are, where they came from, and a checksum that identifies them."""
+
+    backend: str
+    variant: str
+    root: Path
+    origin: str  # "staged" | "helical-cache" | "generated"
+    trained: bool
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 (or "" if unverified)
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def checksum(self) -> str:
+        """sha256 over the files' own checksums (or sizes, for unverified helical-cache files)."""
+        digest = hashlib.sha256()
+        for rel in sorted(self.files):
+            sig = self.files[rel] or f"size:{(self.root / rel).stat().st_size}"
+            digest.update(f"{rel}={sig}\n".encode())
+        return digest.hexdigest()
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def status(self) -> str:
+        """The catalog's words: installed (trained weights) or generated (untrained)."""
+        return "installed" if self.trained else "generated"
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": self.backend, "variant": self.variant, "origin": self.origin,
+                "trained": self.trained, "root": str(self.root), "checksum": self.checksum, **self.detail}
+
+
+@dataclass
+class WeightsLocations:
+    """The folders searched, in order; ``allow_download`` lets helical fetch missing files (network)."""
+
+    staged: Path
+    generated: Path
+    helical_cache: Path = field(default_factory=helical_cache_dir)
+    allow_download: bool = False
+
+    def resolve(self, backend: str, variant: str, verify: bool = True) -> ResolvedWeights:
+        """Find complete weights for a model, or raise naming the first missing or corrupt file."""
+        needed = required_files(backend, variant)
+        problems: list[str] = []
+        for root, origin in ((self.staged, "staged"), (self.helical_cache, "helical-cache"),
+                             (self.generated, "generated")):
+            manifest = read_manifest(root) if origin != "helical-cache" else {"files": {}, "models": {}}
+            present = [rel for rel in needed if (root / rel).is_file()]
+            if not present:
+                continue
+            if len(present) < len(needed):
+                missing = next(rel for rel in needed if rel not in present)
+                problems.append(f"{root / missing} is missing (the other files of {backend} {variant} are in {root})")
+                continue
+            files = {}
+            for rel in needed + [o for o in optional_files(backend, variant) if (root / o).is_file()]:
+                expected = manifest["files"].get(rel, {}).get("sha256", "")
+                if verify and expected and sha256_file(root / rel) != expected:
+                    raise WeightsError(
+                        f"{root / rel} does not match the checksum recorded when it was staged "
+                        f"({expected[:12]}…): the file is corrupt or was changed. Stage it again with "
+                        f"`{STAGE_HINT}`, or check it with `helical-platform weights verify`.")
+                files[rel] = expected
+            info = manifest["models"].get(model_key(backend, variant), {})
+            trained = origin != "generated" and info.get("trained", True)
+            detail = {k: v for k, v in info.items() if k in ("size", "generated_at", "architecture", "note")}
+            return ResolvedWeights(backend, variant, root, origin, trained, files, detail)
+        if self.allow_download:
+            return self._download(backend, variant)
+        where = ", ".join(str(p) for p in (self.staged, self.helical_cache, self.generated))
+        hint = "; ".join(problems) + "; " if problems else ""
+        raise WeightsError(
+            f"No weights for {backend} {variant}: {hint}looked in {where}. Needed files: {needed[0]}, … "
+            f"({len(needed)} in helical's cache layout). Stage a copy of helical's cache with `{STAGE_HINT}`, "
+            f"or write untrained test weights with `helical-platform weights generate`.")
+
+    def _download(self, backend: str, variant: str) -> ResolvedWeights:
+        """helical's own downloader, into helical's cache; only when the deployment allows network access."""
+        from inference.helical_env import isolated
+
+        with isolated():
+            from helical.utils.downloader import Downloader
+
+            downloader = Downloader()
+            for rel in required_files(backend, variant):
+                downloader.download_via_name(rel)
+        return WeightsLocations(self.helical_cache, self.generated, self.helical_cache, False).resolve(
+            backend, variant)
+
+    def status(self, backend: str, variant: str) -> tuple[str, str]:
+        """(installed | generated | missing, a sentence for the user) without hashing any file."""
+        try:
+            w = self.resolve(backend, variant, verify=False)
+        except WeightsError:
+            return "missing", (f"not found in {self.staged} or helical's cache: stage them with `{STAGE_HINT}` "
+                               "(`helical-platform weights list` tells more)")
+        if w.trained:
+            return "installed", f"{w.origin} weights in {w.root}"
+        return "generated", f"generated, untrained ({w.detail.get('size', '?')} size) in {w.root}: numbers mean nothing"
+
+
+def _copy_into(src_root: Path, rels: list[str], dest_root: Path) -> dict[str, dict]:
+    entries = {}
+    for rel in rels:
+        dest = dest_root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=dest.parent)
+        os.close(fd)
+        shutil.copyfile(src_root / rel, tmp)
+        os.replace(tmp, dest)
+        entries[rel] = {"sha256": sha256_file(dest), "size": dest.stat().st_size}
+    return entries
+
+
+def _find_layout_root(folder: Path) -> Path:
+    """The folder holding ``geneformer/`` or ``scgpt/`` (the given one, or a cache path below it)."""
+    for candidate in (folder, folder / ".cache" / "helical" / "models", folder / "models"):
+        if (candidate / "geneformer").is_dir() or (candidate / "scgpt").is_dir():
+            return candidate
+    raise WeightsError(f"{folder} has no geneformer/ or scgpt/ folder: give a copy of helical's cache "
+                       "(~/.cache/helical/models) or an archive of it.")
+
+
+def _safe_extract(archive: Path, dest: Path) -> None:
+    """Unpack an archive, refusing members that would land outside ``dest`` or are links."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                target = (dest / name).resolve()
+                if dest.resolve() not in target.parents and target != dest.resolve():
+                    raise WeightsError(f"{archive}: member {name!r} points outside the archive; refused.")
+            zf.extractall(dest)
+        return
+    with tarfile.open(archive) as tf:
+        tf.extractall(dest, filter="data")  # refuses absolute paths, '..' and links outside
+
+
+def stage(src: Path, weights_root: Path, trained: bool = True, note: str = "") -> dict[str, list[str]]:
+    """Copy helical-layout weights from a folder or archive into the weights folder and record checksums."""
+    src = Path(src)
+    if not src.exists():
+        raise WeightsError(f"{src} does not exist.")
+    with tempfile.TemporaryDirectory(prefix="helical-stage-") as tmp:
+        if src.is_file():
+            try:
+                _safe_extract(src, Path(tmp))
+            except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
+                raise WeightsError(f"{src} is not a readable .tar, .tar.gz or .zip archive: {exc}") from None
+            layout = _find_layout_root(Path(tmp))
+        else:
+            layout = _find_layout_root(src)
+        staged: dict[str, list[str]] = {}
+        manifest = read_manifest(weights_root)
+        for backend, variants in (("geneformer", list(GENEFORMER_VARIANTS)), ("scgpt", [SCGPT_VARIANT])):
+            for variant in variants:
+                rels = required_files(backend, variant)
+                if not all((layout / rel).is_file() for rel in rels):
+                    continue
+                rels += [o for o in optional_files(backend, variant) if (layout / o).is_file()]
+                manifest["files"].update(_copy_into(layout, rels, weights_root))
+                src_info = read_manifest(layout)["models"].get(model_key(backend, variant), {})
+                manifest["models"][model_key(backend, variant)] = {
+                    **src_info,
+                    "trained": bool(src_info.get("trained", trained)),
+                    "staged_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "staged_from": str(src),
+                    **({"note": note} if note else {}),
+                }
+                staged.setdefault(backend, []).append(variant)
+        if not staged:
+            raise WeightsError(f"{src} holds no complete model in helical's layout (e.g. "
+                               f"{required_files('geneformer', DEFAULT_GENEFORMER)[-1]} with its dictionaries).")
+        write_manifest(weights_root, manifest)
+    return staged
+
+
+def verify(root: Path) -> list[tuple[str, str]]:
+    """(relative path, ok | missing | corrupt) for every file recorded in the folder's manifest."""
+    manifest = read_manifest(root)
+    results = []
+    for rel, entry in sorted(manifest["files"].items()):
+        path = root / rel
+        if not path.is_file():
+            results.append((rel, "missing"))
+        elif sha256_file(path) != entry["sha256"]:
+            results.append((rel, "corrupt"))
+        else:
+            results.append((rel, "ok"))
+    return results
+
+
+def catalog(locations: WeightsLocations) -> list[dict[str, str]]:
+    """Status of every model variant: for ``weights list``, the catalog and the UI."""
+    rows = []
+    for backend, variants in (("geneformer", list(GENEFORMER_VARIANTS)), ("scgpt", [SCGPT_VARIANT])):
+        for variant in variants:
+            status, detail = locations.status(backend, variant)
+            rows.append({"backend": backend, "variant": variant, "status": status, "detail": detail})
+    return rows
