@@ -304,3 +304,13 @@ def catalog(locations: WeightsLocations) -> list[dict[str, str]]:
             status, detail = locations.status(backend, variant)
             rows.append({"backend": backend, "variant": variant, "status": status, "detail": detail})
     return rows
+
+
+def vocabulary_genes(weights: ResolvedWeights) -> tuple[str, frozenset[str]]:
+    """(kind, genes) of a model's vocabulary: Ensembl ids for Geneformer, symbols for scGPT."""
+    if weights.backend == "geneformer":
+        version = GENEFORMER_VARIANTS[weights.variant]["version"]
+        tokens = json.loads((weights.root / f"geneformer/{version}/token_dictionary.json").read_text())
+        return "ensembl", frozenset(k for k in tokens if not k.startswith("<"))
+    vocab = json.loads((weights.root / "scgpt/scGPT_CP/vocab.json").read_text())
+    return "symbol", frozenset(k for k in vocab if not k.startswith("<"))

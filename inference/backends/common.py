@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -72,3 +73,16 @@ def restore_order(parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndar
     for idx, values in parts:
         out[idx] = values
     return out
+
+
+def autocast(device: str, precision: str = "helical"):  # noqa: ANN201 - a context manager
+    """Mixed precision on CUDA: ``helical`` (fp16 autocast, as helical runs it), ``bf16``, or ``fp32``."""
+    import torch
+
+    on_cuda = str(device).startswith("cuda")
+    if precision not in ("helical", "bf16", "fp32"):
+        raise ValueError(f"precision {precision!r}: choose helical, bf16 or fp32.")
+    if not on_cuda or precision == "fp32":
+        return torch.amp.autocast("cuda", enabled=False) if on_cuda else contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.amp.autocast("cuda", dtype=dtype)

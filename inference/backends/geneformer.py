@@ -14,7 +14,7 @@ import numpy as np
 from anndata import AnnData
 
 from inference.backends.base import Backend, Embedding, Progress, ShouldStop, check_stop
-from inference.backends.common import check_complete, helical_input, resolve_device, restore_order
+from inference.backends.common import autocast, check_complete, helical_input, resolve_device, restore_order
 from inference.batching import default_token_budget, length_batches, run_with_oom_retry
 from inference.helical_env import isolated
 from inference.weights import GENEFORMER_VARIANTS, ResolvedWeights, WeightsError
@@ -37,7 +37,7 @@ class GeneformerBackend(Backend):
     backend = "geneformer"
 
     def __init__(self, weights: ResolvedWeights, device: str | None = None, max_tokens: int | None = None,
-                 emb_layer: int = -1) -> None:
+                 emb_layer: int = -1, precision: str = "helical") -> None:
         if weights.variant not in GENEFORMER_VARIANTS:
             raise WeightsError(f"Unknown Geneformer variant {weights.variant!r}.")
         self.variant = weights.variant
@@ -45,6 +45,7 @@ class GeneformerBackend(Backend):
         self.device = resolve_device(device)
         self.max_tokens = max_tokens or default_token_budget(self.device)
         self.emb_layer = emb_layer
+        self.precision = precision
         self.model = None
         self.load_info: dict[str, object] = {}
 
@@ -114,7 +115,7 @@ class GeneformerBackend(Backend):
             length_t = torch.as_tensor(lengths[idx])
             mask = (torch.arange(batch_len)[None, :] < length_t[:, None]).long()
             input_ids, mask, length_t = input_ids.to(self.device), mask.to(self.device), length_t.to(self.device)
-            with torch.no_grad(), torch.amp.autocast("cuda", enabled=self.device.startswith("cuda")):
+            with torch.no_grad(), autocast(self.device, self.precision):
                 out = encoder(input_ids=input_ids, attention_mask=mask,
                               output_hidden_states=self.emb_layer != -1)
                 hidden = out.last_hidden_state if self.emb_layer == -1 else out.hidden_states[self.emb_layer]
@@ -139,5 +140,5 @@ class GeneformerBackend(Backend):
         spec = GENEFORMER_VARIANTS[self.variant]
         return {"backend": self.backend, "variant": self.variant, "device": self.device,
                 "embedding_dim": self.model.model.config.hidden_size if self.model else spec["embsize"],
-                "context": spec["input_size"], "max_tokens_per_batch": self.max_tokens,
+                "context": spec["input_size"], "max_tokens_per_batch": self.max_tokens, "precision": self.precision,
                 "weights": self.weights.describe(), **self.load_info}

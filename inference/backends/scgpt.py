@@ -16,7 +16,7 @@ import pandas as pd
 from anndata import AnnData
 
 from inference.backends.base import Backend, Embedding, Progress, ShouldStop, check_stop
-from inference.backends.common import check_complete, helical_input, resolve_device, restore_order
+from inference.backends.common import autocast, check_complete, helical_input, resolve_device, restore_order
 from inference.batching import default_token_budget, length_batches, run_with_oom_retry
 from inference.helical_env import isolated
 from inference.weights import SCGPT_VARIANT, ResolvedWeights, WeightsError
@@ -28,11 +28,12 @@ class ScGPTBackend(Backend):
     backend = "scgpt"
 
     def __init__(self, weights: ResolvedWeights, device: str | None = None, max_tokens: int | None = None,
-                 architecture: dict[str, int] | None = None) -> None:
+                 architecture: dict[str, int] | None = None, precision: str = "helical") -> None:
         self.variant = SCGPT_VARIANT
         self.weights = weights
         self.device = resolve_device(device)
         self.max_tokens = max_tokens or default_token_budget(self.device)
+        self.precision = precision
         self.architecture = architecture if architecture is not None else self._architecture_from_args()
         self.model = None
         self.load_info: dict[str, object] = {}
@@ -101,7 +102,7 @@ class ScGPTBackend(Backend):
             batch = collator([dataset[int(i)] for i in idx])
             genes = batch["gene"].to(device)
             padding = genes.eq(pad_id)
-            with torch.no_grad(), torch.amp.autocast("cuda", enabled=device.type == "cuda"):
+            with torch.no_grad(), autocast(device.type, self.precision):
                 out = net._encode(genes, batch["expr"].to(device), src_key_padding_mask=padding)
             real = (~padding[:, 1:]).unsqueeze(-1).to(out.dtype)  # skip <cls>, count real genes only
             summed = (out[:, 1:, :] * real).sum(dim=1)
@@ -122,5 +123,5 @@ class ScGPTBackend(Backend):
     def describe(self) -> dict[str, object]:
         return {"backend": self.backend, "variant": self.variant, "device": self.device,
                 "embedding_dim": self.model.config["embsize"] if self.model else None,
-                "context": 1200, "max_tokens_per_batch": self.max_tokens,
+                "context": 1200, "max_tokens_per_batch": self.max_tokens, "precision": self.precision,
                 "weights": self.weights.describe(), **self.load_info}
