@@ -115,6 +115,74 @@ def _refresh(settings: Settings) -> None:
     platform.close()
 
 
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from app.annotate import vocabularies
+    from app.weights import weights_locations
+    from inference.checks import check_file
+
+    report = check_file(Path(args.file), vocabularies=vocabularies(weights_locations(settings)))
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(format_report(report))
+    return 0 if report["ok"] else 1
+
+
+def format_report(report: dict) -> str:
+    """The check report in words a biologist reads top to bottom."""
+    lines = [f"{report.get('file')}: {'OK' if report['ok'] else 'NOT USABLE'}"
+             + (f" ({report['format']})" if report.get("format") else "")]
+    if "n_cells" in report:
+        lines.append(f"  {report['n_cells']:,} cells x {report['n_genes']:,} genes")
+    values = report.get("values") or {}
+    if values.get("source"):
+        how = "recovered from log-normalised values" if values.get("recovered") else values.get("detail", "")
+        lines.append(f"  counts: {values['source']} ({how})")
+    genes = report.get("genes")
+    if genes:
+        lines.append(f"  gene ids: {genes['source']}; {genes['ensembl_given']:,} Ensembl, "
+                     f"{genes['mapped_from_symbols']:,} mapped from symbols, {genes['unmapped']:,} unmapped, "
+                     f"{genes['duplicated_ensembl_ids']:,} duplicated")
+    for model, o in (report.get("overlap") or {}).items():
+        lines.append(f"  {model}: {o['genes']:,} genes in vocabulary, {o['count_share']:.0%} of counts "
+                     f"[{o['level']}] {o['message']}")
+    for col, classes in (report.get("label_columns") or {}).items():
+        shown = ", ".join(f"{k} {v}" for k, v in list(classes.items())[:8])
+        more = f", … ({len(classes)} classes)" if len(classes) > 8 else ""
+        lines.append(f"  label column {col!r}: {shown}{more}")
+    for e in report.get("errors", []):
+        lines.append(f"  ERROR [{e['code']}]: {e['message']}")
+    for w in report.get("warnings", []):
+        lines.append(f"  warning [{w['code']}]: {w['message']}")
+    return "\n".join(lines)
+
+
+def cmd_annotate(args: argparse.Namespace, settings: Settings) -> int:
+    from app.annotate import annotate_files
+    from inference.pipeline import AnnotationError
+
+    try:
+        result = annotate_files(settings, args.model, Path(args.query), Path(args.out), args.label_column,
+                                Path(args.reference) if args.reference else None, args.truth_column, args.csv,
+                                args.confidence, args.seed)
+    except (AnnotationError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    model = result["provenance"]["model"]
+    if not model.get("trained", True):
+        print("NOTE: this model's weights are generated and untrained; its predictions mean nothing.")
+    print(f"wrote {args.out}" + (f" and {Path(args.out).with_suffix('.csv')}" if args.csv else ""))
+    counts = ", ".join(f"{k} {v}" for k, v in result["predicted_counts"].items())
+    print(f"predicted: {counts}")
+    m = result["metrics"]
+    if m:
+        print(f"macro-F1 {m['macro_f1']:.3f}  accuracy {m['accuracy']:.3f}  ({m['scope']}, {m['n_cells']} cells)")
+        for cls, r in m["per_class"].items():
+            print(f"  {cls:<24} precision {r['precision']:.2f} recall {r['recall']:.2f} f1 {r['f1']:.2f} "
+                  f"support {r['support']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="helical-platform", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--seed", type=int, default=0)
     ge.add_argument("--out", help="folder to write into (default: the data home's weights-generated/)")
     ge.set_defaults(func=cmd_weights_generate)
+    check = sub.add_parser("check", help="check a single-cell file and say what was found")
+    check.add_argument("file")
+    check.add_argument("--json", action="store_true", help="machine-readable report")
+    check.set_defaults(func=cmd_check)
+
+    ann = sub.add_parser("annotate", help="annotate a query file with a model and a labelled reference")
+    ann.add_argument("--model", required=True, help="baseline, geneformer[:VARIANT] or scgpt")
+    ann.add_argument("--query", required=True, help="the cells to annotate")
+    ann.add_argument("--reference", help="a labelled reference; without it, evaluate on a 70/30 split of the query")
+    ann.add_argument("--label-column", required=True, help="the reference's (or query's, without one) labels")
+    ann.add_argument("--truth-column", help="the query's true labels: enables metrics")
+    ann.add_argument("--out", required=True, help="the annotated .h5ad to write")
+    ann.add_argument("--csv", action="store_true", help="also write OUT.csv with per-cell predictions")
+    ann.add_argument("--confidence", type=float, default=0.5, help="below it a cell is 'unassigned'")
+    ann.add_argument("--seed", type=int, default=0)
+    ann.set_defaults(func=cmd_annotate)
     return parser
 
 

@@ -76,7 +76,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def ensure_weights(folder: Path, size: str, variants: list[str]) -> None:
     from inference.checkpoints import generate
-    from inference.weights import WeightsLocations, WeightsError
+    from inference.weights import WeightsError, WeightsLocations
 
     loc = WeightsLocations(staged=OUT / "none", generated=folder, helical_cache=OUT / "none")
     missing = []

@@ -173,9 +173,9 @@ def vocabulary_overlap(adata: AnnData, counts: dict[str, object], vocabularies: 
     matrix = adata.raw.X if source == "raw.X" else (adata.X if source == "X" else
                                                      adata.layers[source.split("'")[1]])
     block = matrix[_sample_rows(adata.n_obs)]
-    per_gene = np.asarray(np.abs(block).sum(axis=0)).ravel() if sp.issparse(block) else np.abs(block).sum(axis=0)
-    if counts.get("recovered"):
-        per_gene = np.expm1(per_gene)
+    if counts.get("recovered"):  # shares of counts, not of log values
+        block = block.expm1() if sp.issparse(block) else np.expm1(block)
+    per_gene = np.asarray(abs(block).sum(axis=0)).ravel()
     total = float(per_gene.sum()) or 1.0
     out = {}
     for model, vocab in vocabularies.items():
@@ -186,7 +186,8 @@ def vocabulary_overlap(adata: AnnData, counts: dict[str, object], vocabularies: 
         out[model] = {"genes": n_genes, "count_share": round(share, 4), "ok": ok,
                       "level": "green" if share >= 0.75 and ok else ("amber" if ok else "red"),
                       "message": "" if ok else (
-                          f"only {n_genes:,} genes carrying {share:.0%} of the counts are in {model}'s vocabulary "
+                          f"of the file's {len(keys):,} genes, {n_genes:,} carrying {share:.0%} of the counts are in "
+                          f"{model}'s vocabulary "
                           f"(needs at least {MIN_OVERLAP_GENES:,} genes and {MIN_OVERLAP_COUNT_SHARE:.0%}); check "
                           "that the genes are human and named by Ensembl id or current symbol.")}
     return out
@@ -224,9 +225,10 @@ def check_anndata(adata: AnnData, vocabularies: Mapping[str, Vocabulary] | None 
                            f"None of the {len(genes_names):,} gene names is a human Ensembl id or GENCODE symbol "
                            f"(e.g. {genes_names[0]!r}). Name genes by Ensembl id (ENSG...) or HGNC symbol."))
     elif ids.n_unmapped:
+        examples = ", ".join(ids.unmapped_examples[:3])
         warnings.append(_msg("genes_unmapped", f"{ids.n_unmapped:,} of {len(genes_names):,} gene symbols have no "
-                                               f"Ensembl id in GENCODE v48 (e.g. {', '.join(ids.unmapped_examples[:3])})"
-                                               "; they are left out of Geneformer's input."))
+                                               f"Ensembl id in GENCODE v48 (e.g. {examples}); they are left out "
+                                               "of Geneformer's input."))
     usable, rejected = label_columns(adata.obs)
     overlap = vocabulary_overlap(adata, counts, vocabularies or {}, ids) if not errors else {}
     return {**report, "ok": not errors, "errors": errors, "warnings": warnings, "values": counts,

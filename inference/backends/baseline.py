@@ -88,6 +88,25 @@ class BaselineBackend(Backend):
         present = len(set(self.genes) & set(gene_keys(adata)))
         return Embedding(features=feats, basis=self.pca.transform(feats).astype(np.float32), genes_used=present)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """What ``fit`` learnt, as plain arrays (kept with the cached head)."""
+        return {"genes": np.array(self.genes), "scaler_mean": self.scaler.mean_, "scaler_scale": self.scaler.scale_,
+                "pca_components": self.pca.components_, "pca_mean": self.pca.mean_}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
+        self.genes = [str(g) for g in state["genes"]]
+        self.scaler = StandardScaler()
+        self.scaler.mean_, self.scaler.scale_ = state["scaler_mean"], state["scaler_scale"]
+        self.scaler.var_ = self.scaler.scale_ ** 2
+        self.scaler.n_features_in_ = len(self.genes)
+        self.pca = PCA(n_components=len(state["pca_components"]))
+        self.pca.components_, self.pca.mean_ = state["pca_components"], state["pca_mean"]
+        self.pca.n_features_in_ = len(self.genes)
+        self.pca.whiten = False
+
     def describe(self) -> dict[str, object]:
         return {"backend": self.backend, "variant": "", "device": "cpu", "n_top_genes": self.n_top_genes,
                 "n_pcs": self.n_pcs, "weights": {"origin": "none", "trained": True,

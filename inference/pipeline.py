@@ -1,0 +1,303 @@
+"""The annotation pipeline: reference -> head -> probabilities -> UMAP -> metrics -> result files.
+
+Takes paths and parameters and writes a result folder; knows nothing of the database or the web. Every result
+is written into a ``.partial-*`` folder renamed into place at the end, so a half-written result is never seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from inference.backends.base import Backend, check_stop
+from inference.checks import find_counts
+from inference.heads import DEFAULT_HEAD, Head, head_cache_key
+from inference.layout import umap_layout
+from inference.metrics import UNASSIGNED, annotation_metrics
+from inference.readers import open_anndata
+
+StageProgress = Callable[[str, int, int], None]
+STAGES = ("checking", "embedding reference", "training head", "embedding query", "predicting", "UMAP",
+          "writing")
+PACKAGES = ("helical", "torch", "transformers", "scanpy", "anndata", "scikit-learn", "umap-learn", "numpy",
+            "helical-platform")
+
+
+class AnnotationError(ValueError):
+    """Input the pipeline cannot use; the message says what was found and what to do."""
+
+
+@dataclass
+class DataInput:
+    path: str
+    name: str
+    sha256: str
+
+
+@dataclass
+class AnnotationJob:
+    model_id: str
+    query: DataInput
+    label_column: str
+    out_dir: str
+    reference: DataInput | None = None  # None: evaluation mode on a stratified split of the query
+    truth_column: str | None = None
+    heads_dir: str | None = None
+    confidence_threshold: float = 0.5
+    head: dict = field(default_factory=lambda: dict(DEFAULT_HEAD))
+    seed: int = 0
+    holdout_fraction: float = 0.3
+    umap: dict | None = None
+    write_csv: bool = False
+
+
+def load_counts(inp: DataInput) -> AnnData:
+    """The cells with raw counts in X (from X, a layer, .raw, or recovered from log1p and totals)."""
+    opened, _ = open_anndata(Path(inp.path), inp.name, backed=True)
+    try:
+        counts, errors, _ = find_counts(opened)
+        if errors:
+            raise AnnotationError(f"{inp.name}: " + " ".join(e["message"] for e in errors))
+        source = counts["source"]
+        adata = opened.to_memory() if getattr(opened, "isbacked", False) else opened
+    finally:
+        if getattr(opened, "isbacked", False):
+            opened.file.close()
+    if source == "raw.X":
+        x, var = adata.raw.X, adata.raw.var.copy()
+    elif source.startswith("layers"):
+        x, var = adata.layers[source.split("'")[1]], adata.var.copy()
+    else:
+        x, var = adata.X, adata.var.copy()
+    import scipy.sparse as sp
+
+    x = sp.csr_matrix(x, dtype=np.float32)
+    if counts.get("recovered"):
+        totals = adata.obs[counts["totals_column"]].to_numpy(dtype=np.float64)
+        x = sp.diags(totals / counts["target_sum"]) @ x.expm1()
+        x.data = np.round(x.data)
+        x.eliminate_zeros()
+        x = sp.csr_matrix(x, dtype=np.float32)
+    out = AnnData(X=x, obs=adata.obs.copy(), var=var)
+    out.uns["counts_source"] = {k: v for k, v in counts.items() if k in ("source", "recovered", "totals_column")}
+    return out
+
+
+def _labels(adata: AnnData, column: str, what: str) -> pd.Series:
+    if column not in adata.obs.columns:
+        raise AnnotationError(f"The {what} has no column {column!r} in obs; its columns are "
+                              f"{', '.join(map(str, adata.obs.columns)) or 'none'}.")
+    labels = adata.obs[column]
+    if labels.notna().sum() == 0:
+        raise AnnotationError(f"The {what}'s column {column!r} has no labels (all values are missing): pick "
+                              "a column that names the cell types.")
+    return labels
+
+
+def stratified_split(labels: pd.Series, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of held-out cells: ``fraction`` of each class with at least two labelled cells."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), dtype=bool)
+    values = labels.astype(object).to_numpy()
+    for cls in pd.unique(labels.dropna()):
+        idx = np.flatnonzero(values == cls)
+        if len(idx) < 2:
+            continue
+        n = max(1, int(round(len(idx) * fraction)))
+        held[rng.choice(idx, size=min(n, len(idx) - 1), replace=False)] = True
+    return held
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class _Timer:
+    def __init__(self, progress: StageProgress | None) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self._stage, self._start = None, 0.0
+
+    def stage(self, name: str, done: int = 0, total: int = 0) -> None:
+        self.finish()
+        self._stage, self._start = name, time.perf_counter()
+        self.report(done, total)
+
+    def report(self, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(self._stage, done, total)
+
+    def finish(self) -> None:
+        if self._stage:
+            self.timings[self._stage] = round(self.timings.get(self._stage, 0) + time.perf_counter() - self._start, 3)
+            self._stage = None
+
+
+def run_annotation(job: AnnotationJob, backend: Backend, model_info: dict,
+                   progress: StageProgress | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> dict[str, object]:
+    """Annotate ``job.query``; write the result folder ``job.out_dir``; return metrics, provenance, files."""
+    timer = _Timer(progress)
+    timer.stage("checking")
+    query = load_counts(job.query)
+    evaluation = job.reference is None
+    if evaluation:
+        labels_all = _labels(query, job.label_column, "query")
+        held_out = stratified_split(labels_all, job.holdout_fraction, job.seed)
+        train = ~held_out & labels_all.notna().to_numpy()
+        reference = query[train].copy()
+        ref_labels = labels_all[train].astype(str).to_numpy()
+        ref_key = f"{job.query.sha256}:split:{job.holdout_fraction}:{job.seed}"
+        truth_column = job.label_column
+    else:
+        reference = load_counts(job.reference)
+        ref_series = _labels(reference, job.label_column, "reference")
+        keep = ref_series.notna().to_numpy()
+        reference = reference[keep].copy()
+        ref_labels = ref_series[keep].astype(str).to_numpy()
+        ref_key = job.reference.sha256
+        held_out = None
+        truth_column = job.truth_column
+    if len(set(ref_labels)) < 2:
+        raise AnnotationError(f"The reference's column {job.label_column!r} has {len(set(ref_labels))} class; "
+                              "a classifier needs at least two cell types.")
+    check_stop(should_stop)
+
+    settings = {**job.head, "backend_state": backend.backend == "baseline"}
+    key = head_cache_key(model_info.get("checksum", backend.key), ref_key, job.label_column, settings)
+    head_path = Path(job.heads_dir) / f"{key}.npz" if job.heads_dir else None
+    head_reused = bool(head_path and head_path.is_file())
+    if head_reused:
+        head = Head.load(head_path)
+        if backend.backend == "baseline":
+            backend.set_state(head.extra)
+    else:
+        timer.stage("embedding reference", 0, reference.n_obs)
+        backend.fit(reference)
+        ref_emb = backend.embed(reference, progress=timer.report, should_stop=should_stop)
+        timer.stage("training head")
+        head = Head.train(ref_emb.features, ref_labels, job.head, seed=job.seed)
+        if backend.backend == "baseline":
+            head.extra = backend.state()
+        if head_path:
+            head_path.parent.mkdir(parents=True, exist_ok=True)
+            head.save(head_path)
+    check_stop(should_stop)
+
+    timer.stage("embedding query", 0, query.n_obs)
+    emb = backend.embed(query, progress=timer.report, should_stop=should_stop)
+    timer.stage("predicting")
+    proba = head.predict_proba(emb.features)
+    best = proba.argmax(axis=1)
+    confidence = proba[np.arange(len(best)), best]
+    assigned = confidence >= job.confidence_threshold
+    predicted = np.where(assigned, head.classes[best], UNASSIGNED)
+    metrics: dict[str, object] = {}
+    truth = None
+    if truth_column:
+        truth_series = _labels(query, truth_column, "query")
+        mask = truth_series.notna().to_numpy() & (held_out if evaluation else True)
+        truth = truth_series.astype(str).where(truth_series.notna(), None).to_numpy()
+        metrics = annotation_metrics(truth[mask], predicted[mask])
+        metrics["scope"] = "held-out split" if evaluation else "all labelled query cells"
+        unknown = sorted(set(truth[mask]) - set(head.classes))
+        if unknown:
+            metrics["classes_not_in_reference"] = unknown
+    check_stop(should_stop)
+
+    timer.stage("UMAP")
+    coords, umap_info = umap_layout(emb.basis, seed=job.seed, params=job.umap)
+    timer.stage("writing")
+    provenance = {
+        "model": {"id": job.model_id, **model_info},
+        "backend": backend.describe(),
+        "versions": versions(),
+        "inputs": {"query": asdict(job.query), "reference": asdict(job.reference) if job.reference else None,
+                   "label_column": job.label_column, "truth_column": truth_column,
+                   "counts_source": query.uns.get("counts_source")},
+        "parameters": {"confidence_threshold": job.confidence_threshold, "head": job.head, "seed": job.seed,
+                       "evaluation_mode": evaluation,
+                       **({"holdout_fraction": job.holdout_fraction} if evaluation else {})},
+        "head": {"cache_key": key, "reused": head_reused, "classes": head.classes.tolist(),
+                 "reference_cells": int(reference.n_obs)},
+        "umap": umap_info,
+        "genes_used": emb.genes_used,
+    }
+    files = _write_results(job, query, predicted, confidence, assigned, proba, head.classes, emb.features,
+                           coords, truth, held_out, metrics, provenance)
+    timer.finish()
+    provenance["stage_timings"] = timer.timings
+    (Path(job.out_dir) / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    counts = pd.Series(predicted).value_counts()
+    return {"metrics": metrics, "provenance": provenance, "files": files, "n_cells": int(query.n_obs),
+            "predicted_counts": {str(k): int(v) for k, v in counts.items()}, "stage_timings": timer.timings}
+
+
+def _write_results(job: AnnotationJob, query: AnnData, predicted, confidence, assigned, proba, classes,
+                   features, coords, truth, held_out, metrics, provenance) -> dict[str, str]:  # noqa: ANN001
+    final = Path(job.out_dir)
+    staging = final.parent / f".partial-{final.name}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        table = pd.DataFrame({"cell_id": query.obs_names.astype(str), "predicted_label": predicted,
+                              "confidence": confidence.astype(np.float32), "assigned": assigned,
+                              "umap_1": coords[:, 0], "umap_2": coords[:, 1]})
+        if truth is not None:
+            table["true_label"] = truth
+        if held_out is not None:
+            table["split"] = np.where(held_out, "held-out", "train")
+        for i, cls in enumerate(classes):
+            table[f"prob:{cls}"] = proba[:, i].astype(np.float32)
+        table.to_parquet(staging / "predictions.parquet", index=False)
+        np.save(staging / "embeddings.npy", features.astype(np.float32))
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+        _annotated_h5ad(job, table, features, coords, provenance, staging / "annotated.h5ad")
+        if job.write_csv:
+            table.to_csv(staging / "predictions.csv", index=False)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {p.name: str(final / p.name) for p in sorted(final.iterdir())}
+
+
+def _annotated_h5ad(job: AnnotationJob, table: pd.DataFrame, features: np.ndarray, coords: np.ndarray,
+                    provenance: dict, path: Path) -> None:
+    """The input file's own content, plus predictions in obs and the embedding and UMAP in obsm."""
+    original, _ = open_anndata(Path(job.query.path), job.query.name, backed=False)
+    trained = bool(provenance["model"].get("trained", True))
+    original.obs["predicted_label"] = pd.Categorical(table["predicted_label"].to_numpy())
+    original.obs["prediction_confidence"] = table["confidence"].to_numpy()
+    original.obs["prediction_assigned"] = table["assigned"].to_numpy()
+    if "split" in table:
+        original.obs["prediction_split"] = pd.Categorical(table["split"].to_numpy())
+    if "X_umap" in original.obsm:
+        original.obsm["X_umap_input"] = original.obsm["X_umap"]
+    original.obsm[f"X_{job.model_id}"] = features
+    original.obsm["X_umap"] = coords
+    original.uns["helical_platform"] = {
+        "model": job.model_id,
+        "weights": "trained" if trained else "generated, untrained: these predictions mean nothing",
+        "provenance_json": json.dumps(provenance, default=str),
+    }
+    original.write_h5ad(path)
