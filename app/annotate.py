@@ -13,7 +13,7 @@ from inference.backends import Backend, create_backend
 from inference.checks import Vocabulary
 from inference.pipeline import AnnotationJob, DataInput, run_annotation
 from inference.weights import WeightsError, WeightsLocations, vocabulary_genes
-from store.artifacts import atomic_path
+from store.artifacts import ArtifactStore, atomic_path
 
 
 def sha256_of(path: Path) -> str:
@@ -80,8 +80,9 @@ def annotate_files(settings: Settings, model: str, query: Path, out: Path, label
         print(f"[{stage}]{counted}", file=sys.stderr, flush=True)
 
     backend, info = build_backend(backend_name, variant, locations, settings.device)
-    heads = settings.home / "heads"
-    with tempfile.TemporaryDirectory(prefix="annotate-", dir=settings.home) as tmp:
+    store = ArtifactStore(settings.home)
+    heads = store.home / "heads"
+    with tempfile.TemporaryDirectory(prefix="annotate-", dir=store.home / "tmp") as tmp:
         job = AnnotationJob(
             model_id=backend_name, query=DataInput(str(query), query.name, sha256_of(query)),
             label_column=label_column, out_dir=str(Path(tmp) / "result"), truth_column=truth_column,

@@ -1,0 +1,192 @@
+"""The annotation pipeline end to end on real PBMCs, for all three models, and its command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from app.annotate import sha256_of
+from inference.backends import create_backend
+from inference.pipeline import AnnotationError, AnnotationJob, DataInput, run_annotation
+from tests.conftest import PBMC, REPO
+
+
+@pytest.fixture(scope="module")
+def split_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A labelled reference (odd cells) and a query with true labels (every fourth even cell)."""
+    folder = tmp_path_factory.mktemp("split")
+    full = ad.read_h5ad(PBMC)
+    ref, query = folder / "reference.h5ad", folder / "query.h5ad"
+    full[1::2].copy().write_h5ad(ref)
+    full[0::8].copy().write_h5ad(query)
+    return ref, query
+
+
+def _input(path: Path) -> DataInput:
+    return DataInput(str(path), path.name, sha256_of(path))
+
+
+def _job(tmp_path, ref, query, model="baseline", **kw) -> AnnotationJob:
+    return AnnotationJob(model_id=model, query=_input(query), reference=_input(ref) if ref else None,
+                         label_column="celltype", truth_column="celltype" if ref else None,
+                         out_dir=str(tmp_path / kw.pop("name", "run")), heads_dir=str(tmp_path / "heads"), **kw)
+
+
+class CountingBackend:
+    """Wraps a backend to count how many sets of cells it embeds."""
+
+    def __init__(self, inner):
+        self.inner, self.embedded = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def embed(self, adata, **kw):
+        self.embedded.append(adata.n_obs)
+        return self.inner.embed(adata, **kw)
+
+
+def test_baseline_end_to_end_writes_every_result_and_reuses_its_head(split_files, tmp_path):
+    ref, query = split_files
+    backend = CountingBackend(create_backend("baseline", None, None))
+    stages = []
+    result = run_annotation(_job(tmp_path, ref, query), backend, {"checksum": "baseline:v1", "trained": True},
+                            progress=lambda stage, done, total: stages.append(stage))
+    assert [s for s in dict.fromkeys(stages)] == ["checking", "embedding reference", "training head",
+                                                  "embedding query", "predicting", "UMAP", "writing"]
+    run = tmp_path / "run"
+    assert {"predictions.parquet", "embeddings.npy", "metrics.json", "provenance.json",
+            "annotated.h5ad"} <= {p.name for p in run.iterdir()}
+    assert not list(tmp_path.glob(".partial-*"))
+    metrics = result["metrics"]
+    assert metrics["macro_f1"] > 0.7 and metrics["scope"] == "all labelled query cells"
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["inputs"]["query"]["sha256"] == sha256_of(query)
+    assert prov["versions"]["helical"] == "3.1.4" and prov["head"]["reused"] is False
+    assert prov["umap"]["seed"] == 0 and "n_neighbors" in prov["umap"]["params"]
+
+    # the same model, reference and settings: the cached head is used and the reference is not embedded again
+    backend.embedded.clear()
+    again = run_annotation(_job(tmp_path, ref, query, name="run2"), backend,
+                           {"checksum": "baseline:v1", "trained": True})
+    assert backend.embedded == [ad.read_h5ad(query, backed="r").n_obs]
+    assert again["provenance"]["head"]["reused"] is True
+    assert "embedding reference" not in again["stage_timings"]
+    assert again["metrics"]["macro_f1"] == pytest.approx(metrics["macro_f1"])
+
+
+def test_metrics_equal_scikit_learns_on_the_same_predictions(split_files, tmp_path):
+    ref, query = split_files
+    result = run_annotation(_job(tmp_path, ref, query, confidence_threshold=0.9),
+                            create_backend("baseline", None, None), {"checksum": "b", "trained": True})
+    table = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
+    truth, pred = table["true_label"].to_numpy(), table["predicted_label"].to_numpy()
+    classes = sorted(set(truth))
+    m = result["metrics"]
+    assert (pred == "unassigned").any()  # the threshold left some cells unassigned
+    assert m["accuracy"] == pytest.approx(accuracy_score(truth, pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(truth, pred, labels=classes, average="macro"))
+    cm = confusion_matrix(truth, pred, labels=m["confusion_matrix"]["columns"])[: len(classes)]
+    assert m["confusion_matrix"]["counts"] == cm.tolist()
+    for cls in classes:
+        assert m["per_class"][cls]["f1"] == pytest.approx(f1_score(truth, pred, labels=[cls], average="macro"))
+    probs = table[[c for c in table.columns if c.startswith("prob:")]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_the_annotated_file_keeps_the_input_and_adds_the_predictions(split_files, tmp_path):
+    ref, query = split_files
+    run_annotation(_job(tmp_path, ref, query), create_backend("baseline", None, None),
+                   {"checksum": "b", "trained": True})
+    out = ad.read_h5ad(tmp_path / "run" / "annotated.h5ad")
+    original = ad.read_h5ad(query)
+    assert out.shape == original.shape and (out.X != original.X).nnz == 0
+    assert (out.obs["celltype"] == original.obs["celltype"]).all()
+    assert {"predicted_label", "prediction_confidence", "prediction_assigned"} <= set(out.obs.columns)
+    assert out.obsm["X_umap"].shape == (out.n_obs, 2) and out.obsm["X_baseline"].shape == (out.n_obs, 2000)
+    assert out.uns["helical_platform"]["weights"] == "trained"
+
+
+@pytest.mark.parametrize("model", ["geneformer", "scgpt"])
+def test_foundation_models_run_the_same_pipeline_and_say_they_are_untrained(model, split_files, tiny_locations,
+                                                                            tmp_path):
+    ref, query = split_files
+    backend = create_backend(model, None, tiny_locations, device="cpu")
+    backend.load()
+    info = {"checksum": backend.weights.checksum, "trained": backend.weights.trained}
+    result = run_annotation(_job(tmp_path, ref, query, model=model), backend, info)
+    assert result["metrics"]["n_cells"] == ad.read_h5ad(query, backed="r").n_obs
+    out = ad.read_h5ad(tmp_path / "run" / "annotated.h5ad")
+    assert out.obsm[f"X_{model}"].shape[1] == 32
+    assert "untrained" in out.uns["helical_platform"]["weights"]
+    assert result["provenance"]["model"]["trained"] is False
+
+
+def test_evaluation_mode_trains_on_a_stratified_split_and_scores_the_held_out_part(tmp_path):
+    result = run_annotation(_job(tmp_path, None, PBMC), create_backend("baseline", None, None),
+                            {"checksum": "b", "trained": True})
+    table = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
+    held = table["split"] == "held-out"
+    assert 0.25 < held.mean() < 0.35
+    assert result["metrics"]["n_cells"] == held.sum() and result["metrics"]["scope"] == "held-out split"
+    # every class with two or more cells is represented in the held-out part
+    assert set(table.loc[held, "true_label"]) == set(table["true_label"])
+
+
+def test_reference_problems_get_messages(split_files, tmp_path):
+    ref, query = split_files
+    bad = ad.read_h5ad(ref)
+    bad.obs["empty"] = pd.Categorical([np.nan] * bad.n_obs, categories=["T cell"])
+    bad_path = tmp_path / "bad_ref.h5ad"
+    bad.write_h5ad(bad_path)
+    job = _job(tmp_path, bad_path, query)
+    job.label_column = "empty"
+    with pytest.raises(AnnotationError, match="all values are missing"):
+        run_annotation(job, create_backend("baseline", None, None), {})
+    job.label_column = "cell_type_typo"
+    with pytest.raises(AnnotationError, match="has no column 'cell_type_typo'"):
+        run_annotation(job, create_backend("baseline", None, None), {})
+
+
+def test_the_head_gives_scikit_learns_probabilities():
+    from sklearn.linear_model import LogisticRegression
+
+    from inference.heads import Head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    for n_classes in (2, 4):
+        y = np.array(list("abcd"[:n_classes]))[rng.integers(0, n_classes, 200)]
+        head = Head.train(x, y, {})
+        ref = LogisticRegression(max_iter=2000, random_state=0).fit(x, y)
+        assert np.allclose(head.predict_proba(x), ref.predict_proba(x), atol=1e-6)
+
+
+def test_the_command_line_annotates_and_checks(split_files, tmp_path):
+    ref, query = split_files
+    env = {**os.environ, "HELICAL_PLATFORM_HOME": str(tmp_path / "home")}
+    cli = shutil.which("helical-platform") or str(Path(os.sys.executable).parent / "helical-platform")
+    out = tmp_path / "annotated.h5ad"
+    done = subprocess.run([cli, "annotate", "--model", "baseline", "--reference", str(ref), "--label-column",
+                           "celltype", "--query", str(query), "--truth-column", "celltype", "--out", str(out),
+                           "--csv"], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "macro-F1" in done.stdout and "[embedding query]" in done.stderr
+    assert "predicted_label" in ad.read_h5ad(out).obs
+    assert "predicted_label" in pd.read_csv(out.with_suffix(".csv")).columns
+    check = subprocess.run([cli, "check", str(query), "--json"], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert check.returncode == 0 and json.loads(check.stdout)["label_columns"]["celltype"]
+    (tmp_path / "broken.h5ad").write_bytes(b"")
+    bad = subprocess.run([cli, "check", str(tmp_path / "broken.h5ad")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 1 and "empty (0 bytes)" in bad.stdout
