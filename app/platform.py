@@ -39,7 +39,19 @@ class Platform:
         self._compute_error: BaseException | None = None
         self._compute_ready = threading.Event()
         self.weights = weights_locations(settings)
+        if start_cluster:  # a server: make sure every model can run, with generated weights if need be
+            try:
+                ensure_generated_weights(settings, self.engine)
+            except Exception:  # the catalog then says "missing" and how to stage weights
+                log.exception("could not prepare generated weights")
         refresh_weights_status(self.engine, self.weights)
+        from app.runs import RunsService
+
+        self.runs = RunsService(self)
+        self.datasets = self.runs.datasets
+        interrupted = self.runs.reconcile()
+        if interrupted:
+            log.warning("%d runs were interrupted by a restart and are marked failed", interrupted)
         if start_cluster:
             threading.Thread(target=self._start_compute, name="start-dask", daemon=True).start()
         else:
@@ -58,10 +70,6 @@ class Platform:
 
     def _start_compute(self) -> None:
         s = self.settings
-        try:
-            ensure_generated_weights(s, self.engine)
-        except Exception:  # the catalog says "missing" and how to stage weights
-            log.exception("could not prepare generated weights")
         try:
             self._compute = start_compute(s.scheduler_address, s.n_workers, s.threads_per_worker,
                                           s.worker_memory_limit)
@@ -94,6 +102,7 @@ class Platform:
         return list_models(self.engine, application_id)
 
     def close(self) -> None:
+        self.runs.close()
         self._compute_ready.wait(60)
         if self._compute is not None:
             try:

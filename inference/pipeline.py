@@ -150,10 +150,55 @@ class _Timer:
             self._stage = None
 
 
+@dataclass
+class Prediction:
+    """What the model phase hands to the CPU phase (UMAP, files): arrays per cell and what was done."""
+
+    cell_ids: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    assigned: np.ndarray
+    proba: np.ndarray
+    classes: np.ndarray
+    features: np.ndarray
+    basis: np.ndarray
+    truth: np.ndarray | None
+    held_out: np.ndarray | None
+    metrics: dict
+    provenance: dict
+    timings: dict
+
+    ARRAYS = ("cell_ids", "predicted", "confidence", "assigned", "proba", "classes", "features", "basis", "truth",
+              "held_out")
+
+    def save(self, folder: Path) -> None:
+        """Into ``folder`` (on the shared data home), so another worker can finish the run."""
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None}
+        arrays = {k: v.astype(str) if v.dtype == object else v for k, v in arrays.items()}
+        np.savez(folder / "prediction.npz", **arrays)
+        (folder / "prediction.json").write_text(json.dumps(
+            {"metrics": self.metrics, "provenance": self.provenance, "timings": self.timings}, default=str))
+
+    @classmethod
+    def load(cls, folder: Path) -> Prediction:
+        with np.load(folder / "prediction.npz", allow_pickle=False) as z:
+            arrays = {k: (z[k] if k in z.files else None) for k in cls.ARRAYS}
+        meta = json.loads((folder / "prediction.json").read_text())
+        return cls(**arrays, metrics=meta["metrics"], provenance=meta["provenance"], timings=meta["timings"])
+
+
 def run_annotation(job: AnnotationJob, backend: Backend, model_info: dict,
                    progress: StageProgress | None = None,
                    should_stop: Callable[[], bool] | None = None) -> dict[str, object]:
     """Annotate ``job.query``; write the result folder ``job.out_dir``; return metrics, provenance, files."""
+    return finish(job, predict(job, backend, model_info, progress, should_stop), progress, should_stop)
+
+
+def predict(job: AnnotationJob, backend: Backend, model_info: dict, progress: StageProgress | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Prediction:
+    """The model's part: embed the reference (or reuse the cached head), train the head, embed and classify the
+    query, and score against the truth."""
     timer = _Timer(progress)
     timer.stage("checking")
     query = load_counts(job.query)
@@ -214,17 +259,13 @@ def run_annotation(job: AnnotationJob, backend: Backend, model_info: dict,
     if truth_column:
         truth_series = _labels(query, truth_column, "query")
         mask = truth_series.notna().to_numpy() & (held_out if evaluation else True)
-        truth = truth_series.astype(str).where(truth_series.notna(), None).to_numpy()
+        truth = truth_series.astype(str).where(truth_series.notna(), "").to_numpy().astype(str)
         metrics = annotation_metrics(truth[mask], predicted[mask])
         metrics["scope"] = "held-out split" if evaluation else "all labelled query cells"
         unknown = sorted(set(truth[mask]) - set(head.classes))
         if unknown:
             metrics["classes_not_in_reference"] = unknown
-    check_stop(should_stop)
-
-    timer.stage("UMAP")
-    coords, umap_info = umap_layout(emb.basis, seed=job.seed, params=job.umap)
-    timer.stage("writing")
+    timer.finish()
     provenance = {
         "model": {"id": job.model_id, **model_info},
         "backend": backend.describe(),
@@ -237,39 +278,52 @@ def run_annotation(job: AnnotationJob, backend: Backend, model_info: dict,
                        **({"holdout_fraction": job.holdout_fraction} if evaluation else {})},
         "head": {"cache_key": key, "reused": head_reused, "classes": head.classes.tolist(),
                  "reference_cells": int(reference.n_obs)},
-        "umap": umap_info,
         "genes_used": emb.genes_used,
     }
-    files = _write_results(job, query, predicted, confidence, assigned, proba, head.classes, emb.features,
-                           coords, truth, held_out, metrics, provenance)
+    return Prediction(cell_ids=query.obs_names.to_numpy().astype(str), predicted=predicted.astype(str),
+                      confidence=confidence.astype(np.float32), assigned=assigned, proba=proba.astype(np.float32),
+                      classes=head.classes.astype(str), features=emb.features, basis=emb.basis, truth=truth,
+                      held_out=held_out, metrics=metrics, provenance=provenance, timings=timer.timings)
+
+
+def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = None,
+           should_stop: Callable[[], bool] | None = None) -> dict[str, object]:
+    """The CPU part: UMAP, then every result file, published at once."""
+    timer = _Timer(progress)
+    timer.timings.update(p.timings)
+    check_stop(should_stop)
+    timer.stage("UMAP")
+    coords, umap_info = umap_layout(p.basis, seed=job.seed, params=job.umap)
+    check_stop(should_stop)
+    timer.stage("writing")
+    provenance = {**p.provenance, "umap": umap_info}
+    files = _write_results(job, p, coords, provenance)
     timer.finish()
     provenance["stage_timings"] = timer.timings
     (Path(job.out_dir) / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
-    counts = pd.Series(predicted).value_counts()
-    return {"metrics": metrics, "provenance": provenance, "files": files, "n_cells": int(query.n_obs),
+    counts = pd.Series(p.predicted).value_counts()
+    return {"metrics": p.metrics, "provenance": provenance, "files": files, "n_cells": int(len(p.cell_ids)),
             "predicted_counts": {str(k): int(v) for k, v in counts.items()}, "stage_timings": timer.timings}
 
 
-def _write_results(job: AnnotationJob, query: AnnData, predicted, confidence, assigned, proba, classes,
-                   features, coords, truth, held_out, metrics, provenance) -> dict[str, str]:  # noqa: ANN001
+def _write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, provenance: dict) -> dict[str, str]:
     final = Path(job.out_dir)
     staging = final.parent / f".partial-{final.name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
-        table = pd.DataFrame({"cell_id": query.obs_names.astype(str), "predicted_label": predicted,
-                              "confidence": confidence.astype(np.float32), "assigned": assigned,
-                              "umap_1": coords[:, 0], "umap_2": coords[:, 1]})
-        if truth is not None:
-            table["true_label"] = truth
-        if held_out is not None:
-            table["split"] = np.where(held_out, "held-out", "train")
-        for i, cls in enumerate(classes):
-            table[f"prob:{cls}"] = proba[:, i].astype(np.float32)
+        table = pd.DataFrame({"cell_id": p.cell_ids, "predicted_label": p.predicted, "confidence": p.confidence,
+                              "assigned": p.assigned, "umap_1": coords[:, 0], "umap_2": coords[:, 1]})
+        if p.truth is not None:
+            table["true_label"] = p.truth
+        if p.held_out is not None:
+            table["split"] = np.where(p.held_out, "held-out", "train")
+        for i, cls in enumerate(p.classes):
+            table[f"prob:{cls}"] = p.proba[:, i]
         table.to_parquet(staging / "predictions.parquet", index=False)
-        np.save(staging / "embeddings.npy", features.astype(np.float32))
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        np.save(staging / "embeddings.npy", p.features.astype(np.float32))
+        (staging / "metrics.json").write_text(json.dumps(p.metrics, indent=2))
         (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
-        _annotated_h5ad(job, table, features, coords, provenance, staging / "annotated.h5ad")
+        _annotated_h5ad(job, table, p.features, coords, provenance, staging / "annotated.h5ad")
         if job.write_csv:
             table.to_csv(staging / "predictions.csv", index=False)
         if final.exists():

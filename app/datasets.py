@@ -1,0 +1,88 @@
+"""Datasets: uploaded files stored once per content, checked at once, recorded with their report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlmodel import select
+
+from app.annotate import vocabularies
+from inference.checks import check_file
+from store.artifacts import InvalidIdError, file_suffix, new_id, validate_file_name, validate_uuid4
+from store.engine import read_session, write_session
+from store.tables import Dataset
+
+log = logging.getLogger(__name__)
+
+
+class DatasetRejected(ValueError):
+    """The file is not usable; ``report`` says what was found and what to do."""
+
+    def __init__(self, report: dict) -> None:
+        self.report = report
+        super().__init__(" ".join(e["message"] for e in report.get("errors", [])) or "The file is not usable.")
+
+    @property
+    def unreadable(self) -> bool:
+        return any(e["code"] == "unreadable" for e in self.report.get("errors", []))
+
+
+class NotFound(LookupError):
+    pass
+
+
+class DatasetService:
+    def __init__(self, platform) -> None:  # noqa: ANN001 - app.platform.Platform (import cycle)
+        self.platform = platform
+
+    def ingest(self, source: BinaryIO, file_name: str) -> Dataset:
+        """Stream the upload into the store, check it, and record it; refuse (keeping nothing) if unusable."""
+        validate_file_name(file_name)
+        store = self.platform.artifacts
+        sha, path, size = store.ingest(source, file_name, max_bytes=self.platform.settings.max_upload_mb * 2**20)
+        return self._record(sha, path, size, file_name)
+
+    def ingest_server_file(self, relative: str) -> Dataset:
+        """A file already on the server, under the allowed root (symlinks resolved and confined)."""
+        root = self.platform.settings.files_root
+        if root is None:
+            raise InvalidIdError("Picking files on the server is not enabled: set HELICAL_PLATFORM_FILES_ROOT.")
+        path = (root / relative).resolve()
+        if root.resolve() not in path.parents:
+            raise InvalidIdError(f"{relative!r} is outside the allowed folder {root}.")
+        if not path.is_file():
+            raise NotFound(f"No file {relative!r} under {root}.")
+        with open(path, "rb") as fh:
+            return self.ingest(fh, path.name)
+
+    def _record(self, sha: str, path: Path, size: int, file_name: str) -> Dataset:
+        with read_session(self.platform.engine) as s:
+            existing = s.exec(select(Dataset).where(Dataset.sha256 == sha)).first()
+        if existing is not None:
+            return existing
+        report = check_file(path, file_name, vocabularies(self.platform.weights))
+        if not report["ok"]:
+            path.unlink(missing_ok=True)  # no other dataset has these bytes (checked above)
+            raise DatasetRejected(report)
+        ds = Dataset(id=new_id(), file_name=file_name, sha256=sha, size_bytes=size, n_cells=report.get("n_cells"),
+                     n_genes=report.get("n_genes"), check_report=report)
+        with write_session(self.platform.engine) as s:
+            s.add(ds)
+        return ds
+
+    def get(self, dataset_id: str) -> Dataset:
+        validate_uuid4(dataset_id, "dataset id")
+        with read_session(self.platform.engine) as s:
+            ds = s.get(Dataset, dataset_id)
+        if ds is None:
+            raise NotFound(f"No dataset {dataset_id}.")
+        return ds
+
+    def path(self, ds: Dataset) -> Path:
+        return self.platform.artifacts.dataset_path(ds.sha256, file_suffix(ds.file_name))
+
+    def list(self) -> list[Dataset]:
+        with read_session(self.platform.engine) as s:
+            return list(s.exec(select(Dataset).order_by(Dataset.created_at.desc())))
