@@ -68,6 +68,7 @@ class RunsService:
         self._updates: queue.Queue = queue.Queue()
         self._subscribed = False
         self._started: dict[str, float] = {}
+        self.workers: dict[str, dict] = {}  # run id -> the worker process now running it (from its events)
         threading.Thread(target=self._write_progress, name="run-progress", daemon=True).start()
 
     # ---- submission -------------------------------------------------------------------------------------
@@ -87,6 +88,11 @@ class RunsService:
             raise InvalidRun(f"{model.name} does not serve {app.name}.")
         if model.weights_status == "missing":
             raise InvalidRun(f"{model.name} has no weights: {model.weights_detail}")
+        variant = options.get("variant")
+        if variant and model.backend == "geneformer":
+            status, detail = self.platform.weights.status("geneformer", variant)
+            if status == "missing":
+                raise InvalidRun(f"Geneformer {variant} has no weights: {detail}")
         query = self.datasets.get(dataset_id)
         reference = self.datasets.get(reference_id) if reference_id else None
         labels_from = reference or query
@@ -197,6 +203,7 @@ class RunsService:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             self._started.pop(run_id, None)
+            self.workers.pop(run_id, None)
 
     def _job(self, run: Run, run_dir: Path) -> AnnotationJob:
         query = self.datasets.get(run.dataset_id)
@@ -237,6 +244,7 @@ class RunsService:
                 log.exception("could not record progress %s", event)
 
     def _apply_progress(self, event: dict) -> None:
+        self.workers[event["run_id"]] = {"address": event.get("worker"), "pid": event.get("pid")}
         with write_session(self.platform.engine) as s:
             run = s.get(Run, event["run_id"])
             if run is None or run.status != "running":

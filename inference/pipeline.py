@@ -25,7 +25,7 @@ from inference.checks import find_counts
 from inference.heads import DEFAULT_HEAD, Head, head_cache_key
 from inference.layout import umap_layout
 from inference.metrics import UNASSIGNED, annotation_metrics
-from inference.readers import open_anndata
+from inference.readers import UnreadableFileError, open_anndata
 
 StageProgress = Callable[[str, int, int], None]
 STAGES = ("checking", "embedding reference", "training head", "embedding query", "predicting", "UMAP",
@@ -64,7 +64,10 @@ class AnnotationJob:
 
 def load_counts(inp: DataInput) -> AnnData:
     """The cells with raw counts in X (from X, a layer, .raw, or recovered from log1p and totals)."""
-    opened, _ = open_anndata(Path(inp.path), inp.name, backed=True)
+    try:
+        opened, _ = open_anndata(Path(inp.path), inp.name, backed=True)
+    except (UnreadableFileError, OSError) as exc:
+        raise AnnotationError(f"The stored copy of {inp.name} cannot be read: {exc} Upload the file again.") from exc
     try:
         counts, errors, _ = find_counts(opened)
         if errors:
