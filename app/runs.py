@@ -321,6 +321,15 @@ class RunsService:
                 "cells": {"offset": offset, "limit": limit, "total": total,
                           "items": page.to_dict(orient="records")}}
 
+    def cells(self, run_id: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """Per-cell predictions of a finished run (only the columns asked for are read)."""
+        import pyarrow.parquet as pq
+
+        path = self.result_dir(run_id) / "predictions.parquet"
+        available = pq.ParquetFile(path).schema_arrow.names
+        wanted = [c for c in columns if c in available] if columns else None
+        return pd.read_parquet(path, columns=wanted)
+
     def export(self, run_id: str, fmt: str) -> Path:
         """The annotated .h5ad, or the per-cell CSV (written once, atomically, from the predictions)."""
         folder = self.result_dir(run_id)

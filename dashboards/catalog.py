@@ -1,12 +1,10 @@
-"""The catalog section: applications and the models that serve them, read from the database."""
+"""Picking an application and a model, with what a user weighs: speed, accuracy and its source, weights."""
 
 from __future__ import annotations
 
 import pandas as pd
 import panel as pn
 import param
-
-from app.platform import Platform
 
 WEIGHTS_WORDS = {
     "installed": "installed (trained)",
@@ -15,45 +13,76 @@ WEIGHTS_WORDS = {
 }
 
 
-def models_frame(platform: Platform, application_id: str | None) -> pd.DataFrame:
-    """One row per model with what a user weighs when picking one (pure: testable without a browser)."""
-    rows = [
-        {
-            "model": m.name,
-            "speed": m.speed,
-            "accuracy": m.accuracy,
-            "accuracy source": m.accuracy_source,
-            "variant": m.variant,
-            "weights": WEIGHTS_WORDS.get(m.weights_status, m.weights_status),
-            "description": m.description,
-        }
-        for m in platform.models(application_id)
-    ]
-    return pd.DataFrame(rows, columns=["model", "speed", "accuracy", "accuracy source", "variant", "weights",
-                                       "description"])
+def model_label(model) -> str:  # noqa: ANN001 - store.tables.ModelEntry
+    """How a model is named in the picker: untrained or missing weights are said in the name itself."""
+    suffix = {"generated": " — generated, untrained", "missing": " — weights missing"}.get(model.weights_status, "")
+    return f"{model.name}{suffix}"
 
 
-class CatalogView(pn.viewable.Viewer):
-    """Pick an application; see the models that serve it."""
+def model_card(model) -> str:  # noqa: ANN001
+    """Markdown with the model's attributes and, for generated or missing weights, what that means."""
+    acc = "—" if model.accuracy is None else f"{model.accuracy:.2f}"
+    lines = [f"### {model.name}", model.description, "",
+             f"**Speed:** {model.speed} · **Published accuracy:** {acc}",
+             f"<small>Accuracy source: {model.accuracy_source}</small>", ""]
+    if model.variant:
+        lines.append(f"**Variant:** `{model.variant}`")
+    lines.append(f"**Weights:** {WEIGHTS_WORDS.get(model.weights_status, model.weights_status)}")
+    if model.weights_status == "generated":
+        lines.append("\n**Generated, untrained weights**: this model runs so the product can be tried, but its "
+                     "predictions mean nothing. Stage real weights with `helical-platform weights stage`.")
+    elif model.weights_status == "missing":
+        lines.append(f"\n**No weights**: {model.weights_detail}")
+    elif model.weights_detail:
+        lines.append(f"<small>{model.weights_detail}</small>")
+    return "\n".join(lines)
 
-    application = param.Selector(doc="The application whose models are listed.")
 
-    def __init__(self, platform: Platform, **params) -> None:
+def models_frame(models: list) -> pd.DataFrame:
+    rows = [{"model": m.name, "speed": m.speed, "accuracy": m.accuracy, "variant": m.variant,
+             "weights": WEIGHTS_WORDS.get(m.weights_status, m.weights_status), "description": m.description}
+            for m in models]
+    return pd.DataFrame(rows, columns=["model", "speed", "accuracy", "variant", "weights", "description"])
+
+
+class ModelPicker(pn.viewable.Viewer):
+    """Application first, then the models that serve it."""
+
+    application = param.Selector(doc="The application.")
+    model = param.Selector(doc="The model that will run.")
+
+    def __init__(self, platform, **params) -> None:  # noqa: ANN001 - app.platform.Platform
+        super().__init__(**params)
         self._platform = platform
         apps = platform.applications()
-        super().__init__(**params)
         self.param.application.objects = {a.name: a.id for a in apps}
-        if apps and self.application is None:
-            self.application = apps[0].id
+        self.application = apps[0].id if apps else None
+        self._fill_models()
 
-    @param.depends("application")
-    def _models(self) -> pn.viewable.Viewable:
-        return pn.widgets.Tabulator(
-            models_frame(self._platform, self.application), show_index=False, disabled=True,
-            layout="fit_data_table", css_classes=["catalog-models"], sizing_mode="stretch_width",
-        )
+    @param.depends("application", watch=True)
+    def _fill_models(self) -> None:
+        models = self._platform.models(self.application)
+        self._models = {m.id: m for m in models}
+        self.param.model.objects = {model_label(m): m.id for m in models}
+        usable = [m.id for m in models if m.weights_status != "missing"]
+        self.model = usable[0] if usable else (models[0].id if models else None)
+
+    def selected(self):  # noqa: ANN201 - ModelEntry
+        return self._models.get(self.model)
+
+    @param.depends("model")
+    def _card(self) -> pn.pane.Markdown:
+        m = self.selected()
+        return pn.pane.Markdown(model_card(m) if m else "", css_classes=["model-card"], sizing_mode="stretch_width")
+
+    def table(self) -> pn.widgets.Tabulator:
+        return pn.widgets.Tabulator(models_frame(self._platform.models(self.application)), show_index=False,
+                                    disabled=True, css_classes=["catalog-models"], sizing_mode="stretch_width")
 
     def __panel__(self) -> pn.viewable.Viewable:
-        picker = pn.widgets.Select.from_param(self.param.application, name="Application",
-                                             css_classes=["application-picker"], width=320)
-        return pn.Column("## Catalog", picker, self._models, sizing_mode="stretch_width")
+        return pn.Column(
+            pn.widgets.Select.from_param(self.param.application, name="Application",
+                                         css_classes=["application-picker"], sizing_mode="stretch_width"),
+            pn.widgets.Select.from_param(self.param.model, name="Model", css_classes=["model-picker"],
+                                         sizing_mode="stretch_width"),
+            self._card, sizing_mode="stretch_width")

@@ -2,38 +2,74 @@
 
 from __future__ import annotations
 
+import threading
+
 import panel as pn
 
-from app.platform import Platform
-from dashboards.catalog import CatalogView
+from dashboards.catalog import ModelPicker
+from dashboards.data import DataPanel
+from dashboards.results import ResultsView
+from dashboards.runs import RunPanel
 
 TITLE = "Helical AI Platform"
+POLL_MS = 1000
+_warmed = threading.Event()
+
+
+def warm_up_once() -> None:
+    """Compile datashader's kernels in the background when the first session opens."""
+    if not _warmed.is_set():
+        _warmed.set()
+        from dashboards.plots import warm_up
+
+        threading.Thread(target=warm_up, name="datashader-warm-up", daemon=True).start()
 
 
 class Dashboard(pn.viewable.Viewer):
     """The whole page, composed of smaller views; every session gets its own, sharing one Platform."""
 
-    def __init__(self, platform: Platform, **params) -> None:
+    def __init__(self, platform, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(**params)
         self._platform = platform
-        self.catalog = CatalogView(platform)
+        self.picker = ModelPicker(platform)
+        self.data = DataPanel(platform)
+        self.runs = RunPanel(platform, self.picker, self.data)
+        self.results = ResultsView(platform)
+        self.runs.param.watch(self._on_finished, "finished")
+        self._callback = None
+        self.compute = pn.pane.Markdown(self._compute_status(), css_classes=["compute-status"])
+        warm_up_once()
+
+    def _on_finished(self, _event) -> None:  # noqa: ANN001
+        self.results.refresh()
 
     def _compute_status(self) -> str:
         status = self._platform.compute_status()
         if status["state"] != "ready":
             return f"**Compute:** {status['state']} {status.get('error', '')}"
-        return (f"**Compute:** {status['kind']}, {status['workers']} workers, {status['threads']} threads, "
+        return (f"**Compute:** {status['kind']} · {status['workers']} workers · {status['threads']} threads · "
                 f"{status['gpus']} GPUs")
 
+    def start_polling(self) -> None:
+        """Progress and history refresh every second, for this session only; stopped when it closes."""
+        if self._callback is None:
+            self._callback = pn.state.add_periodic_callback(self._poll, period=POLL_MS)
+            if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+                pn.state.on_session_destroyed(lambda _ctx: self._callback.stop())
+
+    def _poll(self) -> None:
+        self.runs.poll()
+        self.compute.object = self._compute_status()
+
+    def sidebar(self) -> list:
+        return [self.picker, self.compute]
+
     def __panel__(self) -> pn.viewable.Viewable:
-        settings = "  \n".join(f"**{k}:** `{v}`" for k, v in self._platform.settings.describe().items())
-        status = pn.pane.Markdown(self._compute_status(), css_classes=["compute-status"])
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-            cb = pn.state.add_periodic_callback(lambda: setattr(status, "object", self._compute_status()),
-                                                period=2000, count=60)
-            pn.state.on_session_destroyed(lambda _ctx: cb.stop())
-        return pn.Column(self.catalog, pn.pane.Markdown(settings), status, sizing_mode="stretch_width")
+        self.start_polling()
+        return pn.Column(self.data, pn.layout.Divider(), self.runs, pn.layout.Divider(), self.results,
+                         sizing_mode="stretch_width")
 
     def servable_page(self) -> pn.template.BaseTemplate:
-        template = pn.template.FastListTemplate(title=TITLE, main=[self], header_background="#2b5797")
+        template = pn.template.FastListTemplate(title=TITLE, sidebar=self.sidebar(), main=[self],
+                                                header_background="#2b5797", sidebar_width=360)
         return template.servable()

@@ -1,0 +1,134 @@
+"""Giving data: chunked upload, a file on the server, or a stored dataset; the check report at once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import panel as pn
+import param
+
+LEVEL_ICON = {level: f'<span style="color:{color}">●</span>' for level, color in
+              (("green", "#2e7d32"), ("amber", "#ef8f00"), ("red", "#c62828"))}
+
+
+def report_markdown(report: dict, file_name: str = "") -> str:
+    """The check report as a biologist reads it: what was found, then what to do about problems."""
+    name = report.get("file") or file_name
+    if not report.get("ok"):
+        lines = [f"#### ✗ {name} cannot be used"]
+        lines += [f"- **{e['code'].replace('_', ' ')}**: {e['message']}" for e in report.get("errors", [])]
+        return "\n".join(lines)
+    lines = [f"#### ✓ {name}", f"**{report['n_cells']:,} cells × {report['n_genes']:,} genes**"]
+    values = report.get("values") or {}
+    if values.get("source"):
+        how = ("counts recovered from log-normalised values" if values.get("recovered")
+               else values.get("detail", ""))
+        lines.append(f"- **Values**: raw counts in `{values['source']}` ({how})")
+    genes = report.get("genes") or {}
+    if genes:
+        lines.append(f"- **Gene identifiers**: {genes['source']} — {genes['ensembl_given']:,} Ensembl, "
+                     f"{genes['mapped_from_symbols']:,} mapped from symbols, {genes['unmapped']:,} unmapped, "
+                     f"{genes['duplicated_ensembl_ids']:,} duplicated")
+    for model, o in (report.get("overlap") or {}).items():
+        lines.append(f"- {LEVEL_ICON.get(o['level'], '')} **{model}**: {o['genes']:,} genes in its vocabulary, "
+                     f"{o['count_share']:.0%} of the counts" + (f" — {o['message']}" if o["message"] else ""))
+    columns = report.get("label_columns") or {}
+    if columns:
+        for col, classes in columns.items():
+            shown = ", ".join(f"{k} ({v})" for k, v in list(classes.items())[:6])
+            more = f" … {len(classes)} classes" if len(classes) > 6 else ""
+            lines.append(f"- **Label column `{col}`**: {shown}{more}")
+    else:
+        lines.append("- No label column (categorical `obs` column with 2–500 classes): usable as a query only.")
+    lines += [f"- **Note**: {w['message']}" for w in report.get("warnings", [])]
+    return "\n".join(lines)
+
+
+class DataPanel(pn.viewable.Viewer):
+    """Upload or pick the query; the stored datasets are shared by every user of this server."""
+
+    dataset = param.Selector(default=None, doc="The dataset to annotate (query).")
+    datasets_version = param.Integer(default=0, doc="Bumped whenever a dataset is added.")
+
+    def __init__(self, platform, **params) -> None:  # noqa: ANN001
+        super().__init__(**params)
+        self._platform = platform
+        limit = platform.settings.max_upload_mb * 2**20
+        # no accepted_filetypes: the browser knows no MIME type for .h5ad; the server checks every file anyway
+        self.dropper = pn.widgets.FileDropper(
+                                              max_file_size=f"{platform.settings.max_upload_mb}MB",
+                                              chunk_size=4_000_000, multiple=False, css_classes=["upload"],
+                                              sizing_mode="stretch_width", height=140)
+        self._limit = limit
+        self.status = pn.pane.Alert("Drop an .h5ad (or 10x .h5, .loom, CSV) file, or pick a stored dataset.",
+                                    alert_type="light", css_classes=["upload-status"], sizing_mode="stretch_width")
+        self.report = pn.pane.Markdown("", css_classes=["check-report"], sizing_mode="stretch_width")
+        self.server_path = pn.widgets.TextInput(name="File on the server (relative to the allowed folder)",
+                                                placeholder="project/cells.h5ad", sizing_mode="stretch_width")
+        self.server_button = pn.widgets.Button(name="Use this file", button_type="default")
+        self.server_button.on_click(self._on_server_file)
+        self.dropper.param.watch(self._on_upload, "value")
+        self.refresh()
+
+    def refresh(self) -> None:
+        datasets = self._platform.datasets.list()
+        self._by_id = {d.id: d for d in datasets}
+        options = {f"{d.file_name} — {d.n_cells:,} cells ({d.created_at:%Y-%m-%d %H:%M})": d.id for d in datasets}
+        current = self.dataset
+        self.param.dataset.objects = {"(choose a dataset)": "", **options}
+        self._labels = {v: k for k, v in options.items()}
+        self.dataset = current if current in self._by_id else ""
+        self.datasets_version += 1
+
+    def get(self, dataset_id: str | None):  # noqa: ANN201
+        return self._by_id.get(dataset_id) if dataset_id else None
+
+    def labelled(self) -> dict[str, str]:
+        """Stored datasets with at least one label column (candidates for a reference)."""
+        return {self._labels[d]: d for d, ds in self._by_id.items() if ds.check_report.get("label_columns")}
+
+    async def _ingest(self, make_stream, name: str) -> None:  # noqa: ANN001
+        from app.datasets import DatasetRejected
+
+        self.status.object, self.status.alert_type = f"Checking {name} …", "info"
+        try:
+            ds = await asyncio.to_thread(make_stream)
+        except DatasetRejected as exc:
+            self.status.object, self.status.alert_type = f"{name} was not stored: see below.", "danger"
+            self.report.object = report_markdown(exc.report, name)
+            return
+        except (ValueError, LookupError, OSError) as exc:
+            self.status.object, self.status.alert_type = f"{name}: {exc}", "danger"
+            return
+        self.refresh()
+        self.dataset = ds.id
+        self.status.object, self.status.alert_type = f"Stored {ds.file_name}: {ds.n_cells:,} cells.", "success"
+
+    async def _on_upload(self, event) -> None:  # noqa: ANN001
+        if not event.new:
+            return
+        name, data = next(iter(event.new.items()))
+        payload = data if isinstance(data, bytes) else data.encode()
+        await self._ingest(lambda: self._platform.datasets.ingest(io.BytesIO(payload), name), name)
+
+    async def _on_server_file(self, _event) -> None:  # noqa: ANN001
+        rel = self.server_path.value.strip()
+        if rel:
+            await self._ingest(lambda: self._platform.datasets.ingest_server_file(rel), rel)
+
+    @param.depends("dataset", watch=True)
+    def _show_report(self) -> None:
+        ds = self.get(self.dataset)
+        if ds is not None:
+            self.report.object = report_markdown(ds.check_report, ds.file_name)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        tabs = [("Upload", pn.Column(self.dropper, sizing_mode="stretch_width")),
+                ("Stored datasets", pn.widgets.Select.from_param(
+                    self.param.dataset, name="Stored datasets (shared on this server)",
+                    css_classes=["dataset-picker"], sizing_mode="stretch_width"))]
+        if self._platform.settings.files_root is not None:
+            tabs.append(("File on the server", pn.Column(self.server_path, self.server_button)))
+        return pn.Column("## 1 · Data", pn.Tabs(*tabs, sizing_mode="stretch_width"), self.status, self.report,
+                         sizing_mode="stretch_width")

@@ -1,0 +1,93 @@
+"""Pure functions from result data to HoloViews elements: testable without a server or a browser.
+
+The UMAP is rasterised by datashader on the server (images of a fixed size, whatever the number of cells), with
+categorical colouring for labels and a mean for continuous values; hover reports the cell under the cursor
+(``selector``), so a million cells cost one image, not a million glyphs.
+"""
+
+from __future__ import annotations
+
+import datashader as ds
+import holoviews as hv
+import numpy as np
+import pandas as pd
+from holoviews.operation.datashader import dynspread, rasterize
+
+hv.extension("bokeh", logo=False)
+
+CATEGORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                   "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
+                   "#e6550d", "#31a354", "#756bb1", "#636363"]
+UNASSIGNED_COLOR = "#c8c8c8"
+
+
+def color_key(categories: list[str]) -> dict[str, str]:
+    """A stable colour per label (sorted), grey for 'unassigned', so two runs use the same colours."""
+    named = sorted(c for c in categories if c != "unassigned")
+    key = {c: CATEGORY_COLORS[i % len(CATEGORY_COLORS)] for i, c in enumerate(named)}
+    key["unassigned"] = UNASSIGNED_COLOR
+    return key
+
+
+def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str = "",
+              categories: list[str] | None = None) -> hv.DynamicMap:
+    """Datashaded UMAP of ``cells`` (columns umap_1, umap_2, cell_id, predicted_label, confidence, ...)."""
+    vdims = [c for c in ("cell_id", "predicted_label", "confidence", "true_label", "agreement")
+             if c in cells.columns]
+    points = hv.Points(cells, kdims=["umap_1", "umap_2"], vdims=vdims)
+    common = dict(width=560, height=480, xaxis=None, yaxis=None, title=title, tools=["hover"],
+                  bgcolor="white", active_tools=["wheel_zoom"])
+    if color_by == "confidence":
+        raster = rasterize(points, aggregator=ds.mean("confidence"), selector=ds.first("confidence"))
+        return dynspread(raster, threshold=0.6).opts(cmap="viridis", colorbar=True, clim=(0, 1), **common)
+    cats = categories or sorted(cells[color_by].astype(str).unique())
+    data = cells.assign(**{color_by: pd.Categorical(cells[color_by].astype(str), categories=cats)})
+    points = hv.Points(data, kdims=["umap_1", "umap_2"], vdims=vdims if color_by in vdims else vdims + [color_by])
+    raster = rasterize(points, aggregator=ds.count_cat(color_by), selector=ds.first("confidence"))
+    keyed = color_key(cats)
+    legend = hv.NdOverlay({c: hv.Points([(np.nan, np.nan)], label=c).opts(color=keyed[c], size=8)
+                           for c in cats})
+    shaded = dynspread(raster, threshold=0.6).opts(cmap=[keyed[c] for c in cats], **common)
+    return (shaded * legend).opts(legend_position="right", width=760)
+
+
+def confusion_heatmap(confusion: dict, normalised: bool = False) -> hv.Overlay:
+    """Rows: true labels; columns: predicted labels (with 'unassigned'); counts or row fractions written in."""
+    rows, cols = confusion["rows"], confusion["columns"]
+    values = np.array(confusion["row_normalised" if normalised else "counts"], dtype=float)
+    records = [(c, r, values[i, j]) for i, r in enumerate(rows) for j, c in enumerate(cols)]
+    heat = hv.HeatMap(records, kdims=["predicted", "true"], vdims=["value"]).opts(
+        cmap="Blues", colorbar=True, xrotation=45, width=620, height=520, tools=["hover"],
+        invert_yaxis=True, title="Confusion matrix (" + ("row-normalised" if normalised else "counts") + ")",
+        clim=(0, 1 if normalised else float(values.max() or 1)))
+    text = [f"{v:.2f}" if normalised else f"{int(v)}" for _, _, v in records]
+    labels = hv.Labels([(c, r, t) for (c, r, _), t in zip(records, text, strict=True)],
+                       kdims=["predicted", "true"], vdims=["text"]).opts(text_font_size="9pt", text_color="black")
+    return heat * labels
+
+
+def f1_bars(metrics: dict) -> hv.Bars:
+    per_class = metrics.get("per_class", {})
+    data = sorted(((c, v["f1"], v["support"]) for c, v in per_class.items()), key=lambda t: t[1])
+    return hv.Bars(data, kdims=["class"], vdims=["F1", "support"]).opts(
+        invert_axes=True, width=480, height=max(200, 28 * len(data) + 60), xlim=(0, 1), tools=["hover"],
+        title=f"Per-class F1 (macro-F1 {metrics.get('macro_f1', 0):.3f})", color="#2b5797")
+
+
+def disagreement(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> pd.DataFrame:
+    """Cells of run A with 'agree' or 'disagree' against run B on the same cells (by cell id)."""
+    merged = a[["cell_id", "umap_1", "umap_2", "predicted_label", "confidence"]].merge(
+        b[["cell_id", "predicted_label"]].rename(columns={"predicted_label": "other_label"}), on="cell_id",
+        how="left")
+    merged["agreement"] = np.where(merged["predicted_label"] == merged["other_label"], "agree",
+                                   f"{name_a} ≠ {name_b}")
+    return merged
+
+
+def warm_up() -> None:
+    """datashader compiles its kernels on first use (4-6 s): pay that at start, not at a user's first plot."""
+    cells = pd.DataFrame({"umap_1": np.random.rand(100), "umap_2": np.random.rand(100),
+                          "predicted_label": ["a", "b"] * 50, "confidence": np.random.rand(100),
+                          "cell_id": [str(i) for i in range(100)]})
+    hv.render(umap_plot(cells), backend="bokeh")
+    hv.render(umap_plot(cells, "confidence"), backend="bokeh")

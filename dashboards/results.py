@@ -1,0 +1,144 @@
+"""Results of a finished run: UMAP, confusion matrix, metrics, per-cell table, comparison, downloads."""
+
+from __future__ import annotations
+
+import pandas as pd
+import panel as pn
+import param
+
+from dashboards.plots import confusion_heatmap, disagreement, f1_bars, umap_plot
+
+CELL_COLUMNS = ["cell_id", "predicted_label", "confidence", "assigned", "true_label", "split", "umap_1", "umap_2"]
+UNTRAINED_BANNER = ("**This run used generated, untrained weights.** The pipeline ran for real, but these "
+                    "predictions mean nothing. Stage trained weights to annotate for real.")
+
+
+def metrics_markdown(run) -> str:  # noqa: ANN001 - store.tables.Run
+    m = run.metrics
+    if not m:
+        return "No true labels were given for this query, so there are no metrics (pick a truth column)."
+    lines = [f"**Macro-F1 {m['macro_f1']:.3f}** · accuracy {m['accuracy']:.3f} · weighted F1 {m['weighted_f1']:.3f}"
+             f" · {m['assigned_fraction']:.0%} of cells assigned · {m['n_cells']:,} cells ({m.get('scope', '')})"]
+    if m.get("classes_not_in_reference"):
+        lines.append(f"Note: true classes the reference does not have: {', '.join(m['classes_not_in_reference'])}")
+    return "  \n".join(lines)
+
+
+def top_probabilities(cells: pd.DataFrame, k: int = 3) -> pd.DataFrame:
+    """Per cell, the k most probable classes with their probabilities (for the table)."""
+    prob_cols = [c for c in cells.columns if c.startswith("prob:")]
+    out = cells[[c for c in CELL_COLUMNS if c in cells.columns and not c.startswith("umap")]].copy()
+    if not prob_cols:
+        return out
+    probs = cells[prob_cols].to_numpy()
+    names = [c[len("prob:"):] for c in prob_cols]
+    order = (-probs).argsort(axis=1)[:, :k]
+    for i in range(min(k, len(names))):
+        out[f"top{i + 1}"] = [f"{names[j]} ({probs[r, j]:.2f})" for r, j in enumerate(order[:, i])]
+    return out
+
+
+class ResultsView(pn.viewable.Viewer):
+    run = param.Selector(doc="The finished run to explore.")
+    compare_with = param.Selector(doc="A second finished run on the same cells, shown beside the first.")
+    color_by = param.Selector(default="predicted_label", objects=["predicted_label", "confidence", "true_label"])
+    normalised = param.Boolean(default=False, doc="Row-normalised confusion matrix.")
+
+    def __init__(self, platform, **params) -> None:  # noqa: ANN001
+        super().__init__(**params)
+        self._platform = platform
+        self._cache: dict[str, pd.DataFrame] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        done = [r for r in self._platform.runs.list() if r.status == "done"]
+        names = {m.id: m.name for m in self._platform.models()}
+        self._runs = {r.id: r for r in done}
+        labels = {f"{names.get(r.model_id, r.model_id)} · {r.created_at:%H:%M:%S} · {r.id[:8]}": r.id for r in done}
+        self._labels = labels
+        self.param.run.objects = {"(none)": "", **labels}
+        self.param.compare_with.objects = {"(none)": "", **labels}
+        if self.run not in self._runs:
+            self.run = next(iter(labels.values()), "")
+        if self.compare_with not in self._runs:
+            self.compare_with = ""
+
+    def _cells(self, run_id: str) -> pd.DataFrame:
+        if run_id not in self._cache:
+            self._cache[run_id] = self._platform.runs.cells(run_id)
+        return self._cache[run_id]
+
+    @param.depends("run", "color_by", "compare_with")
+    def _umaps(self) -> pn.viewable.Viewable:
+        if not self.run:
+            return pn.pane.Markdown("No finished run yet.")
+        run = self._runs[self.run]
+        cells = self._cells(self.run)
+        color = self.color_by if self.color_by in cells.columns else "predicted_label"
+        name = self._name(run)
+        cats = sorted(set(cells["predicted_label"].astype(str)) | set(cells.get("true_label", pd.Series(dtype=str))
+                                                                     .astype(str)) - {""})
+        plots = [pn.pane.HoloViews(umap_plot(cells, color, f"{name}: UMAP by {color}", cats if color != "confidence"
+                                             else None), css_classes=["umap-plot"])]
+        if self.compare_with and self.compare_with != self.run:
+            other = self._runs[self.compare_with]
+            merged = disagreement(cells, self._cells(self.compare_with), name, self._name(other))
+            n_dis = int((merged["agreement"] != "agree").sum())
+            plots.append(pn.Column(
+                pn.pane.HoloViews(umap_plot(merged, "agreement", f"{name} vs {self._name(other)}"),
+                                  css_classes=["compare-plot"]),
+                pn.pane.Markdown(f"{n_dis:,} of {len(merged):,} cells ({n_dis / max(len(merged), 1):.0%}) get a "
+                                 "different label from the two runs.", css_classes=["disagreement"])))
+        return pn.Row(*plots, sizing_mode="stretch_width")
+
+    def _name(self, run) -> str:  # noqa: ANN001
+        return {m.id: m.name for m in self._platform.models()}.get(run.model_id, run.model_id)
+
+    @param.depends("run", "normalised")
+    def _metrics(self) -> pn.viewable.Viewable:
+        if not self.run:
+            return pn.Column()
+        run = self._runs[self.run]
+        parts = []
+        if not run.provenance.get("model", {}).get("trained", True):
+            parts.append(pn.pane.Alert(UNTRAINED_BANNER, alert_type="warning", css_classes=["untrained-banner"]))
+        parts.append(pn.pane.Markdown(metrics_markdown(run), css_classes=["metrics"]))
+        if run.metrics.get("confusion_matrix"):
+            parts.append(pn.Row(
+                pn.pane.HoloViews(confusion_heatmap(run.metrics["confusion_matrix"], self.normalised),
+                                  css_classes=["confusion-matrix"]),
+                pn.pane.HoloViews(f1_bars(run.metrics), css_classes=["f1-bars"])))
+        return pn.Column(*parts, sizing_mode="stretch_width")
+
+    @param.depends("run")
+    def _table(self) -> pn.viewable.Viewable:
+        if not self.run:
+            return pn.Column()
+        table = top_probabilities(self._cells(self.run))
+        return pn.widgets.Tabulator(table, pagination="remote", page_size=15, show_index=False, disabled=True,
+                                    css_classes=["cell-table"], sizing_mode="stretch_width", header_filters=True)
+
+    @param.depends("run")
+    def _downloads(self) -> pn.viewable.Viewable:
+        if not self.run:
+            return pn.Column()
+        run_id = self.run
+        short = run_id[:8]
+        return pn.Row(
+            pn.widgets.FileDownload(callback=lambda: str(self._platform.runs.export(run_id, "h5ad")),
+                                    filename=f"annotated-{short}.h5ad", label="Download annotated .h5ad",
+                                    button_type="primary", css_classes=["download-h5ad"], embed=False),
+            pn.widgets.FileDownload(callback=lambda: str(self._platform.runs.export(run_id, "csv")),
+                                    filename=f"predictions-{short}.csv", label="Download CSV",
+                                    css_classes=["download-csv"], embed=False))
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        run_select = pn.widgets.Select.from_param(self.param.run, name="Run", css_classes=["result-run-picker"])
+        compare = pn.widgets.Select.from_param(self.param.compare_with, name="Compare with",
+                                               css_classes=["compare-picker"])
+        return pn.Column(
+            "## 3 · Results",
+            pn.Row(run_select, compare,
+                   pn.widgets.RadioButtonGroup.from_param(self.param.color_by, css_classes=["color-by"]),
+                   pn.widgets.Checkbox.from_param(self.param.normalised, name="row-normalised")),
+            self._metrics, self._umaps, "### Cells", self._table, self._downloads, sizing_mode="stretch_width")

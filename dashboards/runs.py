@@ -1,0 +1,141 @@
+"""Reference, truth and the Run button; live progress of runs in flight; the history of every run here."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pandas as pd
+import panel as pn
+import param
+
+NO_REFERENCE = "(none: evaluate on a 70/30 split of the query)"
+NO_TRUTH = "(none)"
+
+
+def history_frame(runs: list, model_names: dict[str, str], dataset_names: dict[str, str]) -> pd.DataFrame:
+    """One row per run, newest first: what a user scans to find a run."""
+    rows = []
+    for r in runs:
+        end = r.finished_at or None
+        duration = (end - r.started_at).total_seconds() if end and r.started_at else None
+        rows.append({"run": r.id[:8], "status": r.status, "model": model_names.get(r.model_id, r.model_id),
+                     "dataset": dataset_names.get(r.dataset_id, r.dataset_id[:8]),
+                     "stage": r.stage, "progress": round(100 * r.progress),
+                     "duration_s": round(duration, 1) if duration is not None else None,
+                     "macro_f1": round(r.metrics["macro_f1"], 3) if r.metrics.get("macro_f1") is not None else None,
+                     "weights": r.parameters.get("weights", ""),
+                     "started": r.created_at.strftime("%Y-%m-%d %H:%M:%S"), "id": r.id})
+    return pd.DataFrame(rows, columns=["run", "status", "model", "dataset", "stage", "progress", "duration_s",
+                                       "macro_f1", "weights", "started", "id"])
+
+
+def progress_text(status: dict, model_name: str) -> str:
+    cells = (f" · {status['cells_done']:,}/{status['cells_total']:,} cells" if status.get("cells_total") else "")
+    eta = f" · ETA {status['eta_s']:.0f} s" if status.get("eta_s") else ""
+    device = f" · {status['device']}" if status.get("device") else ""
+    return f"**{model_name}** — {status['stage']}{cells}{eta}{device}"
+
+
+class RunPanel(pn.viewable.Viewer):
+    """Submit runs (returns at once) and follow them."""
+
+    reference = param.Selector(doc="Labelled reference dataset.")
+    label_column = param.Selector(doc="The reference's (or, without one, the query's) label column.")
+    truth_column = param.Selector(doc="The query's true labels, for metrics.")
+    confidence = param.Number(default=0.5, bounds=(0, 1), step=0.05, doc="Below it a cell is 'unassigned'.")
+    finished = param.Integer(default=0, doc="Bumped when one of this session's runs finishes.")
+
+    def __init__(self, platform, picker, data, **params) -> None:  # noqa: ANN001
+        super().__init__(**params)
+        self._platform, self._picker, self._data = platform, picker, data
+        self._mine: dict[str, tuple[pn.indicators.Progress, pn.pane.Markdown]] = {}
+        self.button = pn.widgets.Button(name="Run", button_type="primary", css_classes=["run-button"], width=160)
+        self.button.on_click(self._on_run)
+        self.message = pn.pane.Alert("", visible=False, css_classes=["run-message"], sizing_mode="stretch_width")
+        self.in_flight = pn.Column(sizing_mode="stretch_width", css_classes=["runs-in-flight"])
+        self.history = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True, pagination="local",
+                                            page_size=10, css_classes=["run-history"], sizing_mode="stretch_width",
+                                            hidden_columns=["id"])
+        self._refresh_options()
+        data.param.watch(lambda _e: self._refresh_options(), ["dataset", "datasets_version"])
+        self.refresh_history()
+
+    @param.depends("reference", watch=True)
+    def _refresh_options(self) -> None:
+        refs = {NO_REFERENCE: "", **self._data.labelled()}  # "" rather than None: a Select shows its label
+        self.param.reference.objects = refs
+        if self.reference not in refs.values():
+            self.reference = ""
+        source = self._data.get(self.reference) or self._data.get(self._data.dataset)
+        labels = list((source.check_report.get("label_columns") if source else {}) or {})
+        self.param.label_column.objects = labels or [None]
+        self.label_column = labels[0] if labels else None
+        query = self._data.get(self._data.dataset)
+        truths = [NO_TRUTH, *((query.check_report.get("label_columns") or {}) if query else {})]
+        self.param.truth_column.objects = truths
+        self.truth_column = self.label_column if self.reference and self.label_column in truths else NO_TRUTH
+
+    async def _on_run(self, _event) -> None:  # noqa: ANN001
+        from app.datasets import NotFound
+        from app.runs import InvalidRun
+
+        model = self._picker.selected()
+        query = self._data.dataset
+        if not query:
+            self._say("Pick or upload the dataset to annotate first (section 1).", "warning")
+            return
+        try:
+            run = await asyncio.to_thread(
+                self._platform.runs.submit, self._picker.application, model.id, query, self.reference or None,
+                self.label_column, None if self.truth_column in (None, NO_TRUTH) else self.truth_column,
+                {"confidence_threshold": self.confidence})
+        except (InvalidRun, NotFound, ValueError) as exc:
+            self._say(str(exc), "danger")
+            return
+        self._say(f"Submitted run {run.id[:8]} with {model.name}.", "success")
+        bar = pn.indicators.Progress(value=0, max=100, bar_color="primary", sizing_mode="stretch_width",
+                                     css_classes=["run-progress"])
+        text = pn.pane.Markdown(f"**{model.name}** — queued", css_classes=["run-progress-text"])
+        self._mine[run.id] = (bar, text)
+        self.in_flight.append(pn.Column(text, bar, sizing_mode="stretch_width"))
+        self.refresh_history()
+
+    def _say(self, text: str, kind: str) -> None:
+        self.message.object, self.message.alert_type, self.message.visible = text, kind, True
+
+    def poll(self) -> None:
+        """Called every second: progress of this session's runs, and the shared history."""
+        names = {m.id: m.name for m in self._platform.models()}
+        for run_id, (bar, text) in list(self._mine.items()):
+            status = self._platform.runs.status(run_id)
+            bar.value = int(100 * status["progress"])
+            text.object = progress_text(status, names.get(status["model"], status["model"]))
+            if status["status"] in ("done", "failed", "cancelled"):
+                bar.bar_color = {"done": "success", "failed": "danger", "cancelled": "secondary"}[status["status"]]
+                bar.value = 100
+                if status["error"]:
+                    text.object += f"  \n**Failed**: {status['error']}"
+                del self._mine[run_id]
+                self.finished += 1
+        self.refresh_history()
+
+    def refresh_history(self) -> None:
+        models = {m.id: m.name for m in self._platform.models()}
+        datasets = {d.id: d.file_name for d in self._platform.datasets.list()}
+        frame = history_frame(self._platform.runs.list(), models, datasets)
+        if not frame.equals(self.history.value):
+            self.history.value = frame
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        reference = pn.widgets.Select.from_param(self.param.reference, name="Reference (labelled)",
+                                                 css_classes=["reference-picker"], sizing_mode="stretch_width")
+        return pn.Column(
+            "## 2 · Run",
+            pn.Row(reference, pn.widgets.Select.from_param(self.param.label_column, name="Label column",
+                                                           css_classes=["label-picker"]),
+                   pn.widgets.Select.from_param(self.param.truth_column, name="Truth column of the query",
+                                                css_classes=["truth-picker"]), sizing_mode="stretch_width"),
+            pn.Row(pn.widgets.FloatSlider.from_param(self.param.confidence, name="Confidence threshold",
+                                                     width=260), self.button),
+            self.message, self.in_flight, "### All runs on this server", self.history,
+            sizing_mode="stretch_width")
