@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	@echo "Helical AI Platform: http://$(HELICAL_PLATFORM_ADDRESS):$(HELICAL_PLATFORM_PORT)/"
 	HELICAL_PLATFORM_PORT=$(HELICAL_PLATFORM_PORT) HELICAL_PLATFORM_ADDRESS=$(HELICAL_PLATFORM_ADDRESS) \
-	  exec $(VENV)/bin/panel serve panel_serve.py --index panel_serve \
+	  exec $(VENV)/bin/panel serve panel_serve.py --index panel_serve --plugins app.rest \
 	  --address $(HELICAL_PLATFORM_ADDRESS) --port $(HELICAL_PLATFORM_PORT) $(SERVE_ARGS)
 
 lint: $(STAMP)

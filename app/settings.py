@@ -61,6 +61,7 @@ class Settings:
     allow_download: bool = False
     generate_weights: str = "tiny"
     device: str = "auto"
+    api_token: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -85,6 +86,7 @@ class Settings:
             allow_download=_bool(env, ENV_PREFIX + "ALLOW_DOWNLOAD", False),
             generate_weights=_choice(env, ENV_PREFIX + "GENERATE_WEIGHTS", "tiny", ("tiny", "real", "none")),
             device=_choice(env, ENV_PREFIX + "DEVICE", "auto", ("auto", "cpu", "cuda")),
+            api_token=env.get(ENV_PREFIX + "API_TOKEN") or None,
         )
 
     @property

@@ -30,12 +30,12 @@ def color_key(categories: list[str]) -> dict[str, str]:
 
 
 def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str = "",
-              categories: list[str] | None = None) -> hv.DynamicMap:
+              categories: list[str] | None = None, width: int = 560) -> hv.DynamicMap:
     """Datashaded UMAP of ``cells`` (columns umap_1, umap_2, cell_id, predicted_label, confidence, ...)."""
     vdims = [c for c in ("cell_id", "predicted_label", "confidence", "true_label", "agreement")
              if c in cells.columns]
     points = hv.Points(cells, kdims=["umap_1", "umap_2"], vdims=vdims)
-    common = dict(width=560, height=480, xaxis=None, yaxis=None, title=title, tools=["hover"],
+    common = dict(width=width, height=480, xaxis=None, yaxis=None, title=title, tools=["hover"],
                   bgcolor="white", active_tools=["wheel_zoom"])
     if color_by == "confidence":
         raster = rasterize(points, aggregator=ds.mean("confidence"), selector=ds.first("confidence"))
@@ -48,7 +48,7 @@ def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str
     legend = hv.NdOverlay({c: hv.Points([(np.nan, np.nan)], label=c).opts(color=keyed[c], size=8)
                            for c in cats})
     shaded = dynspread(raster, threshold=0.6).opts(cmap=[keyed[c] for c in cats], **common)
-    return (shaded * legend).opts(legend_position="right", width=760)
+    return (shaded * legend).opts(legend_position="right", width=width + 200)
 
 
 def confusion_heatmap(confusion: dict, normalised: bool = False) -> hv.Overlay:

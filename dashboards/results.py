@@ -78,14 +78,16 @@ class ResultsView(pn.viewable.Viewer):
         name = self._name(run)
         cats = sorted(set(cells["predicted_label"].astype(str)) | set(cells.get("true_label", pd.Series(dtype=str))
                                                                      .astype(str)) - {""})
+        comparing = bool(self.compare_with and self.compare_with != self.run)
+        width = 400 if comparing else 560
         plots = [pn.pane.HoloViews(umap_plot(cells, color, f"{name}: UMAP by {color}", cats if color != "confidence"
-                                             else None), css_classes=["umap-plot"])]
-        if self.compare_with and self.compare_with != self.run:
+                                             else None, width=width), css_classes=["umap-plot"])]
+        if comparing:
             other = self._runs[self.compare_with]
             merged = disagreement(cells, self._cells(self.compare_with), name, self._name(other))
             n_dis = int((merged["agreement"] != "agree").sum())
             plots.append(pn.Column(
-                pn.pane.HoloViews(umap_plot(merged, "agreement", f"{name} vs {self._name(other)}"),
+                pn.pane.HoloViews(umap_plot(merged, "agreement", f"{name} vs {self._name(other)}", width=width),
                                   css_classes=["compare-plot"]),
                 pn.pane.Markdown(f"{n_dis:,} of {len(merged):,} cells ({n_dis / max(len(merged), 1):.0%}) get a "
                                  "different label from the two runs.", css_classes=["disagreement"])))
@@ -124,6 +126,16 @@ class ResultsView(pn.viewable.Viewer):
             return pn.Column()
         run_id = self.run
         short = run_id[:8]
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            # served: stream from the REST route (a websocket transfer would hold the file in memory twice)
+            from app.rest import download_url
+
+            links = " ".join(
+                f'<a class="download-link download-{fmt}" href="{download_url(run_id, fmt)}" download '
+                f'style="margin-right:1em;padding:6px 14px;border-radius:4px;background:#2b5797;color:white;'
+                f'text-decoration:none">{label}</a>'
+                for fmt, label in (("h5ad", "Download annotated .h5ad"), ("csv", "Download CSV")))
+            return pn.pane.HTML(links, css_classes=["downloads"])
         return pn.Row(
             pn.widgets.FileDownload(callback=lambda: str(self._platform.runs.export(run_id, "h5ad")),
                                     filename=f"annotated-{short}.h5ad", label="Download annotated .h5ad",

@@ -1,0 +1,141 @@
+"""The OpenAPI 3.1 document of ``app/rest.py`` (written by hand to match the handlers; a test checks both)."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(schema: dict, description: str = "OK") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+REF = "#/components/schemas/"
+COMMON_ERRORS = {"401": _error("Missing or wrong bearer token"), "400": _error("Invalid input")}
+
+
+def openapi_document() -> dict:
+    try:
+        version = metadata.version("helical-platform")
+    except metadata.PackageNotFoundError:
+        version = "0"
+    paths = {
+        "/api/applications": {"get": {"summary": "List applications", "operationId": "listApplications",
+                                      "responses": {"200": _json({"type": "array",
+                                                                  "items": {"$ref": REF + "Application"}}),
+                                                    **COMMON_ERRORS}}},
+        "/api/models": {"get": {"summary": "List models with their attributes", "operationId": "listModels",
+                                "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Model"}}),
+                                              **COMMON_ERRORS}}},
+        "/api/applications/{id}/models": {"get": {
+            "summary": "Models linked to an application", "operationId": "listApplicationModels",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Model"}}),
+                          "404": _error("Unknown application"), **COMMON_ERRORS}}},
+        "/api/datasets": {"get": {"summary": "List stored datasets", "operationId": "listDatasets",
+                                  "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Dataset"}}),
+                                                **COMMON_ERRORS}}},
+        "/api/upload": {"post": {
+            "summary": "Upload a file (streamed to disk) and check it", "operationId": "upload",
+            "parameters": [{"name": "filename", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "Required with a raw body (application/octet-stream)."}],
+            "requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {"schema": {"type": "object", "properties": {
+                    "file": {"type": "string", "format": "binary"}}, "required": ["file"]}}}},
+            "responses": {"201": _json({"$ref": REF + "Dataset"}, "Stored and checked"),
+                          "413": _error("Above the upload limit"), "415": _error("Not a readable single-cell file"),
+                          **COMMON_ERRORS}}},
+        "/api/submit": {"post": {
+            "summary": "Submit a run (answers at once)", "operationId": "submit",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF + "Submit"}}}},
+            "responses": {"202": _json({"type": "object", "properties": {
+                "run_id": {"type": "string", "format": "uuid"}, "status": {"type": "string"}},
+                "required": ["run_id", "status"]}, "Accepted"),
+                "404": _error("Unknown application, model or dataset"),
+                "422": _error("The model cannot use this file"), **COMMON_ERRORS}}},
+        "/api/status/{run_id}": {"get": {"summary": "Status and progress of a run", "operationId": "status",
+                                         "parameters": [RUN_ID],
+                                         "responses": {"200": _json({"$ref": REF + "Status"}),
+                                                       "404": _error("Unknown run"), **COMMON_ERRORS}}},
+        "/api/results/{run_id}": {"get": {
+            "summary": "Metrics, confusion matrix, provenance and a page of per-cell predictions",
+            "operationId": "results",
+            "parameters": [RUN_ID,
+                           {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                           {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                                       "maximum": 10000}}],
+            "responses": {"200": _json({"$ref": REF + "Results"}), "404": _error("Unknown run"),
+                          "409": _error("The run has not finished"), **COMMON_ERRORS}}},
+        "/api/download/{run_id}": {"get": {
+            "summary": "The annotated file, streamed", "operationId": "download",
+            "parameters": [RUN_ID, {"name": "format", "in": "query",
+                                    "schema": {"type": "string", "enum": ["h5ad", "csv"]}}],
+            "responses": {"200": {"description": "The file", "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "text/csv": {"schema": {"type": "string"}}}},
+                "404": _error("Unknown run"), "409": _error("The run has not finished"), **COMMON_ERRORS}}},
+        "/api/runs/{run_id}/cancel": {"post": {"summary": "Cancel a run", "operationId": "cancel",
+                                               "parameters": [RUN_ID],
+                                               "responses": {"200": _json({"$ref": REF + "Status"}),
+                                                             "404": _error("Unknown run"), **COMMON_ERRORS}}},
+        "/api/runs": {"get": {"summary": "List runs, newest first", "operationId": "listRuns",
+                              "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Run"}}),
+                                            **COMMON_ERRORS}}},
+    }
+    nullable = lambda t: {"type": [t, "null"]}  # noqa: E731
+    schemas = {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}}}}},
+        "Application": {"type": "object", "required": ["id", "name", "description"], "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"}}},
+        "Model": {"type": "object", "required": ["id", "name", "speed", "weights", "device"], "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"}, "speed": {"type": "string"},
+            "accuracy": nullable("number"), "accuracy_source": {"type": "string"},
+            "description": {"type": "string"}, "applications": {"type": "array", "items": {"type": "string"}},
+            "weights": {"type": "string", "enum": ["installed", "generated", "missing"]},
+            "weights_detail": {"type": "string"}, "untrained": {"type": "boolean"}, "variant": {"type": "string"},
+            "device": {"type": "string"}}},
+        "Dataset": {"type": "object", "required": ["dataset_id", "file_name", "sha256"], "properties": {
+            "dataset_id": {"type": "string", "format": "uuid"}, "file_name": {"type": "string"},
+            "sha256": {"type": "string"}, "size_bytes": {"type": "integer"}, "n_cells": nullable("integer"),
+            "n_genes": nullable("integer"), "created_at": {"type": "string"}, "check": {"type": "object"},
+            "report": {"type": "object"}}},
+        "Submit": {"type": "object", "required": ["application", "model", "dataset"], "properties": {
+            "application": {"type": "string"}, "model": {"type": "string"},
+            "dataset": {"type": "string", "description": "query dataset id"},
+            "reference": nullable("string"), "label_column": nullable("string"),
+            "truth_column": nullable("string"),
+            "options": {"type": "object", "properties": {
+                "confidence_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                "seed": {"type": "integer"}, "variant": {"type": "string"}}}}},
+        "Status": {"type": "object", "required": ["run_id", "status", "progress"], "properties": {
+            "run_id": {"type": "string"}, "status": {"type": "string",
+                                                     "enum": ["queued", "running", "done", "failed", "cancelled"]},
+            "stage": {"type": "string"}, "progress": {"type": "number"}, "cells_done": {"type": "integer"},
+            "cells_total": {"type": "integer"}, "eta_s": nullable("number"), "error": nullable("string"),
+            "device": nullable("string"), "model": {"type": "string"}}},
+        "Run": {"type": "object", "required": ["run_id", "status"], "properties": {
+            "run_id": {"type": "string"}, "status": {"type": "string"}, "model": {"type": "string"},
+            "dataset": {"type": "string"}, "macro_f1": nullable("number")}},
+        "Results": {"type": "object", "required": ["run_id", "metrics", "classes", "cells"], "properties": {
+            "run_id": {"type": "string"}, "metrics": {"type": "object"},
+            "classes": {"type": "array", "items": {"type": "string"}}, "confusion_matrix": {},
+            "provenance": {"type": "object"}, "predicted_counts": {"type": "object"},
+            "cells": {"type": "object", "properties": {"offset": {"type": "integer"}, "limit": {"type": "integer"},
+                                                       "total": {"type": "integer"},
+                                                       "items": {"type": "array", "items": {"type": "object"}}}}}},
+    }
+    return {"openapi": "3.1.0",
+            "info": {"title": "Helical AI Platform API", "version": version,
+                     "description": "Cell type annotation with bio foundation models. Models whose `weights` are "
+                                    "`generated` are untrained: their predictions mean nothing."},
+            "paths": paths, "components": {"schemas": schemas,
+                                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "security": [{}, {"bearer": []}]}
