@@ -208,8 +208,8 @@ class UploadHandler(ApiHandler):
             if not boundary:
                 raise ApiError(400, "invalid_request", "multipart body without a boundary.")
             self._in_file = False
-            self._header_field = b""
-            self._headers: dict[bytes, bytes] = {}
+            self._part_header_name = b""
+            self._part_headers: dict[bytes, bytes] = {}
             self.parser = MultipartParser(boundary, callbacks={
                 "on_part_begin": self._part_begin, "on_part_data": self._part_data,
                 "on_header_field": self._header_name, "on_header_value": self._header_value,
@@ -219,18 +219,19 @@ class UploadHandler(ApiHandler):
                                                    "the raw bytes, or a multipart form with a 'file' field.")
 
     def _part_begin(self) -> None:
-        self._headers, self._in_file = {}, False
+        self._part_headers, self._in_file = {}, False
 
     def _header_name(self, data: bytes, start: int, end: int) -> None:
-        self._header_field = data[start:end].lower()
+        self._part_header_name = data[start:end].lower()
 
     def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self._headers[self._header_field] = self._headers.get(self._header_field, b"") + data[start:end]
+        name = self._part_header_name
+        self._part_headers[name] = self._part_headers.get(name, b"") + data[start:end]
 
     def _headers_done(self) -> None:
         from python_multipart.multipart import parse_options_header
 
-        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        _, params = parse_options_header(self._part_headers.get(b"content-disposition", b""))
         if b"filename" in params and not self.file_name:
             self.file_name = params[b"filename"].decode("utf-8", "replace")
             self._in_file = True

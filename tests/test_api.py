@@ -1,0 +1,203 @@
+"""The REST API with a real HTTP client against a served instance (``make serve``)."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import anndata as ad
+import psutil
+import pytest
+import requests
+import scanpy
+
+from tests.conftest import PBMC
+from tests.serving import make_serve, wait_until
+
+TOKEN = "test-token-1234"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("api")
+    with make_serve(tmp, {"HELICAL_PLATFORM_API_TOKEN": TOKEN, "HELICAL_PLATFORM_MAX_UPLOAD_MB": "400",
+                          "HELICAL_PLATFORM_WORKERS": "2"}) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("api-files")
+    full = ad.read_h5ad(PBMC)
+    ref, query = folder / "reference.h5ad", folder / "query.h5ad"
+    full[1::2].copy().write_h5ad(ref)
+    full[0::6].copy().write_h5ad(query)
+    return ref, query
+
+
+def api(server, method: str, path: str, **kw) -> requests.Response:
+    headers = {**AUTH, **kw.pop("headers", {})}
+    return requests.request(method, server.url + path, headers=headers, timeout=300, **kw)
+
+
+def upload(server, path: Path, name: str | None = None, raw: bool = True) -> requests.Response:
+    if raw:
+        with open(path, "rb") as fh:
+            return api(server, "POST", "/api/upload", params={"filename": name or path.name}, data=fh,
+                       headers={"Content-Type": "application/octet-stream"})
+    with open(path, "rb") as fh:
+        return api(server, "POST", "/api/upload", files={"file": (name or path.name, fh)})
+
+
+def wait_run(server, run_id: str, timeout: float = 300) -> dict:
+    def finished():
+        s = api(server, "GET", f"/api/status/{run_id}").json()
+        return s if s["status"] in ("done", "failed", "cancelled") else None
+
+    return wait_until(finished, timeout, f"run {run_id}", interval=1)
+
+
+def error_of(response: requests.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]), body
+    assert "Traceback" not in response.text
+    return body["error"]
+
+
+def test_the_whole_flow(server, files, tmp_path):
+    apps = api(server, "GET", "/api/applications").json()
+    assert apps == [{"id": "cell-type-annotation", "name": "Cell type annotation",
+                     "description": apps[0]["description"]}]
+    models = {m["id"]: m for m in api(server, "GET", "/api/applications/cell-type-annotation/models").json()}
+    assert {"baseline", "geneformer", "scgpt"} <= set(models)
+    assert models["geneformer"]["weights"] == "generated" and models["geneformer"]["untrained"] is True
+    assert models["baseline"]["device"] == "cpu"
+
+    ref, query = files
+    r = upload(server, ref)
+    assert r.status_code == 201, r.text
+    ref_id = r.json()["dataset_id"]
+    assert r.json()["report"]["label_columns"]["celltype"]
+    q = upload(server, query, raw=False)  # multipart
+    assert q.status_code == 201, q.text
+    query_id = q.json()["dataset_id"]
+    assert {d["dataset_id"] for d in api(server, "GET", "/api/datasets").json()} >= {ref_id, query_id}
+
+    run_ids = {}
+    for model in ("baseline", "geneformer"):
+        s = api(server, "POST", "/api/submit", json={
+            "application": "cell-type-annotation", "model": model, "dataset": query_id, "reference": ref_id,
+            "label_column": "celltype", "truth_column": "celltype", "options": {"confidence_threshold": 0.3}})
+        assert s.status_code == 202 and s.json()["status"] == "queued", s.text
+        run_ids[model] = s.json()["run_id"]
+    for model, run_id in run_ids.items():
+        assert wait_run(server, run_id)["status"] == "done", model
+    res = api(server, "GET", f"/api/results/{run_ids['baseline']}", params={"offset": 10, "limit": 20}).json()
+    assert res["metrics"]["macro_f1"] > 0.6 and 0 <= res["metrics"]["accuracy"] <= 1
+    assert res["cells"]["offset"] == 10 and len(res["cells"]["items"]) == 20 and res["cells"]["total"] == 100
+    assert {"umap_1", "umap_2", "predicted_label", "confidence"} <= set(res["cells"]["items"][0])
+    assert res["confusion_matrix"]["rows"] and res["provenance"]["inputs"]["query"]["sha256"]
+    assert sum(res["predicted_counts"].values()) == 100
+    gf = api(server, "GET", f"/api/results/{run_ids['geneformer']}", params={"limit": 1}).json()
+    assert gf["provenance"]["model"]["trained"] is False
+
+    d = api(server, "GET", f"/api/download/{run_ids['baseline']}", params={"format": "h5ad"})
+    assert d.status_code == 200
+    (tmp_path / "a.h5ad").write_bytes(d.content)
+    assert "predicted_label" in ad.read_h5ad(tmp_path / "a.h5ad").obs
+    csv = api(server, "GET", f"/api/download/{run_ids['baseline']}", params={"format": "csv"})
+    assert csv.status_code == 200 and csv.text.startswith("cell_id,")
+    runs = api(server, "GET", "/api/runs").json()
+    assert [r["run_id"] for r in runs[:2]] == [run_ids["geneformer"], run_ids["baseline"]]
+
+
+def test_every_error_code(server, files, tmp_path):
+    ref, query = files
+    assert error_of(requests.get(server.url + "/api/models", timeout=30))["code"] == "unauthorized"
+    assert requests.get(server.url + "/api/models", timeout=30).status_code == 401
+
+    r = api(server, "POST", "/api/submit", json={"model": "baseline"})
+    assert r.status_code == 400 and "application" in error_of(r)["message"]
+    r = api(server, "POST", "/api/submit", data="not json")
+    assert r.status_code == 400
+    r = api(server, "GET", "/api/status/../../etc/passwd")
+    assert r.status_code in (400, 404)
+    r = api(server, "GET", "/api/status/not-a-uuid")
+    assert r.status_code == 400 and error_of(r)["code"] == "invalid_id"
+    r = api(server, "GET", "/api/status/3f2b6c1e-8d4a-4e7b-9c1d-2a5e6f7a8b9c")
+    assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+    r = api(server, "GET", "/api/applications/nope/models")
+    assert r.status_code == 404
+
+    q = upload(server, query).json()["dataset_id"]
+    r = api(server, "POST", "/api/submit", json={"application": "cell-type-annotation", "model": "baseline",
+                                                 "dataset": q, "label_column": "no_such"})
+    assert r.status_code == 400 and "celltype" in error_of(r)["message"]
+    running = api(server, "POST", "/api/submit", json={"application": "cell-type-annotation", "model": "scgpt",
+                                                       "dataset": q, "label_column": "celltype"}).json()["run_id"]
+    r = api(server, "GET", f"/api/results/{running}")
+    assert r.status_code == 409 and error_of(r)["code"] == "not_finished"
+    api(server, "POST", f"/api/runs/{running}/cancel")
+
+    big = tmp_path / "big.h5ad"
+    big.write_bytes(b"\0" * (401 * 2**20))
+    r = upload(server, big)
+    assert r.status_code == 413 and error_of(r)["code"] == "too_large"
+    png = tmp_path / "picture.h5ad"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    r = upload(server, png)
+    assert r.status_code == 415 and "PNG" in error_of(r)["message"]
+    a = ad.read_h5ad(PBMC)[:50].copy()
+    a.X = -a.X.toarray()
+    neg = tmp_path / "negative.h5ad"
+    a.write_h5ad(neg)
+    r = upload(server, neg)
+    assert r.status_code == 400 and error_of(r)["details"]["errors"][0]["code"] == "scaled_values"
+    r = upload(server, query, name="../../etc/x.h5ad")
+    assert r.status_code == 400 and error_of(r)["code"] == "invalid_id"
+
+    reduced = upload(server, Path(scanpy.__file__).parent / "datasets" / "10x_pbmc68k_reduced.h5ad")
+    assert reduced.status_code == 201
+    r = api(server, "POST", "/api/submit", json={"application": "cell-type-annotation", "model": "geneformer",
+                                                 "dataset": reduced.json()["dataset_id"],
+                                                 "label_column": "bulk_labels"})
+    assert r.status_code == 422 and error_of(r)["code"] == "model_cannot_use"
+    assert api(server, "GET", "/api/models").status_code == 200  # the server is still up
+
+
+def test_a_300_mb_upload_streams_without_the_server_holding_it(server):
+    panel = next(p for p in psutil.Process(server.proc.pid).children(recursive=True) if "panel" in " ".join(
+        p.cmdline()))
+    before = panel.memory_info().rss
+    peak = [before]
+    chunk = b"x" * (1 << 20)
+
+    def body():
+        for i in range(300):
+            if i % 20 == 0:
+                peak.append(panel.memory_info().rss)
+            yield chunk
+
+    r = requests.post(server.url + "/api/upload", params={"filename": "big.h5ad"}, data=body(),
+                      headers={**AUTH, "Content-Type": "application/octet-stream"}, timeout=600)
+    peak.append(panel.memory_info().rss)
+    assert r.status_code == 415  # not HDF5: refused, and nothing kept
+    assert max(peak) - before < 100 * 2**20, f"server memory grew by {(max(peak) - before) / 2**20:.0f} MiB"
+    assert not list((server.home / "datasets").rglob("*big*"))
+    assert not list((server.home / "tmp").glob(".partial-*"))
+
+
+def test_openapi_document_and_offline_swagger_ui(server):
+    doc = requests.get(server.url + "/api/openapi.json", timeout=30).json()
+    assert doc["openapi"].startswith("3.1")
+    for path in ("/api/applications", "/api/models", "/api/applications/{id}/models", "/api/upload",
+                 "/api/submit", "/api/status/{run_id}", "/api/results/{run_id}", "/api/download/{run_id}",
+                 "/api/runs/{run_id}/cancel", "/api/datasets", "/api/runs"):
+        assert path in doc["paths"]
+    page = requests.get(server.url + "/api/docs", timeout=30)
+    assert page.status_code == 200 and "/api/docs/static/swagger-ui-bundle.js" in page.text
+    js = requests.get(server.url + "/api/docs/static/swagger-ui-bundle.js", timeout=30)
+    assert js.status_code == 200 and len(js.content) > 100_000
+    assert "cdn" not in page.text.lower()
