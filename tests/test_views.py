@@ -1,0 +1,98 @@
+"""View logic without a browser: what the pickers offer and what the panels say."""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+
+from dashboards.catalog import ModelPicker, model_card, model_label
+from dashboards.data import report_markdown
+from dashboards.plots import color_key, confusion_heatmap, disagreement, umap_plot
+from dashboards.results import UNTRAINED_BANNER, top_probabilities
+from dashboards.runs import history_frame, progress_text
+from inference.checks import check_file
+from store.engine import write_session
+from store.tables import ModelEntry
+from tests.conftest import PBMC
+
+
+def _set_weights(platform, model_id: str, status: str, detail: str = "") -> None:
+    with write_session(platform.engine) as s:
+        m = s.get(ModelEntry, model_id)
+        m.weights_status, m.weights_detail = status, detail
+        s.add(m)
+
+
+def test_the_picker_offers_the_applications_models_and_says_which_are_untrained(platform):
+    _set_weights(platform, "geneformer", "generated")
+    _set_weights(platform, "scgpt", "missing", "not found: stage them with `helical-platform weights stage SRC`")
+    picker = ModelPicker(platform)
+    assert picker.application == "cell-type-annotation"
+    labels = dict(picker.param.model.objects)
+    assert labels["Geneformer — generated, untrained"] == "geneformer"
+    assert labels["scGPT — weights missing"] == "scgpt"
+    assert picker.model == "baseline"  # a usable model is picked first
+    picker.model = "geneformer"
+    card = model_card(picker.selected())
+    assert "Generated, untrained weights" in card and "0.92" in card and "seed catalog" in card
+    assert "weights stage" in model_card(_model(platform, "scgpt"))
+
+
+def _model(platform, model_id):
+    return next(m for m in platform.models() if m.id == model_id)
+
+
+def test_model_labels_for_installed_weights_say_nothing_extra(platform):
+    _set_weights(platform, "geneformer", "installed")
+    assert model_label(_model(platform, "geneformer")) == "Geneformer"
+
+
+def test_the_check_panel_reports_what_was_found(tiny_locations):
+    text = report_markdown(check_file(PBMC))
+    assert "599 cells × 32,738 genes" in text and "raw counts in `X`" in text
+    assert "Label column `celltype`" in text and "CD4 T (255)" in text
+    bad = report_markdown({"ok": False, "file": "x.h5ad", "errors": [{"code": "no_cells", "message": "0 cells"}]})
+    assert "cannot be used" in bad and "no cells" in bad
+
+
+def test_history_and_progress_words():
+    class R:
+        id, status, model_id, dataset_id, stage, progress = "3f2b6c1e-8d4a-4e7b", "done", "baseline", "d1", "done", 1
+        started_at = pd.Timestamp("2026-01-01 10:00:00", tz="UTC")
+        finished_at = pd.Timestamp("2026-01-01 10:00:42", tz="UTC")
+        created_at = started_at
+        metrics, parameters = {"macro_f1": 0.9312}, {"weights": "installed"}
+
+    frame = history_frame([R()], {"baseline": "Baseline"}, {"d1": "pbmc.h5ad"})
+    row = frame.iloc[0]
+    assert (row["model"], row["dataset"], row["duration_s"], row["macro_f1"]) == ("Baseline", "pbmc.h5ad", 42.0, 0.931)
+    text = progress_text({"stage": "embedding query", "cells_done": 120, "cells_total": 599, "eta_s": 12.4,
+                          "device": "cpu"}, "Geneformer")
+    assert text == "**Geneformer** — embedding query · 120/599 cells · ETA 12 s · cpu"
+    assert "untrained" in UNTRAINED_BANNER
+
+
+def _cells(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"cell_id": [f"c{i}" for i in range(n)], "umap_1": rng.normal(size=n),
+                         "umap_2": rng.normal(size=n), "predicted_label": rng.choice(["B", "T", "unassigned"], n),
+                         "confidence": rng.random(n).astype(np.float32), "prob:B": rng.random(n),
+                         "prob:T": rng.random(n)})
+
+
+def test_plots_build_from_result_data_alone():
+    cells = _cells()
+    for color in ("predicted_label", "confidence"):
+        hv.render(umap_plot(cells, color), backend="bokeh")
+    key = color_key(["T", "B", "unassigned"])
+    assert key["unassigned"] == "#c8c8c8" and key["B"] != key["T"]
+    heat = confusion_heatmap({"rows": ["B", "T"], "columns": ["B", "T", "unassigned"], "counts": [[5, 1, 0],
+                              [2, 7, 1]], "row_normalised": [[0.83, 0.17, 0], [0.2, 0.7, 0.1]]}, normalised=True)
+    hv.render(heat, backend="bokeh")
+    other = _cells(seed=1)
+    merged = disagreement(cells, other, "A", "B")
+    expected = (cells["predicted_label"].to_numpy() != other["predicted_label"].to_numpy()).sum()
+    assert (merged["agreement"] != "agree").sum() == expected
+    table = top_probabilities(cells)
+    assert table["top1"].str.match(r"^(B|T) \(\d\.\d\d\)$").all()
