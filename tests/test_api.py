@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import time
 from pathlib import Path
 
 import anndata as ad
