@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy.engine import Engine
+from sqlmodel import select
 
 from app.settings import Settings
 from inference.weights import WeightsError, WeightsLocations
@@ -22,7 +23,7 @@ def weights_locations(settings: Settings) -> WeightsLocations:
 def refresh_weights_status(engine: Engine, locations: WeightsLocations) -> None:
     """Write each model's weights status (installed / generated / missing) and how to fix it into the catalog."""
     with write_session(engine) as s:
-        for model in s.query(ModelEntry).all():
+        for model in s.exec(select(ModelEntry)).all():
             if model.backend == "baseline":
                 continue
             status, detail = locations.status(model.backend, model.variant)
@@ -37,7 +38,7 @@ def ensure_generated_weights(settings: Settings, engine: Engine) -> list[str]:
     locations = weights_locations(settings)
     written: list[str] = []
     with write_session(engine) as s:
-        models = [(m.backend, m.variant) for m in s.query(ModelEntry).all() if m.backend != "baseline"]
+        models = [(m.backend, m.variant) for m in s.exec(select(ModelEntry)).all() if m.backend != "baseline"]
     missing_gf = [v for b, v in models if b == "geneformer" and locations.status(b, v)[0] == "missing"]
     missing_scgpt = any(b == "scgpt" and locations.status(b, v)[0] == "missing" for b, v in models)
     if missing_gf or missing_scgpt:
