@@ -114,6 +114,10 @@ class ApiHandler(tornado.web.RequestHandler):
     def _handle_request_exception(self, e: BaseException) -> None:  # one place for every handler's errors
         if isinstance(e, tornado.web.Finish) or self._finished:
             return super()._handle_request_exception(e)
+        if isinstance(e, tornado.web.HTTPError):  # e.g. 405 for a method no route answers
+            code = {405: "method_not_allowed", 404: "not_found"}.get(e.status_code, "http_error")
+            self.send_error_json(ApiError(e.status_code, code, e.log_message or self._reason or code))
+            return
         err = translate(e)
         if err.status == 500:
             log.exception("API error on %s %s", self.request.method, self.request.path)
@@ -196,6 +200,7 @@ class UploadHandler(ApiHandler):
         ctype = self.request.headers.get("Content-Type", "")
         self.file_name = self.get_query_argument("filename", None)
         self.received = 0
+        self.failure: Exception | None = None
         fd, name = tempfile.mkstemp(prefix=PARTIAL_PREFIX + "upload-", dir=p.artifacts.home / "tmp")
         self.tmp_path = Path(name)
         self.out = os.fdopen(fd, "wb")
@@ -247,14 +252,25 @@ class UploadHandler(ApiHandler):
         self.out.write(chunk)
 
     def data_received(self, chunk: bytes) -> None:
-        if self.parser is not None:
-            self.parser.write(chunk)
-        else:
-            self._write(chunk)
+        """Errors are kept and answered once the body is read: raising here would drop the connection."""
+        if self.failure is not None:
+            return
+        try:
+            if self.parser is not None:
+                self.parser.write(chunk)
+            else:
+                self._write(chunk)
+        except UploadTooLargeError as exc:
+            self.failure = exc
+        except Exception as exc:  # the multipart parser's own errors
+            self.failure = ApiError(400, "invalid_request", f"The multipart body is malformed ({exc}); send the "
+                                                            "file as the 'file' field, or as a raw body.")
 
     async def post(self) -> None:
         try:
             self.out.close()
+            if self.failure is not None:
+                raise self.failure
             if not self.file_name:
                 raise ApiError(400, "invalid_request", "The multipart body has no file field.")
             validate_file_name(self.file_name)

@@ -75,9 +75,12 @@ class ModelPicker(pn.viewable.Viewer):
         m = self.selected()
         return pn.pane.Markdown(model_card(m) if m else "", css_classes=["model-card"], sizing_mode="stretch_width")
 
+    @param.depends("application")
     def table(self) -> pn.widgets.Tabulator:
+        """Every model of the application side by side, from the catalog in the database."""
         return pn.widgets.Tabulator(models_frame(self._platform.models(self.application)), show_index=False,
-                                    disabled=True, css_classes=["catalog-models"], sizing_mode="stretch_width")
+                                    disabled=True, css_classes=["catalog-models"], sizing_mode="stretch_width",
+                                    layout="fit_data_table")
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Column(

@@ -67,7 +67,7 @@ class Dashboard(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         self.start_polling()
         return pn.Column(self.data, pn.layout.Divider(), self.runs, pn.layout.Divider(), self.results,
-                         sizing_mode="stretch_width")
+                         pn.layout.Divider(), "## Catalog", self.picker.table, sizing_mode="stretch_width")
 
     def servable_page(self) -> pn.template.BaseTemplate:
         template = pn.template.FastListTemplate(title=TITLE, sidebar=self.sidebar(), main=[self],

@@ -199,3 +199,18 @@ def test_openapi_document_and_offline_swagger_ui(server):
     js = requests.get(server.url + "/api/docs/static/swagger-ui-bundle.js", timeout=30)
     assert js.status_code == 200 and len(js.content) > 100_000
     assert "cdn" not in page.text.lower()
+
+
+def test_schemathesis_finds_no_server_error(server):
+    """Generated requests for every operation of the OpenAPI document: no 500, whatever the input."""
+    import shutil
+    import subprocess
+    import sys
+
+    cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
+    done = subprocess.run([cli, "run", f"{server.url}/api/openapi.json", "--checks", "not_a_server_error",
+                           "--max-examples", "12", "--header", f"Authorization: Bearer {TOKEN}",
+                           "--request-timeout", "120", "--phases", "examples,coverage,fuzzing"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    assert requests.get(server.url + "/api/models", headers=AUTH, timeout=30).status_code == 200

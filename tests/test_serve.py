@@ -23,5 +23,7 @@ def test_make_serve_shows_the_catalog_from_the_database_at_the_root(tmp_path):
                 table.get_by_text(name, exact=False).first.wait_for(timeout=60_000)
             picker = page.locator(".application-picker select")
             assert picker.input_value(timeout=10_000) == "Cell type annotation"
+            offered = " ".join(page.locator(".model-picker select option").all_text_contents())
+            assert all(name in offered for name in ("Geneformer", "scGPT", "Baseline"))
             TEST_OUTPUT.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(TEST_OUTPUT / "serve-catalog.png"), full_page=True)
