@@ -1,6 +1,9 @@
 """The baseline through our pipeline (evaluation mode) against plain scanpy + scikit-learn on the same split.
 
-    python bench/annotation.py --data ../shared/data/pbmc3k_10x.h5ad --label celltype
+    python bench/annotation.py --data path/to/pbmc3k_10x.h5ad --label celltype
+
+(the 10x Genomics 3k PBMCs with cell-type labels; this project's benchmark used the copy of its shared data,
+see docs/BENCHMARKS.md).
 
 Also compares the two candidate classifier heads (logistic regression, a small MLP as in helical's
 Cell-Type-Annotation notebook) on the same features. Prints JSON lines and a markdown table.
@@ -43,7 +46,7 @@ def plain_scanpy(adata: ad.AnnData, labels: np.ndarray, held: np.ndarray) -> dic
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/pbmc3k_10x.h5ad")
+    p.add_argument("--data", required=True, help="a labelled .h5ad with raw counts")
     p.add_argument("--label", default="celltype")
     p.add_argument("--threshold", type=float, nargs="+", default=[0.0, 0.5])
     args = p.parse_args()

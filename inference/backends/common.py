@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from inference.backends.base import Progress, ShouldStop, check_stop
+from inference.batching import length_batches, run_with_oom_retry
 from inference.genes import resolve_gene_ids
 from inference.weights import WeightsError
 
@@ -64,6 +66,20 @@ def check_complete(model_state: Mapping[str, object], checkpoint_shapes: Mapping
             "checkpoint does not match the model configuration; refusing to embed with random weights. Check "
             "the architecture in the weights folder (config.json / args.json) against the checkpoint.")
     return {"tensors_loaded": len(loaded), "tensors_needed": len(needed)}
+
+
+def embed_in_batches(step: Callable[[np.ndarray], np.ndarray], lengths: np.ndarray, max_tokens: int,
+                     progress: Progress | None = None, should_stop: ShouldStop | None = None) -> np.ndarray:
+    """Run ``step`` on length-sorted batches (halving on CUDA out-of-memory), report progress, stop when
+    asked between batches, and return the rows in the cells' own order."""
+    parts, done = [], 0
+    for idx in length_batches(lengths, max_tokens):
+        check_stop(should_stop)
+        parts += run_with_oom_retry(step, idx)
+        done += len(idx)
+        if progress:
+            progress(done, len(lengths))
+    return restore_order(parts, len(lengths))
 
 
 def restore_order(parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:

@@ -13,9 +13,9 @@ import time
 import numpy as np
 from anndata import AnnData
 
-from inference.backends.base import Backend, Embedding, Progress, ShouldStop, check_stop
-from inference.backends.common import autocast, check_complete, helical_input, resolve_device, restore_order
-from inference.batching import default_token_budget, length_batches, run_with_oom_retry
+from inference.backends.base import Backend, Embedding, Progress, ShouldStop
+from inference.backends.common import autocast, check_complete, embed_in_batches, helical_input, resolve_device
+from inference.batching import default_token_budget
 from inference.helical_env import isolated
 from inference.weights import GENEFORMER_VARIANTS, ResolvedWeights, WeightsError
 
@@ -105,7 +105,6 @@ class GeneformerBackend(Backend):
         m = self.model
         pad = m.pad_token_id
         encoder = m.model.bert
-        done = 0
 
         def step(idx: np.ndarray) -> np.ndarray:
             batch_len = int(lengths[idx].max())
@@ -124,14 +123,7 @@ class GeneformerBackend(Backend):
                     m.eos_present, m.tk.token_to_ensembl_dict)
             return np.asarray(emb, dtype=np.float32)
 
-        parts = []
-        for idx in length_batches(lengths, self.max_tokens):
-            check_stop(should_stop)
-            parts += run_with_oom_retry(step, idx)
-            done += len(idx)
-            if progress:
-                progress(done, len(lengths))
-        features = restore_order(parts, len(lengths))
+        features = embed_in_batches(step, lengths, self.max_tokens, progress, should_stop)
         vocab = m.tk.gene_token_dict
         genes = sum(1 for e in prepared.var["ensembl_id"] if e and e in vocab)
         return Embedding(features=features, basis=features, genes_used=genes)

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from inference.backends.base import Backend, Embedding, Progress, ShouldStop, check_stop
-from inference.backends.common import autocast, check_complete, helical_input, resolve_device, restore_order
-from inference.batching import default_token_budget, length_batches, run_with_oom_retry
+from inference.backends.base import Backend, Embedding, Progress, ShouldStop
+from inference.backends.common import autocast, check_complete, embed_in_batches, helical_input, resolve_device
+from inference.batching import default_token_budget
 from inference.helical_env import isolated
 from inference.weights import SCGPT_VARIANT, ResolvedWeights, WeightsError
 
@@ -96,7 +96,6 @@ class ScGPTBackend(Backend):
         lengths = np.minimum(nnz + 1, max_len)  # +1 for <cls>; sampled down to the context above it
         net = self.model.model
         device = next(net.parameters()).device
-        done = 0
 
         def step(idx: np.ndarray) -> np.ndarray:
             batch = collator([dataset[int(i)] for i in idx])
@@ -109,14 +108,7 @@ class ScGPTBackend(Backend):
             mean = summed / real.sum(dim=1).clamp(min=1)
             return mean.float().cpu().numpy()
 
-        parts = []
-        for idx in length_batches(lengths, self.max_tokens):
-            check_stop(should_stop)
-            parts += run_with_oom_retry(step, idx)
-            done += len(idx)
-            if progress:
-                progress(done, len(lengths))
-        features = restore_order(parts, len(lengths))
+        features = embed_in_batches(step, lengths, self.max_tokens, progress, should_stop)
         features = features / np.linalg.norm(features, axis=1, keepdims=True)  # as helical normalises
         return Embedding(features=features, basis=features, genes_used=len(dataset.gene_ids))
 
