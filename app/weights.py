@@ -32,7 +32,9 @@ def refresh_weights_status(engine: Engine, locations: WeightsLocations) -> None:
 
 
 def ensure_generated_weights(settings: Settings, engine: Engine) -> list[str]:
-    """When a model has no real weights, write untrained ones (labelled so) so the product runs offline."""
+    """When a model has no real weights, write untrained ones (labelled so) so the product runs offline.
+
+    The caller refreshes the catalog's weights status afterwards (the Platform does, once, at start)."""
     if settings.generate_weights == "none":
         return []
     locations = weights_locations(settings)
@@ -51,5 +53,4 @@ def ensure_generated_weights(settings: Settings, engine: Engine) -> list[str]:
                         settings.generate_weights, settings.generated_weights_dir)
         except WeightsError:
             log.exception("could not generate weights")
-    refresh_weights_status(engine, locations)
     return written
