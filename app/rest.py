@@ -193,9 +193,11 @@ class UploadHandler(ApiHandler):
         super().prepare()
         p = platform()
         self.limit = p.settings.max_upload_mb * 2**20
-        self.request.connection.set_max_body_size(self.limit + 1_000_000)
+        # room for multipart framing; past it Tornado drops the connection (an endless body gets no answer)
+        slack = 16 * 2**20
+        self.request.connection.set_max_body_size(self.limit + slack)
         length = int(self.request.headers.get("Content-Length") or 0)
-        if length > self.limit + 1_000_000:
+        if length > self.limit + slack:
             raise UploadTooLargeError(self.limit)
         ctype = self.request.headers.get("Content-Type", "")
         self.file_name = self.get_query_argument("filename", None)

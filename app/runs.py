@@ -22,6 +22,7 @@ from sqlmodel import select
 from app.datasets import DatasetService, NotFound
 from inference.actors import PROGRESS_TOPIC, ModelActor, ModelSpec, cancel_event_name, finish_run
 from inference.backends.base import Cancelled
+from inference.checks import LABEL_MAX_CLASSES, LABEL_MIN_CLASSES
 from inference.pipeline import AnnotationError, AnnotationJob, DataInput
 from inference.weights import WeightsError, helical_cache_dir
 from store.artifacts import new_id, validate_uuid4
@@ -100,6 +101,11 @@ class RunsService:
         if not label_column:
             raise InvalidRun("Give the label column of the " + ("reference." if reference else "query (evaluation "
                              "mode: without a reference, the query's own labels are split 70/30)."))
+        why = labels_from.check_report.get("rejected_label_columns", {}).get(label_column)
+        if label_column not in columns and why:
+            raise InvalidRun(f"{label_column!r} in {labels_from.file_name} cannot be used as labels: {why}. Label "
+                             f"columns need {LABEL_MIN_CLASSES}-{LABEL_MAX_CLASSES} classes; this file's are: "
+                             f"{', '.join(columns) or 'none'}.")
         if label_column not in columns:
             raise InvalidRun(f"{label_column!r} is not a label column of {labels_from.file_name}; its label columns"
                              f" are: {', '.join(columns) or 'none'}.")

@@ -41,6 +41,9 @@ def report_markdown(report: dict, file_name: str = "") -> str:
             lines.append(f"- **Label column `{col}`**: {shown}{more}")
     else:
         lines.append("- No label column (categorical `obs` column with 2–500 classes): usable as a query only.")
+    rejected = report.get("rejected_label_columns") or {}
+    if rejected:
+        lines.append("- **Not offered as labels**: " + "; ".join(f"`{c}` ({why})" for c, why in rejected.items()))
     lines += [f"- **Note**: {w['message']}" for w in report.get("warnings", [])]
     return "\n".join(lines)
 

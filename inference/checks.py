@@ -229,6 +229,15 @@ def check_anndata(adata: AnnData, vocabularies: Mapping[str, Vocabulary] | None 
         warnings.append(_msg("genes_unmapped", f"{ids.n_unmapped:,} of {len(genes_names):,} gene symbols have no "
                                                f"Ensembl id in GENCODE v48 (e.g. {examples}); they are left out "
                                                "of Geneformer's input."))
+    if ids.n_versioned:
+        warnings.append(_msg("ensembl_versions", f"{ids.n_versioned:,} Ensembl ids carry a version suffix (e.g. "
+                                                 f"{ids.versioned_example}); they are matched without it, since "
+                                                 "versions change between annotation releases."))
+    if ids.n_ensembl_given and ids.n_mapped + ids.n_unmapped and ids.source.endswith("(mixed ids and symbols)"):
+        warnings.append(_msg("mixed_gene_ids", f"The gene names mix {ids.n_ensembl_given:,} Ensembl ids and "
+                                               f"{ids.n_mapped + ids.n_unmapped:,} symbols; the symbols were mapped "
+                                               f"to Ensembl ids with GENCODE v48 ({ids.n_unmapped:,} without a "
+                                               "match). Name all genes one way if you can."))
     usable, rejected = label_columns(adata.obs)
     overlap = vocabulary_overlap(adata, counts, vocabularies or {}, ids) if not errors else {}
     return {**report, "ok": not errors, "errors": errors, "warnings": warnings, "values": counts,

@@ -63,6 +63,8 @@ class GeneIds:
     n_mapped: int = 0
     n_unmapped: int = 0
     n_duplicated: int = 0
+    n_versioned: int = 0
+    versioned_example: str = ""
     unmapped_examples: list[str] = field(default_factory=list)
 
     def report(self) -> dict[str, object]:
@@ -72,6 +74,7 @@ class GeneIds:
             "mapped_from_symbols": self.n_mapped,
             "unmapped": self.n_unmapped,
             "duplicated_ensembl_ids": self.n_duplicated,
+            "version_suffixes": self.n_versioned,
             "unmapped_examples": self.unmapped_examples[:10],
         }
 
@@ -118,6 +121,9 @@ def resolve_gene_ids(var: pd.DataFrame, var_names: pd.Index) -> GeneIds:
         source = "var_names (Ensembl ids)" if given and not (mapped + unmapped) else (
             "var_names (symbols, mapped with GENCODE v48)" if not given else "var_names (mixed ids and symbols)")
         ids = GeneIds(ens, symbols, source, given, mapped, unmapped, unmapped_examples=examples)
+    given_ids = [str(v) for v in var[ens_col]] if ens_col is not None else list(names[names_are_ensembl])
+    versioned = [v for v in given_ids if "." in v]
+    ids.n_versioned, ids.versioned_example = len(versioned), (versioned[0] if versioned else "")
     counts = pd.Series([e for e in ids.ensembl_id if e]).value_counts()
     ids.n_duplicated = int((counts > 1).sum())
     return ids

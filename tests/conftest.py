@@ -83,3 +83,15 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse_connect)
     monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
     return attempts
+
+
+def pytest_sessionstart(session) -> None:  # noqa: ANN001
+    from tests import reliability
+
+    reliability.clear()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ANN001
+    from tests import reliability
+
+    reliability.write_report()

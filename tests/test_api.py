@@ -10,11 +10,9 @@ import pytest
 import requests
 import scanpy
 
+from tests.api_client import AUTH, TOKEN, api, error_of, upload, wait_run
 from tests.conftest import PBMC
-from tests.serving import make_serve, wait_until
-
-TOKEN = "test-token-1234"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from tests.serving import make_serve
 
 
 @pytest.fixture(scope="module")
@@ -33,35 +31,6 @@ def files(tmp_path_factory) -> tuple[Path, Path]:
     full[1::2].copy().write_h5ad(ref)
     full[0::6].copy().write_h5ad(query)
     return ref, query
-
-
-def api(server, method: str, path: str, **kw) -> requests.Response:
-    headers = {**AUTH, **kw.pop("headers", {})}
-    return requests.request(method, server.url + path, headers=headers, timeout=300, **kw)
-
-
-def upload(server, path: Path, name: str | None = None, raw: bool = True) -> requests.Response:
-    if raw:
-        with open(path, "rb") as fh:
-            return api(server, "POST", "/api/upload", params={"filename": name or path.name}, data=fh,
-                       headers={"Content-Type": "application/octet-stream"})
-    with open(path, "rb") as fh:
-        return api(server, "POST", "/api/upload", files={"file": (name or path.name, fh)})
-
-
-def wait_run(server, run_id: str, timeout: float = 300) -> dict:
-    def finished():
-        s = api(server, "GET", f"/api/status/{run_id}").json()
-        return s if s["status"] in ("done", "failed", "cancelled") else None
-
-    return wait_until(finished, timeout, f"run {run_id}", interval=1)
-
-
-def error_of(response: requests.Response) -> dict:
-    body = response.json()
-    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]), body
-    assert "Traceback" not in response.text
-    return body["error"]
 
 
 def test_the_whole_flow(server, files, tmp_path):

@@ -71,6 +71,6 @@ def test_the_whole_flow_in_a_browser(tmp_path):
         assert {"predicted_label", "prediction_confidence", "prediction_assigned"} <= set(annotated.obs.columns)
         assert annotated.obsm["X_umap"].shape == (599, 2)
         _shot(page, "6-final")
-        if os.environ.get("HELICAL_PLATFORM_UPDATE_SCREENSHOT"):
+        if os.environ.get("HELICAL_PLATFORM_UPDATE_DOCS") == "1":
             (REPO / "docs" / "images").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(SHOTS / "6-final.png", REPO / "docs" / "images" / "dashboard.png")
