@@ -20,6 +20,7 @@ import numpy as np
 import tornado.web
 
 from app.datasets import DatasetRejected, NotFound
+from app.loopwatch import WATCH
 from app.platform import Platform
 from app.runs import InvalidRun, ModelCannotUse, RunNotFinished
 from store.artifacts import PARTIAL_PREFIX, InvalidIdError, UploadTooLargeError, validate_file_name
@@ -77,6 +78,7 @@ def platform() -> Platform:
 
 class ApiHandler(tornado.web.RequestHandler):
     def prepare(self) -> None:
+        WATCH.start()
         self.authorize()
 
     def authorize(self) -> None:
@@ -176,7 +178,7 @@ class ModelsHandler(ApiHandler):
         p = platform()
         if application_id is not None and application_id not in {a.id for a in await self.call(p.applications)}:
             raise ApiError(404, "not_found", f"No application {application_id!r}.")
-        device = _device()
+        device = await self.call(_device)
         self.send([model_json(m, device) for m in await self.call(p.models, application_id)])
 
 
@@ -376,6 +378,29 @@ class DownloadHandler(ApiHandler):
         self.finish()
 
 
+class HealthHandler(ApiHandler):
+    """Public, like a load balancer's probe: is the database answering, the cluster up, the event loop free."""
+
+    def prepare(self) -> None:
+        WATCH.start()
+
+    async def get(self) -> None:
+        try:
+            since = float(self.get_query_argument("since")) if self.get_query_argument("since", None) else None
+        except ValueError:
+            raise ApiError(400, "invalid_request", "since must be a Unix time in seconds.") from None
+        p = platform()
+        try:
+            await self.call(p.applications)
+            database = "ok"
+        except Exception as exc:  # reported, not raised: the probe itself must answer
+            database = f"error: {type(exc).__name__}"
+        cluster = (await self.call(p.compute_status)).get("state")
+        ok = database == "ok" and cluster in ("ready", "starting")
+        self.send({"status": "ok" if ok else "degraded", "database": database, "cluster": cluster,
+                   "event_loop": WATCH.snapshot(since)}, 200 if ok else 503)
+
+
 class OpenApiHandler(ApiHandler):
     def prepare(self) -> None:  # the contract is public, like the docs page
         pass
@@ -424,6 +449,7 @@ ROUTES = [
     (rf"/api/download/{UUID}", DownloadHandler, {}),
     (rf"/api/runs/{UUID}/cancel", CancelHandler, {}),
     (r"/api/runs", RunsHandler, {}),
+    (r"/api/health", HealthHandler, {}),
     (r"/api/openapi.json", OpenApiHandler, {}),
     (r"/api/docs/?", DocsHandler, {}),
     (r"/api/docs/static/(.*)", _LazyStatic, {"path": "."}),

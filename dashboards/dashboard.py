@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import panel as pn
@@ -57,9 +58,12 @@ class Dashboard(pn.viewable.Viewer):
             if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
                 pn.state.on_session_destroyed(lambda _ctx: self._callback.stop())
 
-    def _poll(self) -> None:
-        self.runs.poll()
-        self.compute.object = self._compute_status()
+    async def _poll(self) -> None:
+        """Database and scheduler reads in a thread: the event loop is shared by every session and API call."""
+        snap, compute = await asyncio.to_thread(lambda: (self.runs.snapshot(), self._compute_status()))
+        self.runs.apply(snap)
+        if compute != self.compute.object:
+            self.compute.object = compute
 
     def sidebar(self) -> list:
         return [self.picker, self.compute]

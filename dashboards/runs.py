@@ -104,12 +104,25 @@ class RunPanel(pn.viewable.Viewer):
         self.message.object, self.message.alert_type, self.message.visible = text, kind, True
 
     def poll(self) -> None:
-        """Called every second: progress of this session's runs, and the shared history."""
+        """Progress of this session's runs and the shared history (reads and updates in one go)."""
+        self.apply(self.snapshot())
+
+    def snapshot(self) -> dict:
+        """Everything a poll shows, read from the database; safe to run off the event loop."""
         names = {m.id: m.name for m in self._platform.models()}
-        for run_id, (bar, text) in list(self._mine.items()):
-            status = self._platform.runs.status(run_id)
+        statuses = {run_id: self._platform.runs.status(run_id) for run_id in list(self._mine)}
+        datasets = {d.id: d.file_name for d in self._platform.datasets.list()}
+        return {"names": names, "statuses": statuses,
+                "history": history_frame(self._platform.runs.list(), names, datasets)}
+
+    def apply(self, snap: dict) -> None:
+        """Show a snapshot: widget updates only, on the session's event loop."""
+        for run_id, status in snap["statuses"].items():
+            if run_id not in self._mine:
+                continue
+            bar, text = self._mine[run_id]
             bar.value = int(100 * status["progress"])
-            text.object = progress_text(status, names.get(status["model"], status["model"]))
+            text.object = progress_text(status, snap["names"].get(status["model"], status["model"]))
             if status["status"] in ("done", "failed", "cancelled"):
                 bar.bar_color = {"done": "success", "failed": "danger", "cancelled": "secondary"}[status["status"]]
                 bar.value = 100
@@ -117,14 +130,28 @@ class RunPanel(pn.viewable.Viewer):
                     text.object += f"  \n**Failed**: {status['error']}"
                 del self._mine[run_id]
                 self.finished += 1
-        self.refresh_history()
+        self._show_history(snap["history"])
+
+    def _show_history(self, new: pd.DataFrame) -> None:
+        """Patch the cells that changed (progress, stage): resending the whole table each second costs the
+        event loop ~0.1 s per session while runs execute."""
+        old = self.history.value
+        if old is None or "id" not in old or len(old) != len(new) or list(old["id"]) != list(new["id"]):
+            self.history.value = new
+            return
+        changes = {}
+        for col in new.columns:
+            diff = [(i, v) for i, (a, v) in enumerate(zip(old[col], new[col], strict=True))
+                    if not (a == v or (pd.isna(a) and pd.isna(v)))]
+            if diff:
+                changes[col] = diff
+        if changes:
+            self.history.patch(changes, as_index=False)
 
     def refresh_history(self) -> None:
         models = {m.id: m.name for m in self._platform.models()}
         datasets = {d.id: d.file_name for d in self._platform.datasets.list()}
-        frame = history_frame(self._platform.runs.list(), models, datasets)
-        if not frame.equals(self.history.value):
-            self.history.value = frame
+        self._show_history(history_frame(self._platform.runs.list(), models, datasets))
 
     def __panel__(self) -> pn.viewable.Viewable:
         reference = pn.widgets.Select.from_param(self.param.reference, name="Reference (labelled)",

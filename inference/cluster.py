@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,28 @@ class Compute:
         }
 
 
+WORKER_NICENESS = 10
+
+
+class YieldToServer(WorkerPlugin):
+    """Local worker processes run at a lower CPU priority than the web server that started them.
+
+    On a small machine the workers keep every core busy during a run; at equal priority the server's event loop
+    (every dashboard session and API call) then waits for CPU. Absolute, so a re-run of ``setup`` adds nothing.
+    """
+
+    name = "helical-platform-yield-to-server"
+
+    def __init__(self, niceness: int = WORKER_NICENESS) -> None:
+        self.niceness = niceness
+
+    def setup(self, worker) -> None:  # noqa: ANN001 - distributed.Worker
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, max(self.niceness, os.getpriority(os.PRIO_PROCESS, 0)))
+        except OSError:  # not permitted here: run at the normal priority
+            log.debug("could not lower the worker's priority", exc_info=True)
+
+
 def start_compute(
     scheduler_address: str | None,
     n_workers: int = 2,
@@ -56,5 +80,7 @@ def start_compute(
         memory_limit=memory_limit,
         dashboard_address=":0",
     )
-    log.info("started a LocalCluster of %s worker processes", n_workers)
-    return Compute(Client(cluster), cluster)
+    client = Client(cluster)
+    client.register_plugin(YieldToServer())
+    log.info("started a LocalCluster of %s worker processes (CPU priority %d)", n_workers, WORKER_NICENESS)
+    return Compute(client, cluster)
