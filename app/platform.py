@@ -38,6 +38,7 @@ class Platform:
         self._compute: Compute | None = None
         self._compute_error: BaseException | None = None
         self._compute_ready = threading.Event()
+        self._reconnect_lock = threading.Lock()
         self.weights = weights_locations(settings)
         if start_cluster:  # a server: make sure every model can run, with generated weights if need be
             try:
@@ -86,7 +87,21 @@ class Platform:
         if self._compute is None:
             where = self.settings.scheduler_address or "a LocalCluster"
             raise RuntimeError(f"The Dask cluster ({where}) is not available: {self._compute_error}")
+        if self._compute.cluster is None and self._compute.client.status == "closed":
+            self._reconnect()
         return self._compute
+
+    def _reconnect(self) -> None:
+        """An external scheduler was away longer than the client waits (30 s): connect a new client."""
+        with self._reconnect_lock:
+            if self._compute.client.status != "closed":
+                return
+            log.warning("reconnecting to the Dask scheduler at %s", self.settings.scheduler_address)
+            try:
+                self._compute = start_compute(self.settings.scheduler_address)
+            except OSError as exc:
+                raise RuntimeError(f"The Dask scheduler at {self.settings.scheduler_address} does not answer "
+                                   f"({exc}); runs wait for it to come back.") from None
 
     def compute_status(self) -> dict[str, object]:
         if not self._compute_ready.is_set():

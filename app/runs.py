@@ -7,6 +7,7 @@ event loop; progress arrives as worker events and is written to the run's row by
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import shutil
@@ -35,6 +36,7 @@ ACTIVE = ("queued", "running")
 # Share of a run's time per stage, for one progress figure (the model stages dominate).
 STAGE_WEIGHTS = {"starting": 0.0, "loading model": 0.05, "checking": 0.02, "embedding reference": 0.33,
                  "training head": 0.05, "embedding query": 0.35, "predicting": 0.02, "UMAP": 0.12, "writing": 0.06}
+SCHEDULER_LOST = ("scheduler-connection-lost", "lost the connection to the scheduler")
 WORKER_LOST = ("Worker holding Actor was lost", "KilledWorker", "CommClosedError", "worker", "Stream is closed")
 
 
@@ -59,6 +61,18 @@ def _progress(stage: str, done: int, total: int) -> float:
     return round(min(0.99, before + STAGE_WEIGHTS[stage] * within), 4)
 
 
+def _result(future, client):  # noqa: ANN001, ANN202 - a distributed Future or ActorFuture
+    """Wait for ``future``, but give up as soon as the client loses the scheduler: an actor call talks to its
+    worker directly and would otherwise wait out every connection retry (minutes) before failing."""
+    while True:
+        try:
+            return future.result(timeout=1)
+        except TimeoutError:
+            if client.status != "running":
+                raise ConnectionError("Client lost the connection to the scheduler "
+                                      f"(scheduler-connection-lost; client {client.status})") from None
+
+
 class RunsService:
     def __init__(self, platform) -> None:  # noqa: ANN001 - app.platform.Platform
         self.platform = platform
@@ -68,6 +82,8 @@ class RunsService:
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="run")
         self._updates: queue.Queue = queue.Queue()
         self._subscribed = False
+        self._scheduler_id: str | None = None
+        self._subscribed_client = None
         self._started: dict[str, float] = {}
         self.workers: dict[str, dict] = {}  # run id -> the worker process now running it (from its events)
         threading.Thread(target=self._write_progress, name="run-progress", daemon=True).start()
@@ -163,9 +179,21 @@ class RunsService:
             self._actors.pop(key, None)
 
     def _subscribe(self) -> None:
-        if not self._subscribed:
-            self.platform.compute().client.subscribe_topic(PROGRESS_TOPIC, lambda event: self._updates.put(event[1]))
-            self._subscribed = True
+        """Subscribe to progress on this scheduler; a restarted scheduler knows neither the topic nor the actors."""
+        client = self.platform.compute().client
+        scheduler_id = client.scheduler_info().get("id")
+        with self._actors_lock:
+            if scheduler_id != self._scheduler_id:
+                if self._scheduler_id is not None:
+                    log.warning("the Dask scheduler changed (%s -> %s): model actors are started afresh",
+                                self._scheduler_id, scheduler_id)
+                    self._actors.clear()
+                    if self._subscribed_client is client:
+                        client.unsubscribe_topic(PROGRESS_TOPIC)
+                self._scheduler_id, self._subscribed = scheduler_id, False
+            if not self._subscribed:
+                client.subscribe_topic(PROGRESS_TOPIC, lambda event: self._updates.put(event[1]))
+                self._subscribed, self._subscribed_client = True, client
 
     def _execute(self, run_id: str) -> None:
         actor_key = None
@@ -184,10 +212,10 @@ class RunsService:
             self._started[run_id] = time.monotonic()
             job = self._job(run, run_dir)
             actor_key, actor = self.actor_for(model, run.parameters.get("variant"))
-            summary = actor.predict(job, run_id, str(staging)).result()
+            summary = _result(actor.predict(job, run_id, str(staging)), compute.client)
             if self._cancel_requested(run_id):
                 raise Cancelled("cancelled by the user")
-            result = compute.client.submit(finish_run, job, run_id, str(staging), pure=False).result()
+            result = _result(compute.client.submit(finish_run, job, run_id, str(staging), pure=False), compute.client)
             self._finish(run_id, "done", result=result, device=summary["device"])
         except Cancelled:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -196,6 +224,20 @@ class RunsService:
             self._finish(run_id, "failed", error=str(exc))
         except Exception as exc:  # reported on the run; the server carries on
             text = f"{type(exc).__name__}: {exc}"
+            if any(marker in text for marker in SCHEDULER_LOST) or self._scheduler_lost():
+                self._actors.clear()
+                log.warning("run %s lost the Dask scheduler: %s", run_id, text)
+                self._finish(run_id, "failed", error=(
+                    "The connection to the Dask scheduler was lost while this run was in flight. Submit it again "
+                    f"once the cluster is back (the sidebar shows its state). ({text})"))
+                shutil.rmtree(run_dir, ignore_errors=True)
+                return
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("run %s: disk full: %s", run_id, exc)
+                self._finish(run_id, "failed", error=(
+                    f"The disk is full (or over quota) where the results are written ({exc.filename or run_dir}): "
+                    "nothing was kept. Free space in the data home and submit the run again."))
+                return
             if "Cancelled" in text:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 self._finish(run_id, "cancelled", error="Cancelled by the user.")
@@ -210,6 +252,19 @@ class RunsService:
             shutil.rmtree(staging, ignore_errors=True)
             self._started.pop(run_id, None)
             self.workers.pop(run_id, None)
+
+    def _scheduler_lost(self) -> bool:
+        """Workers close when they lose the scheduler, so a worker error may really be the scheduler's."""
+        compute = self.platform._compute
+        if compute is None:
+            return False
+        if compute.client.status != "running":
+            return True
+        try:  # the client may not have noticed yet: ask the scheduler itself
+            compute.client.sync(compute.client.scheduler.identity, callback_timeout=5)
+            return False
+        except Exception:  # refused, closed or timed out: the scheduler is gone
+            return True
 
     def _job(self, run: Run, run_dir: Path) -> AnnotationJob:
         query = self.datasets.get(run.dataset_id)

@@ -303,7 +303,10 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
     files = _write_results(job, p, coords, provenance)
     timer.finish()
     provenance["stage_timings"] = timer.timings
-    (Path(job.out_dir) / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    final = Path(job.out_dir) / "provenance.json"  # the published folder is complete: replace, never truncate
+    tmp = final.with_name(f".partial-provenance-{uuid.uuid4().hex[:8]}.json")
+    tmp.write_text(json.dumps(provenance, indent=2, default=str))
+    os.replace(tmp, final)
     counts = pd.Series(p.predicted).value_counts()
     return {"metrics": p.metrics, "provenance": provenance, "files": files, "n_cells": int(len(p.cell_ids)),
             "predicted_counts": {str(k): int(v) for k, v in counts.items()}, "stage_timings": timer.timings}

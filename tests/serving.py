@@ -43,12 +43,14 @@ def make_serve(tmp: Path, extra_env: dict[str, str] | None = None, timeout: floa
         wait_until(lambda: _answers(server), timeout, "the server to answer")
         yield server
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        except ProcessLookupError:  # a test killed the group already
+            pass
 
 
 def _answers(server: Server) -> bool:

@@ -7,12 +7,13 @@ import json
 
 import requests
 
+from tests.reliability import record
 from tests.serving import make_serve
 
 TOKEN = "access-test-token"
 
 
-def test_basic_auth_guards_the_dashboard_and_its_login_opens_the_api(tmp_path):
+def test_basic_auth_guards_the_dashboard_and_its_login_opens_the_api(tmp_path, request):
     users = tmp_path / "users.json"
     users.write_text(json.dumps({"ada": "correct horse battery"}))
     env = {"HELICAL_PLATFORM_API_TOKEN": TOKEN}
@@ -31,3 +32,7 @@ def test_basic_auth_guards_the_dashboard_and_its_login_opens_the_api(tmp_path):
                      timeout=30)
         assert browser.get(server.url + "/", timeout=60).status_code == 200
         assert browser.get(server.url + "/api/models", timeout=30).status_code == 200
+    record("security", "Lab-server access: Panel basic auth (password file)",
+           "the dashboard and the API without login, with a wrong password, with the token, after login",
+           "dashboard redirects to /login; API 401 without token or login and after a wrong password; 200 with the "
+           "bearer token or the login cookie", "nothing served to an anonymous user", request.node.nodeid)

@@ -12,6 +12,7 @@ import scanpy
 
 from tests.api_client import AUTH, TOKEN, api, error_of, upload, wait_run
 from tests.conftest import PBMC
+from tests.reliability import record
 from tests.serving import make_serve
 
 
@@ -183,3 +184,40 @@ def test_schemathesis_finds_no_server_error(server):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
     assert requests.get(server.url + "/api/models", headers=AUTH, timeout=30).status_code == 200
+
+
+TRAVERSALS = ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fplatform.db", "..",
+              "00000000-0000-1000-8000-000000000000", "3F2B6C1E-8D4A-4E7B-9C1D-2A5E6F7A8B9C"]
+
+
+def test_traversal_in_every_id_and_name_over_http_is_refused(server, files, request):
+    """Run ids in status, results, download and cancel; dataset ids in submit; upload names; nothing escapes."""
+    ref, _query = files
+    tried = 0
+    for bad in TRAVERSALS:
+        for method, path in (("GET", f"/api/status/{bad}"), ("GET", f"/api/results/{bad}"),
+                             ("GET", f"/api/download/{bad}?format=h5ad"), ("POST", f"/api/runs/{bad}/cancel")):
+            r = api(server, method, path)
+            tried += 1
+            assert r.status_code in (400, 404), (path, r.status_code, r.text[:200])
+            assert "root:" not in r.text and "SQLite" not in r.text
+        r = api(server, "POST", "/api/submit", json={"application": "cell-type-annotation", "model": "baseline",
+                                                     "dataset": bad, "label_column": "celltype"})
+        tried += 1
+        assert r.status_code in (400, 404), (bad, r.text)
+        r = upload(server, ref, name=f"{bad}/cells.h5ad")
+        tried += 1
+        assert r.status_code == 400 and error_of(r)["code"] == "invalid_id", (bad, r.text)
+    ds = upload(server, ref).json()["dataset_id"]
+    run = api(server, "POST", "/api/submit", json={"application": "cell-type-annotation", "model": "baseline",
+                                                   "dataset": ds, "label_column": "celltype"}).json()["run_id"]
+    import uuid
+
+    assert uuid.UUID(ds).version == 4 and uuid.UUID(run).version == 4  # random, unguessable ids
+    d = api(server, "GET", f"/api/download/{run}", params={"format": "../../platform.db"})
+    assert d.status_code in (400, 409), d.text
+    record("security", "Path traversal in run ids, dataset ids, download requests and upload names",
+           f"{tried} requests: {', '.join(TRAVERSALS[:3])} … in /api/status, /api/results, /api/download, "
+           "/api/runs/{id}/cancel, /api/submit and upload file names; a download format of ../../platform.db",
+           "every one 400 or 404 (names: 400 invalid_id); ids are uuid4", "no file outside the data home read",
+           request.node.nodeid)

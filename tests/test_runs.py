@@ -17,6 +17,7 @@ from app.settings import Settings
 from store.engine import write_session
 from store.tables import Run
 from tests.conftest import PBMC
+from tests.reliability import record
 from tests.serving import wait_until
 
 FINISHED = ("done", "failed", "cancelled")
@@ -95,7 +96,7 @@ def test_cancel_stops_the_run_and_leaves_no_folder(platform, pbmc):
     assert not platform.artifacts.run_dir(run.id).exists()
 
 
-def test_a_killed_worker_fails_the_run_quickly_and_the_next_run_works(platform, pbmc):
+def test_a_killed_worker_fails_the_run_quickly_and_the_next_run_works(platform, pbmc, request):
     run = _submit(platform, "geneformer", pbmc)
     wait_until(lambda: platform.runs.status(run.id)["stage"] == "embedding query", 240, "the query embedding")
     pid = platform.runs.workers[run.id]["pid"]  # from the run's own progress events
@@ -103,10 +104,16 @@ def test_a_killed_worker_fails_the_run_quickly_and_the_next_run_works(platform, 
     killed_at = time.monotonic()
     status = _wait(platform, run.id, timeout=60)
     assert status["status"] == "failed" and time.monotonic() - killed_at < 30
+    failed_after = time.monotonic() - killed_at
     assert "worker running this run stopped" in status["error"]
     platform.compute().client.wait_for_workers(2, timeout=120)
     after = _submit(platform, "geneformer", pbmc)
     assert _wait(platform, after.id)["status"] == "done"
+    assert not list(platform.settings.home.rglob(".partial-*")) and not platform.artifacts.run_dir(run.id).exists()
+    record("faults", "A Dask worker process killed (SIGKILL) mid-run", "Geneformer run embedding the query; the pid "
+           "from the run's own progress events", f"run failed {failed_after:.1f} s after the kill: "
+           f"{status['error'][:120]}", "no partial folder; the nanny restarts the worker; next run done",
+           request.node.nodeid)
 
 
 def test_a_restart_fails_runs_left_running_and_loses_nothing_else(tmp_path):

@@ -10,9 +10,10 @@ from app.platform import Platform
 from app.settings import Settings
 from store.artifacts import InvalidIdError
 from tests.conftest import PBMC
+from tests.reliability import record
 
 
-def test_server_files_are_confined_to_the_allowed_folder(tmp_path):
+def test_server_files_are_confined_to_the_allowed_folder(tmp_path, request):
     root, outside = tmp_path / "shared-files", tmp_path / "private"
     root.mkdir()
     outside.mkdir()
@@ -31,6 +32,9 @@ def test_server_files_are_confined_to_the_allowed_folder(tmp_path):
         assert len(platform.datasets.list()) == 1
     finally:
         platform.close()
+    record("security", "Server-side file picking confined to HELICAL_PLATFORM_FILES_ROOT",
+           "../private/secret.h5ad, a symlinked file, a symlinked folder, /etc/passwd",
+           "each refused 'outside the allowed folder'", "only the file under the root stored", request.node.nodeid)
 
 
 def test_server_files_are_off_unless_a_folder_is_set(tmp_path):
