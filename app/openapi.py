@@ -25,6 +25,13 @@ def openapi_document() -> dict:
     except metadata.PackageNotFoundError:
         version = "0"
     paths = {
+        "/api/health": {"get": {
+            "summary": "Health for probes: database, cluster, event-loop stalls (no token needed)",
+            "operationId": "health", "security": [],
+            "parameters": [{"name": "since", "in": "query", "required": False, "schema": {"type": "number"},
+                            "description": "Unix time: report the event-loop stalls after it"}],
+            "responses": {"200": _json({"type": "object"}, "Healthy"), "400": _error("Invalid since"),
+                          "503": _json({"type": "object"}, "Database or cluster unavailable")}}},
         "/api/applications": {"get": {"summary": "List applications", "operationId": "listApplications",
                                       "responses": {"200": _json({"type": "array",
                                                                   "items": {"$ref": REF + "Application"}}),

@@ -21,7 +21,8 @@ def test_basic_auth_guards_the_dashboard_and_its_login_opens_the_api(tmp_path, r
     with make_serve(tmp_path, {**env, "SERVE_ARGS": args}) as server:
         page = requests.get(server.url + "/", timeout=60, allow_redirects=False)
         assert page.status_code in (302, 303) and "login" in page.headers["Location"]
-        assert requests.get(server.url + "/api/models", timeout=30).status_code == 401
+        for listing in ("/api/models", "/api/datasets", "/api/runs"):  # no anonymous listing
+            assert requests.get(server.url + listing, timeout=30).status_code == 401
         assert requests.get(server.url + "/api/models", timeout=30,
                             headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
@@ -34,5 +35,6 @@ def test_basic_auth_guards_the_dashboard_and_its_login_opens_the_api(tmp_path, r
         assert browser.get(server.url + "/api/models", timeout=30).status_code == 200
     record("security", "Lab-server access: Panel basic auth (password file)",
            "the dashboard and the API without login, with a wrong password, with the token, after login",
-           "dashboard redirects to /login; API 401 without token or login and after a wrong password; 200 with the "
-           "bearer token or the login cookie", "nothing served to an anonymous user", request.node.nodeid)
+           "dashboard redirects to /login; API (models, datasets, runs listings) 401 without token or login and "
+           "after a wrong password; 200 with the bearer token or the login cookie",
+           "nothing served to an anonymous user", request.node.nodeid)
