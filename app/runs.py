@@ -367,20 +367,35 @@ class RunsService:
 
     def results(self, run_id: str, offset: int = 0, limit: int = 100) -> dict:
         """Metrics, confusion matrix, provenance and a page of per-cell predictions, from the run's files."""
-        import pyarrow.parquet as pq
-
-        folder = self.result_dir(run_id)
         run = self.get(run_id)
-        pf = pq.ParquetFile(folder / "predictions.parquet")
-        total = pf.metadata.num_rows
         offset, limit = max(0, offset), max(0, min(limit, 10_000))
-        page = pf.read().slice(offset, limit).to_pandas() if limit else pd.DataFrame()
+        page, total = self.page(run_id, offset, limit)
         classes = run.provenance.get("head", {}).get("classes", [])
         return {"run_id": run_id, "metrics": run.metrics, "classes": classes,
                 "confusion_matrix": run.metrics.get("confusion_matrix"), "provenance": run.provenance,
                 "predicted_counts": run.parameters.get("predicted_counts", {}),
                 "cells": {"offset": offset, "limit": limit, "total": total,
                           "items": page.to_dict(orient="records")}}
+
+    def page(self, run_id: str, offset: int, limit: int, columns: list[str] | None = None) -> tuple[pd.DataFrame, int]:
+        """Rows ``offset`` to ``offset + limit`` of the per-cell predictions and the total: only the parquet row
+        groups that hold them are read, so a page of a million-cell run costs what a page of a small one does."""
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(self.result_dir(run_id) / "predictions.parquet")
+        meta = pf.metadata
+        groups, first, start = [], None, 0
+        for i in range(meta.num_row_groups):
+            n = meta.row_group(i).num_rows
+            if limit and start + n > offset and start < offset + limit:
+                groups.append(i)
+                first = start if first is None else first
+            start += n
+        if not groups:
+            empty = pf.schema_arrow.empty_table()
+            return (empty.select(columns) if columns else empty).to_pandas(), meta.num_rows
+        table = pf.read_row_groups(groups, columns=columns)
+        return table.slice(offset - first, limit).to_pandas(), meta.num_rows
 
     def cells(self, run_id: str, columns: list[str] | None = None) -> pd.DataFrame:
         """Per-cell predictions of a finished run (only the columns asked for are read)."""

@@ -30,20 +30,21 @@ def color_key(categories: list[str]) -> dict[str, str]:
 
 
 def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str = "",
-              categories: list[str] | None = None, width: int = 560) -> hv.DynamicMap:
+              categories: list[str] | None = None, width: int = 560, hover: bool = True) -> hv.DynamicMap:
     """Datashaded UMAP of ``cells`` (columns umap_1, umap_2, cell_id, predicted_label, confidence, ...)."""
     vdims = [c for c in ("cell_id", "predicted_label", "confidence", "true_label", "agreement")
              if c in cells.columns]
     points = hv.Points(cells, kdims=["umap_1", "umap_2"], vdims=vdims)
-    common = dict(width=width, height=480, xaxis=None, yaxis=None, title=title, tools=["hover"],
+    common = dict(width=width, height=480, xaxis=None, yaxis=None, title=title, tools=["hover"] if hover else [],
                   bgcolor="white", active_tools=["wheel_zoom"])
+    selector = ds.first("confidence") if hover else None
     if color_by == "confidence":
-        raster = rasterize(points, aggregator=ds.mean("confidence"), selector=ds.first("confidence"))
+        raster = rasterize(points, aggregator=ds.mean("confidence"), selector=selector)
         return dynspread(raster, threshold=0.6).opts(cmap="viridis", colorbar=True, clim=(0, 1), **common)
     cats = categories or sorted(cells[color_by].astype(str).unique())
     data = cells.assign(**{color_by: pd.Categorical(cells[color_by].astype(str), categories=cats)})
     points = hv.Points(data, kdims=["umap_1", "umap_2"], vdims=vdims if color_by in vdims else vdims + [color_by])
-    raster = rasterize(points, aggregator=ds.count_cat(color_by), selector=ds.first("confidence"))
+    raster = rasterize(points, aggregator=ds.count_cat(color_by), selector=selector)
     keyed = color_key(cats)
     legend = hv.NdOverlay({c: hv.Points([(np.nan, np.nan)], label=c).opts(color=keyed[c], size=8)
                            for c in cats})

@@ -9,6 +9,8 @@ import param
 from dashboards.plots import confusion_heatmap, disagreement, f1_bars, umap_plot
 
 CELL_COLUMNS = ["cell_id", "predicted_label", "confidence", "assigned", "true_label", "split", "umap_1", "umap_2"]
+UMAP_COLUMNS = ["cell_id", "umap_1", "umap_2", "predicted_label", "confidence", "true_label"]
+PAGE_ROWS = 20
 UNTRAINED_BANNER = ("**This run used generated, untrained weights.** The pipeline ran for real, but these "
                     "predictions mean nothing. Stage trained weights to annotate for real.")
 
@@ -43,6 +45,7 @@ class ResultsView(pn.viewable.Viewer):
     compare_with = param.Selector(doc="A second finished run on the same cells, shown beside the first.")
     color_by = param.Selector(default="predicted_label", objects=["predicted_label", "confidence", "true_label"])
     normalised = param.Boolean(default=False, doc="Row-normalised confusion matrix.")
+    page = param.Integer(default=0, bounds=(0, None), doc="Page of the per-cell table (read from the server).")
 
     def __init__(self, platform, **params) -> None:  # noqa: ANN001
         super().__init__(**params)
@@ -64,8 +67,9 @@ class ResultsView(pn.viewable.Viewer):
             self.compare_with = ""
 
     def _cells(self, run_id: str) -> pd.DataFrame:
+        """What the UMAP draws and hovers (never the per-class probabilities: those are paged in the table)."""
         if run_id not in self._cache:
-            self._cache[run_id] = self._platform.runs.cells(run_id)
+            self._cache[run_id] = self._platform.runs.cells(run_id, UMAP_COLUMNS)
         return self._cache[run_id]
 
     @param.depends("run", "color_by", "compare_with")
@@ -112,13 +116,33 @@ class ResultsView(pn.viewable.Viewer):
                 pn.pane.HoloViews(f1_bars(run.metrics), css_classes=["f1-bars"])))
         return pn.Column(*parts, sizing_mode="stretch_width")
 
-    @param.depends("run")
+    @param.depends("run", watch=True)
+    def _first_page(self) -> None:
+        self.page = 0
+
+    def _turn(self, step: int) -> None:
+        self.page = max(0, self.page + step)
+
+    @param.depends("run", "page")
     def _table(self) -> pn.viewable.Viewable:
+        """One page of cells, read from the run's parquet row groups: a million-cell run costs one page."""
         if not self.run:
             return pn.Column()
-        table = top_probabilities(self._cells(self.run))
-        return pn.widgets.Tabulator(table, pagination="remote", page_size=15, show_index=False, disabled=True,
-                                    css_classes=["cell-table"], sizing_mode="stretch_width", header_filters=True)
+        rows, total = self._platform.runs.page(self.run, self.page * PAGE_ROWS, PAGE_ROWS)
+        last = max(0, (total - 1) // PAGE_ROWS)
+        if self.page > last:
+            self.page = last
+            return pn.Column()
+        table = pn.widgets.Tabulator(top_probabilities(rows), show_index=False, disabled=True,
+                                     css_classes=["cell-table"], sizing_mode="stretch_width")
+        previous = pn.widgets.Button(name="◀ Previous", disabled=self.page == 0, css_classes=["page-previous"])
+        following = pn.widgets.Button(name="Next ▶", disabled=self.page >= last, css_classes=["page-next"])
+        previous.on_click(lambda _e: self._turn(-1))
+        following.on_click(lambda _e: self._turn(1))
+        start = self.page * PAGE_ROWS
+        where = pn.pane.Markdown(f"cells {start + 1:,}–{min(start + PAGE_ROWS, total):,} of {total:,}",
+                                 css_classes=["page-position"])
+        return pn.Column(table, pn.Row(previous, following, where), sizing_mode="stretch_width")
 
     @param.depends("run")
     def _downloads(self) -> pn.viewable.Viewable:

@@ -30,6 +30,7 @@ from inference.readers import UnreadableFileError, open_anndata
 StageProgress = Callable[[str, int, int], None]
 STAGES = ("checking", "embedding reference", "training head", "embedding query", "predicting", "UMAP",
           "writing")
+PARQUET_ROW_GROUP = 10_000
 PACKAGES = ("helical", "torch", "transformers", "scanpy", "anndata", "scikit-learn", "umap-learn", "numpy",
             "helical-platform")
 
@@ -325,7 +326,8 @@ def _write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, proven
             table["split"] = np.where(p.held_out, "held-out", "train")
         for i, cls in enumerate(p.classes):
             table[f"prob:{cls}"] = p.proba[:, i]
-        table.to_parquet(staging / "predictions.parquet", index=False)
+        # row groups of 10,000 cells: a page of the table reads one group, not the whole file
+        table.to_parquet(staging / "predictions.parquet", index=False, row_group_size=PARQUET_ROW_GROUP)
         np.save(staging / "embeddings.npy", p.features.astype(np.float32))
         (staging / "metrics.json").write_text(json.dumps(p.metrics, indent=2))
         (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))

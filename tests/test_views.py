@@ -96,3 +96,52 @@ def test_plots_build_from_result_data_alone():
     assert (merged["agreement"] != "agree").sum() == expected
     table = top_probabilities(cells)
     assert table["top1"].str.match(r"^(B|T) \(\d\.\d\d\)$").all()
+
+
+def _done_run_with_cells(platform, n: int) -> str:
+    """A finished run whose predictions file has n cells in row groups of 10,000 (as the pipeline writes)."""
+    from inference.pipeline import PARQUET_ROW_GROUP
+    from store.artifacts import new_id
+    from store.tables import Run
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1, 1], n).astype(np.float32)
+    table = pd.DataFrame({"cell_id": [f"cell-{i}" for i in range(n)], "predicted_label": np.where(
+        probs[:, 0] > 0.5, "B", "T"), "confidence": probs.max(axis=1), "assigned": True,
+        "umap_1": rng.normal(size=n), "umap_2": rng.normal(size=n), "prob:B": probs[:, 0], "prob:T": probs[:, 1]})
+    with open(PBMC, "rb") as fh:
+        ds = platform.datasets.ingest(fh, "pbmc.h5ad")
+    run_id = new_id()
+    folder = platform.artifacts.run_dir(run_id, create=True)
+    table.to_parquet(folder / "predictions.parquet", index=False, row_group_size=PARQUET_ROW_GROUP)
+    with write_session(platform.engine) as s:
+        s.add(Run(id=run_id, application_id="cell-type-annotation", model_id="baseline", dataset_id=ds.id,
+                  status="done", label_column="celltype", metrics={}, provenance={}))
+    return run_id
+
+
+def test_pages_of_cells_read_only_their_row_groups_and_match_the_file(platform):
+    run_id = _done_run_with_cells(platform, 25_000)
+    full = platform.runs.cells(run_id)
+    for offset, limit in ((0, 20), (9_995, 10), (24_990, 100), (30_000, 5)):
+        page, total = platform.runs.page(run_id, offset, limit)
+        assert total == 25_000
+        expected = full.iloc[offset:offset + limit].reset_index(drop=True)
+        pd.testing.assert_frame_equal(page, expected)
+    assert platform.runs.results(run_id, 9_995, 10)["cells"]["items"][0]["cell_id"] == "cell-9995"
+
+    from dashboards.results import ResultsView
+
+    view = ResultsView(platform)
+    assert view.run == run_id
+
+    def shown() -> str:
+        return next(o.object for o in view._table().objects[1].objects if hasattr(o, "object"))
+
+    assert shown() == "cells 1–20 of 25,000"
+    view.page = 3
+    assert shown() == "cells 61–80 of 25,000"
+    assert view._table().objects[0].value["cell_id"].tolist()[0] == "cell-60"
+    view.page = 10_000  # past the end: back to the last page
+    view._table()
+    assert view.page == 1_249 and shown() == "cells 24,981–25,000 of 25,000"

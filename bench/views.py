@@ -1,0 +1,88 @@
+"""Result views at scale: the datashaded UMAP for 1e5, 1e6 and 1e7 cells, server time and bytes per image.
+
+    python bench/views.py --points 100000 1000000 10000000
+
+Cells are synthetic (10 Gaussian clusters, 10 labels, a confidence, a cell id each): the view's cost depends on
+the number of points, not on what they mean. For each size: the first image (the dashboard's own `umap_plot`
+rendered to Bokeh models, as a session does), a zoomed image (the same DynamicMap asked for a quarter of the
+range, as a wheel zoom does), each with and without the hover `selector`; bytes are the Bokeh JSON of the figure,
+which carries the image to the browser. Writes bench/out/views.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic(n: int, seed: int = 0):  # noqa: ANN201 - a DataFrame
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-10, 10, (10, 2))
+    label = rng.integers(0, 10, n)
+    xy = centres[label] + rng.normal(scale=1.0, size=(n, 2))
+    names = np.array([f"type {i}" for i in range(10)])
+    return pd.DataFrame({"cell_id": pd.Series(np.arange(n)).astype(str), "umap_1": xy[:, 0].astype(np.float32),
+                         "umap_2": xy[:, 1].astype(np.float32),
+                         "predicted_label": pd.Categorical(names[label], categories=list(names)),
+                         "confidence": rng.uniform(0.3, 1, n).astype(np.float32)})
+
+
+def measure(cells, hover: bool) -> dict:  # noqa: ANN001
+    import holoviews as hv
+    from bokeh.embed import json_item
+
+    from dashboards.plots import umap_plot
+
+    t = time.perf_counter()
+    obj = umap_plot(cells, "predicted_label", "bench", hover=hover)
+    renderer = hv.renderer("bokeh")
+    plot = renderer.get_plot(obj)
+    first_s = time.perf_counter() - t
+    first_bytes = len(json.dumps(json_item(plot.state)))
+    (x0, x1), (y0, y1) = (float(cells.umap_1.min()), float(cells.umap_1.max())), (float(cells.umap_2.min()),
+                                                                                  float(cells.umap_2.max()))
+    zoom = {"x_range": (x0, x0 + (x1 - x0) / 4), "y_range": (y0, y0 + (y1 - y0) / 4)}
+    t = time.perf_counter()
+    for stream in plot.streams:
+        if hasattr(stream, "x_range"):
+            stream.event(**zoom)
+            break
+    zoom_s = time.perf_counter() - t
+    zoom_bytes = len(json.dumps(json_item(plot.state)))
+    return {"first_s": round(first_s, 3), "first_mb": round(first_bytes / 1e6, 3), "zoom_s": round(zoom_s, 3),
+            "zoom_mb": round(zoom_bytes / 1e6, 3)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--points", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
+    args = p.parse_args()
+    from dashboards.plots import warm_up
+
+    warm_up()
+    rows = []
+    for n in args.points:
+        cells = synthetic(n)
+        for hover in (True, False):
+            row = {"points": n, "hover": hover, **measure(cells, hover)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del cells
+    out = REPO / "bench" / "out" / "views.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    print("\n| points | hover | first image (s) | first (MB) | zoom (s) | zoom (MB) |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['points']:,} | {'yes' if r['hover'] else 'no'} | {r['first_s']} | {r['first_mb']} | "
+              f"{r['zoom_s']} | {r['zoom_mb']} |")
+
+
+if __name__ == "__main__":
+    main()
