@@ -19,6 +19,7 @@ CATEGORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c56
                    "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
                    "#e6550d", "#31a354", "#756bb1", "#636363"]
 UNASSIGNED_COLOR = "#c8c8c8"
+HOVER_CELL_MAX = 2_000_000
 
 
 def color_key(categories: list[str]) -> dict[str, str]:
@@ -30,12 +31,18 @@ def color_key(categories: list[str]) -> dict[str, str]:
 
 
 def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str = "",
-              categories: list[str] | None = None, width: int = 560, hover: bool = True) -> hv.DynamicMap:
-    """Datashaded UMAP of ``cells`` (columns umap_1, umap_2, cell_id, predicted_label, confidence, ...)."""
+              categories: list[str] | None = None, width: int = 560, hover: bool | None = None) -> hv.DynamicMap:
+    """Datashaded UMAP of ``cells`` (columns umap_1, umap_2, cell_id, predicted_label, confidence, ...).
+
+    ``hover``: the cell under the cursor (a second reduction per image: +1 s at 10 million cells); by default
+    only up to ``HOVER_CELL_MAX`` cells. Above it the hover shows what is under the cursor per label, which the
+    image's own aggregation already holds (bench/views.py measures both)."""
+    if hover is None:
+        hover = len(cells) <= HOVER_CELL_MAX
     vdims = [c for c in ("cell_id", "predicted_label", "confidence", "true_label", "agreement")
              if c in cells.columns]
     points = hv.Points(cells, kdims=["umap_1", "umap_2"], vdims=vdims)
-    common = dict(width=width, height=480, xaxis=None, yaxis=None, title=title, tools=["hover"] if hover else [],
+    common = dict(width=width, height=480, xaxis=None, yaxis=None, title=title, tools=["hover"],
                   bgcolor="white", active_tools=["wheel_zoom"])
     selector = ds.first("confidence") if hover else None
     if color_by == "confidence":

@@ -145,3 +145,24 @@ def test_pages_of_cells_read_only_their_row_groups_and_match_the_file(platform):
     view.page = 10_000  # past the end: back to the last page
     view._table()
     assert view.page == 1_249 and shown() == "cells 24,981–25,000 of 25,000"
+
+
+def test_hover_names_the_cell_up_to_a_size_and_the_labels_under_the_cursor_beyond(monkeypatch):
+    from bokeh.models import HoverTool
+
+    import dashboards.plots as plots
+
+    def tooltips(cells) -> str:
+        """What the figure sends the browser, if it has a hover tool ('' if not)."""
+        import json
+
+        from bokeh.embed import json_item
+
+        fig = hv.render(plots.umap_plot(cells, "predicted_label"), backend="bokeh")
+        return json.dumps(json_item(fig)) if fig.select(type=HoverTool) else ""
+
+    cells = _cells()
+    assert "cell_id" in tooltips(cells)
+    monkeypatch.setattr(plots, "HOVER_CELL_MAX", len(cells) - 1)  # as if the run held 10 million cells
+    shown = tooltips(cells)
+    assert "cell_id" not in shown and shown  # still a hover, from the image's own per-label counts
