@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 
 from app.catalog import list_applications, list_models, seed_catalog
 from app.settings import Settings
@@ -39,6 +40,7 @@ class Platform:
         self._compute_error: BaseException | None = None
         self._compute_ready = threading.Event()
         self._reconnect_lock = threading.Lock()
+        self._described: tuple[float, dict] | None = None
         self.weights = weights_locations(settings)
         if start_cluster:  # a server: make sure every model can run, with generated weights if need be
             try:
@@ -104,11 +106,31 @@ class Platform:
                                    f"({exc}); runs wait for it to come back.") from None
 
     def compute_status(self) -> dict[str, object]:
+        """Cheap enough for every session's poll and the health probe: the client's own state first (a lost
+        scheduler must not read as ready from a cached identity), the scheduler's figures at most once a second."""
         if not self._compute_ready.is_set():
             return {"state": "starting"}
         if self._compute is None:
             return {"state": "unavailable", "error": str(self._compute_error)}
-        return {"state": "ready", **self._compute.describe()}
+        client_status = self._compute.client.status
+        if client_status != "running":
+            if client_status == "closed" and self._compute.cluster is None:
+                threading.Thread(target=self._try_reconnect, name="dask-reconnect", daemon=True).start()
+            where = self.settings.scheduler_address or "the LocalCluster"
+            return {"state": "unavailable", "error": f"lost the Dask scheduler at {where} (client {client_status});"
+                                                     " reconnecting"}
+        now = time.monotonic()
+        if self._described is None or now - self._described[0] > 1.0:
+            self._described = (now, self._compute.describe())
+        return {"state": "ready", **self._described[1]}
+
+    def _try_reconnect(self) -> None:
+        if self._reconnect_lock.locked():
+            return
+        try:
+            self._reconnect()
+        except RuntimeError as exc:
+            log.info("%s", exc)
 
     def applications(self) -> list[Application]:
         return list_applications(self.engine)

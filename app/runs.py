@@ -225,7 +225,8 @@ class RunsService:
         except Exception as exc:  # reported on the run; the server carries on
             text = f"{type(exc).__name__}: {exc}"
             if any(marker in text for marker in SCHEDULER_LOST) or self._scheduler_lost():
-                self._actors.clear()
+                with self._actors_lock:
+                    self._actors.clear()
                 log.warning("run %s lost the Dask scheduler: %s", run_id, text)
                 self._finish(run_id, "failed", error=(
                     "The connection to the Dask scheduler was lost while this run was in flight. Submit it again "
@@ -234,6 +235,8 @@ class RunsService:
                 return
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.error("run %s: disk full: %s", run_id, exc)
+                shutil.rmtree(staging, ignore_errors=True)  # free what this run took before recording it
+                shutil.rmtree(run_dir, ignore_errors=True)
                 self._finish(run_id, "failed", error=(
                     f"The disk is full (or over quota) where the results are written ({exc.filename or run_dir}): "
                     "nothing was kept. Free space in the data home and submit the run again."))
@@ -281,6 +284,18 @@ class RunsService:
 
     def _finish(self, run_id: str, status: str, result: dict | None = None, error: str | None = None,
                 device: str | None = None) -> None:
+        """Record the outcome; retried once (e.g. the disk full for the database too), else logged: a restart's
+        reconciliation then fails the run rather than leaving it running."""
+        for attempt in (1, 2):
+            try:
+                self._record_finish(run_id, status, result, error, device)
+                return
+            except Exception:
+                log.exception("could not record run %s as %s (attempt %d)", run_id, status, attempt)
+                time.sleep(1)
+
+    def _record_finish(self, run_id: str, status: str, result: dict | None, error: str | None,
+                       device: str | None) -> None:
         with write_session(self.platform.engine) as s:
             run = s.get(Run, run_id)
             run.status, run.finished_at, run.error = status, _now(), error

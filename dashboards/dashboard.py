@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import panel as pn
 
@@ -13,6 +14,8 @@ from dashboards.results import ResultsView
 from dashboards.runs import RunPanel
 
 TITLE = "Helical AI Platform"
+# polls get their own threads: a slow poll (a scheduler that does not answer) never queues the API's calls
+_POLLS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboard-poll")
 POLL_MS = 1000
 _warmed = threading.Event()
 
@@ -60,7 +63,8 @@ class Dashboard(pn.viewable.Viewer):
 
     async def _poll(self) -> None:
         """Database and scheduler reads in a thread: the event loop is shared by every session and API call."""
-        snap, compute = await asyncio.to_thread(lambda: (self.runs.snapshot(), self._compute_status()))
+        loop = asyncio.get_running_loop()
+        snap, compute = await loop.run_in_executor(_POLLS, lambda: (self.runs.snapshot(), self._compute_status()))
         self.runs.apply(snap)
         if compute != self.compute.object:
             self.compute.object = compute

@@ -122,7 +122,7 @@ def resolve_gene_ids(var: pd.DataFrame, var_names: pd.Index) -> GeneIds:
             "var_names (symbols, mapped with GENCODE v48)" if not given else "var_names (mixed ids and symbols)")
         ids = GeneIds(ens, symbols, source, given, mapped, unmapped, unmapped_examples=examples)
     given_ids = [str(v) for v in var[ens_col]] if ens_col is not None else list(names[names_are_ensembl])
-    versioned = [v for v in given_ids if "." in v]
+    versioned = [v for v in given_ids if _ENSEMBL.match(v) and strip_version(v) != v]
     ids.n_versioned, ids.versioned_example = len(versioned), (versioned[0] if versioned else "")
     counts = pd.Series([e for e in ids.ensembl_id if e]).value_counts()
     ids.n_duplicated = int((counts > 1).sum())

@@ -306,8 +306,11 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
     provenance["stage_timings"] = timer.timings
     final = Path(job.out_dir) / "provenance.json"  # the published folder is complete: replace, never truncate
     tmp = final.with_name(f".partial-provenance-{uuid.uuid4().hex[:8]}.json")
-    tmp.write_text(json.dumps(provenance, indent=2, default=str))
-    os.replace(tmp, final)
+    try:
+        tmp.write_text(json.dumps(provenance, indent=2, default=str))
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
     counts = pd.Series(p.predicted).value_counts()
     return {"metrics": p.metrics, "provenance": provenance, "files": files, "n_cells": int(len(p.cell_ids)),
             "predicted_counts": {str(k): int(v) for k, v in counts.items()}, "stage_timings": timer.timings}

@@ -106,6 +106,7 @@ def test_the_scheduler_connection_dropped_and_restored(tmp_path, request):
         failed_after = time.monotonic() - killed
         assert status["status"] == "failed" and "scheduler" in status["error"], status
         wait_until(lambda: client.status == "closed", 120, "the client to give up (30 s)")
+        assert platform.compute_status()["state"] == "unavailable"  # the sidebar and /api/health say so
         procs[0] = scheduler()  # restored on the same address, after the client gave up
         worker_survived = procs[1].poll() is None
         if not worker_survived:  # as a batch system would, start the worker again
