@@ -76,12 +76,12 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
 
 
 @contextmanager
-def browser_page(viewport: dict[str, int] | None = None) -> Iterator[object]:
+def browser_page(viewport: dict[str, int] | None = None, executable: str | None = None) -> Iterator[object]:
     """A Playwright page in Debian's headless chromium (Playwright's own browser download cannot work here)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=executable or CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport=viewport or {"width": 1400, "height": 900})
             yield page
