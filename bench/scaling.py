@@ -1,7 +1,8 @@
 """How a baseline run's time and memory grow with the cells: 1k, 10k, 100k query cells, end to end through the
-runs service on a LocalCluster (the embedded default), against the real 2,700-cell pbmc3k reference.
+runs service on a LocalCluster (the embedded default), against a real labelled pbmc3k reference.
 
-    python bench/scaling.py --data ../shared/data/pbmc3k_10x.h5ad --cells 1000 10000 100000
+    python bench/scaling.py --cells 1000 10000 100000                # the shipped 599-cell subset as reference
+    python bench/scaling.py --data pbmc3k_10x.h5ad --cells 1000 ...  # the full 2,700-cell pbmc3k (10x, CC BY 4.0)
 
 Queries are made by resampling pbmc3k's cells with replacement (seeded) and thinning each copy's counts
 binomially (each UMI kept with probability 0.8), labels unchanged, cell names made unique. Every worker compiles
@@ -129,7 +130,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="pbmc3k .h5ad with raw counts and obs['celltype']")
+    p.add_argument("--data", type=Path, default=REPO / "tests" / "data" / "pbmc3k_subset.h5ad",
+                   help="pbmc3k .h5ad with raw counts and obs['celltype'] (default: the shipped subset)")
     p.add_argument("--cells", type=int, nargs="+", default=[1000, 10_000, 100_000])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--plot-only", action="store_true", help="redraw the image from bench/out/scaling.json")

@@ -111,9 +111,11 @@ class RunPanel(pn.viewable.Viewer):
         """Everything a poll shows, read from the database; safe to run off the event loop."""
         names = {m.id: m.name for m in self._platform.models()}
         statuses = {run_id: self._platform.runs.status(run_id) for run_id in list(self._mine)}
+        return {"names": names, "statuses": statuses, "history": self._history(names)}
+
+    def _history(self, names: dict[str, str]) -> pd.DataFrame:
         datasets = {d.id: d.file_name for d in self._platform.datasets.list()}
-        return {"names": names, "statuses": statuses,
-                "history": history_frame(self._platform.runs.list(), names, datasets)}
+        return history_frame(self._platform.runs.list(), names, datasets)
 
     def apply(self, snap: dict) -> None:
         """Show a snapshot: widget updates only, on the session's event loop."""
@@ -149,9 +151,7 @@ class RunPanel(pn.viewable.Viewer):
             self.history.patch(changes, as_index=False)
 
     def refresh_history(self) -> None:
-        models = {m.id: m.name for m in self._platform.models()}
-        datasets = {d.id: d.file_name for d in self._platform.datasets.list()}
-        self._show_history(history_frame(self._platform.runs.list(), models, datasets))
+        self._show_history(self._history({m.id: m.name for m in self._platform.models()}))
 
     def __panel__(self) -> pn.viewable.Viewable:
         reference = pn.widgets.Select.from_param(self.param.reference, name="Reference (labelled)",
