@@ -26,6 +26,23 @@ def metrics_markdown(run) -> str:  # noqa: ANN001 - store.tables.Run
     return "  \n".join(lines)
 
 
+def umap_caption(info: dict | None) -> str:
+    """How the run's UMAP was made, in the words a reader of the plot needs (from its provenance)."""
+    if not info:
+        return "UMAP: how it was made was not recorded for this run."
+    if info.get("method") == "none":
+        return f"No UMAP: {info.get('reason', '')}."
+    n, fit_on = int(info.get("n_cells", info.get("fit_on", 0))), int(info.get("fit_on", 0))
+    how = info.get("implementation", info.get("method", "UMAP"))
+    p = info.get("params", {})
+    settings = (f"{p.get('n_neighbors', '?')} neighbours, min_dist {p.get('min_dist', '?')}, "
+                f"{info.get('init', 'spectral')} start, seed {info.get('seed', 0)}")
+    if fit_on and fit_on < n:
+        return (f"UMAP ({how}; {settings}) fitted on a random sample of {fit_on:,} of the {n:,} cells; the other "
+                f"{n - fit_on:,} cells were placed onto that map (`transform`).")
+    return f"UMAP ({how}; {settings}) of all {n:,} cells."
+
+
 def top_probabilities(cells: pd.DataFrame, k: int = 3) -> pd.DataFrame:
     """Per cell, the k most probable classes with their probabilities (for the table)."""
     prob_cols = [c for c in cells.columns if c.startswith("prob:")]
@@ -84,8 +101,11 @@ class ResultsView(pn.viewable.Viewer):
                                                                      .astype(str)) - {""})
         comparing = bool(self.compare_with and self.compare_with != self.run)
         width = 400 if comparing else 560
-        plots = [pn.pane.HoloViews(umap_plot(cells, color, f"{name}: UMAP by {color}", cats if color != "confidence"
-                                             else None, width=width), css_classes=["umap-plot"])]
+        plots = [pn.Column(
+            pn.pane.HoloViews(umap_plot(cells, color, f"{name}: UMAP by {color}", cats if color != "confidence"
+                                        else None, width=width), css_classes=["umap-plot"]),
+            pn.pane.Markdown(umap_caption(run.provenance.get("umap")), css_classes=["umap-caption"],
+                             styles={"font-size": "0.85em", "color": "#555"}, width=width))]
         if comparing:
             other = self._runs[self.compare_with]
             merged = disagreement(cells, self._cells(self.compare_with), name, self._name(other))

@@ -111,8 +111,11 @@ class ModelActor:
             report("loading model", 0, 0)
             self._load()
         self.runs += 1
-        prediction = predict(job, self._backend, self._info, progress=report, should_stop=_Stopper(run_id))
-        prediction.save(Path(staging))
+        folder = Path(staging)
+        folder.mkdir(parents=True, exist_ok=True)
+        prediction = predict(job, self._backend, self._info, progress=report, should_stop=_Stopper(run_id),
+                             workdir=folder)
+        prediction.save(folder)
         return {"device": getattr(self._backend, "device", "cpu"), "n_cells": int(len(prediction.cell_ids)),
                 "pid": os.getpid(), "loads": self.loads}
 

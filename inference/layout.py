@@ -1,32 +1,84 @@
-"""UMAP of embeddings: umap-learn, seeded, on every cell up to a size; beyond it, fit on a sample."""
+"""UMAP of embeddings, seeded: on every cell up to a size, beyond it fit on a sample and place the rest.
+
+Measured on pbmc3k resampled to 100,000 cells (``python bench/umap_choice.py``, docs/BENCHMARKS.md): umap-learn's
+spectral start is what made large runs slow (one core: 14 s at 10k cells, 76 s at 20k, over 5 minutes at 50k),
+while with a PCA start the time follows the cells (13 s at 20k, 31 s at 50k, 73 s at 100k). So: spectral (umap-learn's
+and scanpy's default) up to ``SPECTRAL_MAX_CELLS``, a PCA start above; every cell in the fit up to
+``FULL_UMAP_MAX_CELLS``; above that, fit on ``SAMPLE_CELLS`` cells drawn with the run's seed and ``transform`` all
+cells (time then grows with the cells, not faster). On a worker with a CUDA GPU and RAPIDS cuML installed, cuML's
+UMAP lays out every cell instead. What was done is returned for the run's provenance and shown beside the plot.
+"""
 
 from __future__ import annotations
 
+import time
+from importlib import metadata
+
 import numpy as np
 
-FULL_UMAP_MAX_CELLS = 50_000
+SPECTRAL_MAX_CELLS = 10_000
+FULL_UMAP_MAX_CELLS = 100_000
+SAMPLE_CELLS = 50_000
 DEFAULT_UMAP = {"n_neighbors": 15, "min_dist": 0.3, "metric": "euclidean"}
 
 
-def umap_layout(basis: np.ndarray, seed: int = 0, params: dict | None = None,
-                full_max: int = FULL_UMAP_MAX_CELLS) -> tuple[np.ndarray, dict[str, object]]:
-    """2-D coordinates per cell and what was done (recorded in the run's provenance)."""
-    import umap
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
+
+def gpu_umap():  # noqa: ANN201 - cuml.manifold.UMAP or None
+    """cuML's UMAP class where this worker has a CUDA GPU and cuML is installed, else None."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        from cuml.manifold import UMAP
+    except Exception:  # noqa: BLE001 - any import failure means: not usable here
+        return None
+    return UMAP
+
+
+def umap_layout(basis: np.ndarray, seed: int = 0, params: dict | None = None,
+                full_max: int = FULL_UMAP_MAX_CELLS, sample_cells: int = SAMPLE_CELLS,
+                spectral_max: int = SPECTRAL_MAX_CELLS, use_gpu: bool = True) -> tuple[np.ndarray, dict[str, object]]:
+    """2-D coordinates per cell and what was done (recorded in the run's provenance)."""
     p = {**DEFAULT_UMAP, **(params or {})}
     n = len(basis)
     if n < 4:
-        return np.zeros((n, 2), dtype=np.float32), {"method": "none", "reason": f"only {n} cells"}
+        return np.zeros((n, 2), dtype=np.float32), {"method": "none", "reason": f"only {n} cells", "n_cells": n}
     p["n_neighbors"] = int(min(p["n_neighbors"], n - 1))
-    reducer = umap.UMAP(n_components=2, random_state=seed, **p)
-    if n <= full_max:
-        coords = reducer.fit_transform(basis)
-        info = {"method": "umap-learn", "fit_on": n, "params": p, "seed": seed}
+    asked_init = p.pop("init", None)
+    started = time.perf_counter()
+    gpu = gpu_umap() if use_gpu else None
+    if gpu is not None:
+        init = asked_init or "spectral"
+        coords = gpu(n_components=2, random_state=seed, init=init, **p).fit_transform(np.asarray(basis))
+        info = {"method": "cuML UMAP on GPU, every cell", "implementation": f"cuml {_version('cuml-cu12')}",
+                "fit_on": n, "init": init}
     else:
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, size=full_max, replace=False))
-        reducer.fit(basis[sample])
-        coords = reducer.transform(basis)
-        info = {"method": "umap-learn fit on a sample, transform of the rest", "fit_on": full_max, "params": p,
-                "seed": seed}
+        import umap
+
+        fit_on = n if n <= full_max else min(sample_cells, n)
+        init = asked_init or ("spectral" if fit_on <= spectral_max else "pca")
+        reducer = umap.UMAP(n_components=2, random_state=seed, init=init, **p)
+        if fit_on == n:
+            coords = reducer.fit_transform(basis)
+            method = "umap-learn, every cell"
+        else:
+            rng = np.random.default_rng(seed)
+            sample = np.sort(rng.choice(n, size=fit_on, replace=False))
+            rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
+            coords = np.empty((n, 2), dtype=np.float32)
+            coords[sample] = reducer.fit_transform(np.asarray(basis[sample]))
+            for start in range(0, len(rest), sample_cells):  # placed a sample's worth at a time: bounded memory
+                chunk = rest[start:start + sample_cells]
+                coords[chunk] = reducer.transform(np.asarray(basis[chunk]))
+            method = "umap-learn fit on a random sample, the other cells placed by transform"
+        info = {"method": method, "implementation": f"umap-learn {_version('umap-learn')}", "fit_on": fit_on,
+                "init": init}
+    info.update({"n_cells": n, "params": p, "seed": seed, "seconds": round(time.perf_counter() - started, 2)})
     return np.asarray(coords, dtype=np.float32), info

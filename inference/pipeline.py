@@ -21,29 +21,20 @@ import pandas as pd
 from anndata import AnnData
 
 from inference.backends.base import Backend, check_stop
-from inference.checks import find_counts
+from inference.counts import AnnotationError, Counts, DataInput, load_counts
 from inference.heads import DEFAULT_HEAD, Head, head_cache_key
 from inference.layout import umap_layout
 from inference.metrics import UNASSIGNED, annotation_metrics
-from inference.readers import UnreadableFileError, open_anndata
+from inference.readers import open_anndata
 
 StageProgress = Callable[[str, int, int], None]
 STAGES = ("checking", "embedding reference", "training head", "embedding query", "predicting", "UMAP",
           "writing")
 PARQUET_ROW_GROUP = 10_000
+EMBEDDINGS = "embeddings.npy"
+QUERY_BLOCK = 10_000  # cells read, embedded and classified at a time: memory follows the block, not the file
 PACKAGES = ("helical", "torch", "transformers", "scanpy", "anndata", "scikit-learn", "umap-learn", "numpy",
             "helical-platform")
-
-
-class AnnotationError(ValueError):
-    """Input the pipeline cannot use; the message says what was found and what to do."""
-
-
-@dataclass
-class DataInput:
-    path: str
-    name: str
-    sha256: str
 
 
 @dataclass
@@ -61,41 +52,6 @@ class AnnotationJob:
     holdout_fraction: float = 0.3
     umap: dict | None = None
     write_csv: bool = False
-
-
-def load_counts(inp: DataInput) -> AnnData:
-    """The cells with raw counts in X (from X, a layer, .raw, or recovered from log1p and totals)."""
-    try:
-        opened, _ = open_anndata(Path(inp.path), inp.name, backed=True)
-    except (UnreadableFileError, OSError) as exc:
-        raise AnnotationError(f"The stored copy of {inp.name} cannot be read: {exc} Upload the file again.") from exc
-    try:
-        counts, errors, _ = find_counts(opened)
-        if errors:
-            raise AnnotationError(f"{inp.name}: " + " ".join(e["message"] for e in errors))
-        source = counts["source"]
-        adata = opened.to_memory() if getattr(opened, "isbacked", False) else opened
-    finally:
-        if getattr(opened, "isbacked", False):
-            opened.file.close()
-    if source == "raw.X":
-        x, var = adata.raw.X, adata.raw.var.copy()
-    elif source.startswith("layers"):
-        x, var = adata.layers[source.split("'")[1]], adata.var.copy()
-    else:
-        x, var = adata.X, adata.var.copy()
-    import scipy.sparse as sp
-
-    x = sp.csr_matrix(x, dtype=np.float32)
-    if counts.get("recovered"):
-        totals = adata.obs[counts["totals_column"]].to_numpy(dtype=np.float64)
-        x = sp.diags(totals / counts["target_sum"]) @ x.expm1()
-        x.data = np.round(x.data)
-        x.eliminate_zeros()
-        x = sp.csr_matrix(x, dtype=np.float32)
-    out = AnnData(X=x, obs=adata.obs.copy(), var=var)
-    out.uns["counts_source"] = {k: v for k, v in counts.items() if k in ("source", "recovered", "totals_column")}
-    return out
 
 
 def _labels(adata: AnnData, column: str, what: str) -> pd.Series:
@@ -176,20 +132,39 @@ class Prediction:
               "held_out")
 
     def save(self, folder: Path) -> None:
-        """Into ``folder`` (on the shared data home), so another worker can finish the run."""
+        """Into ``folder`` (on the shared data home), so another worker can finish the run. Embeddings already
+        written there as they were produced stay where they are."""
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None}
+        in_place = _file_of(self.features) == (folder / EMBEDDINGS).resolve()
+        basis_is_features = self.basis is self.features
+        skip = {"features"} if in_place else set()
+        if basis_is_features:
+            skip.add("basis")
+        arrays = {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None and k not in skip}
         arrays = {k: v.astype(str) if v.dtype == object else v for k, v in arrays.items()}
         np.savez(folder / "prediction.npz", **arrays)
+        if not in_place:
+            np.save(folder / EMBEDDINGS, np.asarray(self.features, dtype=np.float32))
         (folder / "prediction.json").write_text(json.dumps(
-            {"metrics": self.metrics, "provenance": self.provenance, "timings": self.timings}, default=str))
+            {"metrics": self.metrics, "provenance": self.provenance, "timings": self.timings,
+             "basis_is_features": basis_is_features}, default=str))
 
     @classmethod
     def load(cls, folder: Path) -> Prediction:
         with np.load(folder / "prediction.npz", allow_pickle=False) as z:
             arrays = {k: (z[k] if k in z.files else None) for k in cls.ARRAYS}
         meta = json.loads((folder / "prediction.json").read_text())
+        arrays["features"] = np.load(folder / EMBEDDINGS, mmap_mode="r")
+        if meta.get("basis_is_features"):
+            arrays["basis"] = arrays["features"]
         return cls(**arrays, metrics=meta["metrics"], provenance=meta["provenance"], timings=meta["timings"])
+
+
+def _file_of(array: np.ndarray) -> Path | None:
+    """The file behind a memory-mapped array (None for one in memory)."""
+    while array is not None and not isinstance(array, np.memmap):
+        array = getattr(array, "base", None)
+    return Path(array.filename).resolve() if array is not None and array.filename else None
 
 
 def run_annotation(job: AnnotationJob, backend: Backend, model_info: dict,
@@ -200,18 +175,26 @@ def run_annotation(job: AnnotationJob, backend: Backend, model_info: dict,
 
 
 def predict(job: AnnotationJob, backend: Backend, model_info: dict, progress: StageProgress | None = None,
-            should_stop: Callable[[], bool] | None = None) -> Prediction:
+            should_stop: Callable[[], bool] | None = None, workdir: Path | None = None) -> Prediction:
     """The model's part: embed the reference (or reuse the cached head), train the head, embed and classify the
-    query, and score against the truth."""
+    query block by block, and score against the truth. With ``workdir``, the query's embeddings go to
+    ``workdir/embeddings.npy`` as they are produced."""
     timer = _Timer(progress)
     timer.stage("checking")
-    query = load_counts(job.query)
+    with Counts(job.query) as query:
+        return _predict(job, backend, model_info, query, timer, should_stop, workdir)
+
+
+def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Counts, timer: _Timer,
+             should_stop: Callable[[], bool] | None, workdir: Path | None) -> Prediction:
     evaluation = job.reference is None
+    cells: Counts | AnnData = query
     if evaluation:
-        labels_all = _labels(query, job.label_column, "query")
+        cells = query.whole()  # the query is its own reference: its cells are needed at once
+        labels_all = _labels(cells, job.label_column, "query")
         held_out = stratified_split(labels_all, job.holdout_fraction, job.seed)
         train = ~held_out & labels_all.notna().to_numpy()
-        reference = query[train].copy()
+        reference = cells[train].copy()
         ref_labels = labels_all[train].astype(str).to_numpy()
         ref_key = f"{job.query.sha256}:split:{job.holdout_fraction}:{job.seed}"
         truth_column = job.label_column
@@ -248,12 +231,15 @@ def predict(job: AnnotationJob, backend: Backend, model_info: dict, progress: St
         if head_path:
             head_path.parent.mkdir(parents=True, exist_ok=True)
             head.save(head_path)
+        del ref_emb
     check_stop(should_stop)
 
     timer.stage("embedding query", 0, query.n_obs)
-    emb = backend.embed(query, progress=timer.report, should_stop=should_stop)
+    features, basis, proba, genes_used, classifying = _embed_query(cells, backend, head, timer, should_stop,
+                                                                   workdir)
     timer.stage("predicting")
-    proba = head.predict_proba(emb.features)
+    timer.timings["embedding query"] = round(timer.timings["embedding query"] - classifying, 3)
+    timer.timings["predicting"] = round(classifying, 3)
     best = proba.argmax(axis=1)
     confidence = proba[np.arange(len(best)), best]
     assigned = confidence >= job.confidence_threshold
@@ -261,7 +247,7 @@ def predict(job: AnnotationJob, backend: Backend, model_info: dict, progress: St
     metrics: dict[str, object] = {}
     truth = None
     if truth_column:
-        truth_series = _labels(query, truth_column, "query")
+        truth_series = _labels(cells, truth_column, "query")
         mask = truth_series.notna().to_numpy() & (held_out if evaluation else True)
         truth = truth_series.astype(str).where(truth_series.notna(), "").to_numpy().astype(str)
         metrics = annotation_metrics(truth[mask], predicted[mask])
@@ -276,18 +262,52 @@ def predict(job: AnnotationJob, backend: Backend, model_info: dict, progress: St
         "versions": versions(),
         "inputs": {"query": asdict(job.query), "reference": asdict(job.reference) if job.reference else None,
                    "label_column": job.label_column, "truth_column": truth_column,
-                   "counts_source": query.uns.get("counts_source")},
+                   "counts_source": query.source},
         "parameters": {"confidence_threshold": job.confidence_threshold, "head": job.head, "seed": job.seed,
-                       "evaluation_mode": evaluation,
+                       "evaluation_mode": evaluation, "query_block_cells": QUERY_BLOCK,
                        **({"holdout_fraction": job.holdout_fraction} if evaluation else {})},
         "head": {"cache_key": key, "reused": head_reused, "classes": head.classes.tolist(),
                  "reference_cells": int(reference.n_obs)},
-        "genes_used": emb.genes_used,
+        "genes_used": genes_used,
     }
     return Prediction(cell_ids=query.obs_names.to_numpy().astype(str), predicted=predicted.astype(str),
                       confidence=confidence.astype(np.float32), assigned=assigned, proba=proba.astype(np.float32),
-                      classes=head.classes.astype(str), features=emb.features, basis=emb.basis, truth=truth,
+                      classes=head.classes.astype(str), features=features, basis=basis, truth=truth,
                       held_out=held_out, metrics=metrics, provenance=provenance, timings=timer.timings)
+
+
+def _embed_query(cells: Counts | AnnData, backend: Backend, head: Head, timer: _Timer,
+                 should_stop: Callable[[], bool] | None,
+                 workdir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    """Embed and classify ``QUERY_BLOCK`` cells at a time; features into ``workdir/embeddings.npy`` as they come
+    (a memory map), or into memory without a workdir. The basis is the features themselves where the model says so
+    (foundation models), else kept apart (the baseline's 50 PCs)."""
+    n = cells.n_obs
+    if isinstance(cells, Counts):
+        blocks = cells.blocks(QUERY_BLOCK)
+    else:
+        blocks = ((s, cells[s:s + QUERY_BLOCK]) for s in range(0, n, QUERY_BLOCK))
+    features = None
+    bases, probas, genes_used, predicting = [], [], 0, 0.0
+    for start, block in blocks:
+        emb = backend.embed(block, progress=lambda done, _t, s=start: timer.report(s + done, n),
+                            should_stop=should_stop)
+        if features is None:
+            shape = (n, emb.features.shape[1])
+            features = (np.lib.format.open_memmap(workdir / EMBEDDINGS, mode="w+", dtype=np.float32, shape=shape)
+                        if workdir else np.empty(shape, dtype=np.float32))
+            own_basis, genes_used = emb.basis is not emb.features, emb.genes_used
+        features[start:start + block.n_obs] = emb.features
+        if own_basis:
+            bases.append(np.asarray(emb.basis, dtype=np.float32))
+        began = time.perf_counter()
+        probas.append(head.predict_proba(emb.features))
+        predicting += time.perf_counter() - began
+        del emb
+    if isinstance(features, np.memmap):
+        features.flush()
+    basis = np.concatenate(bases) if own_basis else features
+    return features, basis, np.concatenate(probas), genes_used, predicting
 
 
 def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = None,
@@ -331,7 +351,7 @@ def _write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, proven
             table[f"prob:{cls}"] = p.proba[:, i]
         # row groups of 10,000 cells: a page of the table reads one group, not the whole file
         table.to_parquet(staging / "predictions.parquet", index=False, row_group_size=PARQUET_ROW_GROUP)
-        np.save(staging / "embeddings.npy", p.features.astype(np.float32))
+        _store_embeddings(p.features, staging / EMBEDDINGS)
         (staging / "metrics.json").write_text(json.dumps(p.metrics, indent=2))
         (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
         _annotated_h5ad(job, table, p.features, coords, provenance, staging / "annotated.h5ad")
@@ -346,6 +366,19 @@ def _write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, proven
     return {p.name: str(final / p.name) for p in sorted(final.iterdir())}
 
 
+def _store_embeddings(features: np.ndarray, path: Path) -> None:
+    """A hard link to the file the embeddings were written to as they were produced (a copy across file systems);
+    an array in memory is saved."""
+    source = _file_of(features)
+    if source is None:
+        np.save(path, np.asarray(features, dtype=np.float32))
+        return
+    try:
+        os.link(source, path)
+    except OSError:
+        shutil.copyfile(source, path)
+
+
 def _annotated_h5ad(job: AnnotationJob, table: pd.DataFrame, features: np.ndarray, coords: np.ndarray,
                     provenance: dict, path: Path) -> None:
     """The input file's own content, plus predictions in obs and the embedding and UMAP in obsm."""
@@ -358,7 +391,7 @@ def _annotated_h5ad(job: AnnotationJob, table: pd.DataFrame, features: np.ndarra
         original.obs["prediction_split"] = pd.Categorical(table["split"].to_numpy())
     if "X_umap" in original.obsm:
         original.obsm["X_umap_input"] = original.obsm["X_umap"]
-    original.obsm[f"X_{job.model_id}"] = features
+    original.obsm[f"X_{job.model_id}"] = np.asarray(features)  # a plain view of the memory map: no copy
     original.obsm["X_umap"] = coords
     original.uns["helical_platform"] = {
         "model": job.model_id,

@@ -43,6 +43,7 @@ def test_the_whole_flow_in_a_browser(tmp_path):
         page.locator(".run-button button").click()  # the baseline, in evaluation mode
         _wait_done(page, "Baseline", 1)
         page.locator(".umap-plot canvas").first.wait_for(timeout=60_000)
+        page.locator(".umap-caption").get_by_text("of all 599 cells").wait_for(timeout=30_000)  # how it was made
         page.locator(".confusion-matrix canvas").first.wait_for(timeout=60_000)
         _shot(page, "3-baseline-done")
 

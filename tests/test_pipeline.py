@@ -131,6 +131,53 @@ def test_foundation_models_run_the_same_pipeline_and_say_they_are_untrained(mode
     assert result["provenance"]["model"]["trained"] is False
 
 
+@pytest.mark.parametrize("model", ["baseline", "geneformer"])
+def test_the_query_is_read_embedded_and_classified_a_block_at_a_time(model, split_files, tiny_locations, tmp_path,
+                                                                     monkeypatch):
+    """A query of 75 cells in blocks of 32: only a block's rows leave the file at a time, the embeddings go to the
+    run's folder as they are produced, and every number equals the run made in one block."""
+    from inference import pipeline
+    from inference.counts import Counts
+
+    ref, query = split_files
+    backend = create_backend(model, None, tiny_locations, device="cpu")
+    backend.load()
+    info = {"checksum": getattr(getattr(backend, "weights", None), "checksum", "b"), "trained": True}
+    whole = pipeline.predict(_job(tmp_path, ref, query, model=model, name="whole"), backend, info)
+    assert not isinstance(whole.features, np.memmap)
+
+    read = []
+    real_block = Counts.block
+    monkeypatch.setattr(Counts, "block", lambda self, a, b: read.append((a, b)) or real_block(self, a, b))
+    monkeypatch.setattr(pipeline, "QUERY_BLOCK", 32)
+    work = tmp_path / "work"
+    work.mkdir()
+    blocked = pipeline.predict(_job(tmp_path, ref, query, model=model, name="blocked"), backend, info,
+                               workdir=work)
+    n_ref = ad.read_h5ad(ref, backed="r").n_obs
+    assert read == [(0, n_ref), (0, 32), (32, 64), (64, 75)]  # the reference whole, then the query's blocks
+    assert isinstance(blocked.features, np.memmap) and Path(blocked.features.filename) == work / "embeddings.npy"
+    # the baseline's features are exactly equal; matrix products over other row counts (PCA, the head, a
+    # transformer's batches) may round the last bit differently
+    if model == "baseline":
+        assert np.array_equal(blocked.features, whole.features)
+    assert np.allclose(blocked.features, whole.features, atol=1e-5, rtol=0)
+    assert np.allclose(blocked.basis, whole.basis, atol=1e-5, rtol=0)
+    assert np.allclose(blocked.proba, whole.proba, atol=1e-5, rtol=0)
+    assert (blocked.predicted == whole.predicted).all() and blocked.metrics == whole.metrics
+    assert blocked.provenance["parameters"]["query_block_cells"] == 32
+
+    # handed to the CPU phase through the folder: the embeddings are not copied, the run's file is a link to them
+    blocked.save(work)
+    loaded = pipeline.Prediction.load(work)
+    assert (loaded.basis is loaded.features) == (model != "baseline")
+    job = _job(tmp_path, ref, query, model=model, name="blocked")
+    pipeline.finish(job, loaded)
+    stored = np.load(tmp_path / "blocked" / "embeddings.npy")
+    assert np.array_equal(stored, np.asarray(blocked.features))
+    assert os.stat(tmp_path / "blocked" / "embeddings.npy").st_ino == os.stat(work / "embeddings.npy").st_ino
+
+
 def test_evaluation_mode_trains_on_a_stratified_split_and_scores_the_held_out_part(tmp_path):
     result = run_annotation(_job(tmp_path, None, PBMC), create_backend("baseline", None, None),
                             {"checksum": "b", "trained": True})
