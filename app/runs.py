@@ -73,6 +73,9 @@ def _result(future, client):  # noqa: ANN001, ANN202 - a distributed Future or A
                                       f"(scheduler-connection-lost; client {client.status})") from None
 
 
+LABEL_COLUMNS = ("predicted_label", "true_label", "split")
+
+
 class RunsService:
     def __init__(self, platform) -> None:  # noqa: ANN001 - app.platform.Platform
         self.platform = platform
@@ -413,13 +416,15 @@ class RunsService:
         return table.slice(offset - first, limit).to_pandas(), meta.num_rows
 
     def cells(self, run_id: str, columns: list[str] | None = None) -> pd.DataFrame:
-        """Per-cell predictions of a finished run (only the columns asked for are read)."""
+        """Per-cell predictions of a finished run (only the columns asked for are read). Labels come as
+        categoricals (parquet's dictionary, not a string per cell: 10 million cells load in seconds, not minutes)."""
         import pyarrow.parquet as pq
 
         path = self.result_dir(run_id) / "predictions.parquet"
         available = pq.ParquetFile(path).schema_arrow.names
-        wanted = [c for c in columns if c in available] if columns else None
-        return pd.read_parquet(path, columns=wanted)
+        wanted = [c for c in columns if c in available] if columns else available
+        labels = [c for c in LABEL_COLUMNS if c in wanted]
+        return pq.read_table(path, columns=wanted, read_dictionary=labels).to_pandas()
 
     def export(self, run_id: str, fmt: str) -> Path:
         """The annotated .h5ad, or the per-cell CSV (written once, atomically, from the predictions)."""

@@ -39,17 +39,24 @@ def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str
     image's own aggregation already holds (bench/views.py measures both)."""
     if hover is None:
         hover = len(cells) <= HOVER_CELL_MAX
-    vdims = [c for c in ("cell_id", "predicted_label", "confidence", "true_label", "agreement")
-             if c in cells.columns]
-    points = hv.Points(cells, kdims=["umap_1", "umap_2"], vdims=vdims)
+    # without the per-cell hover the element carries only what the image needs (no cell names to copy or check)
+    vdims = [c for c in (("cell_id", "predicted_label", "confidence", "true_label", "agreement") if hover
+                         else (color_by,)) if c in cells.columns]
     common = dict(width=width, height=480, xaxis=None, yaxis=None, title=title, tools=["hover"],
                   bgcolor="white", active_tools=["wheel_zoom"])
     selector = ds.first("confidence") if hover else None
     if color_by == "confidence":
+        points = hv.Points(cells, kdims=["umap_1", "umap_2"], vdims=vdims)
         raster = rasterize(points, aggregator=ds.mean("confidence"), selector=selector)
         return dynspread(raster, threshold=0.6).opts(cmap="viridis", colorbar=True, clim=(0, 1), **common)
-    cats = categories or sorted(cells[color_by].astype(str).unique())
-    data = cells.assign(**{color_by: pd.Categorical(cells[color_by].astype(str), categories=cats)})
+    column = cells[color_by]
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype(str).astype("category")
+    column = column.cat.rename_categories([str(c) for c in column.cat.categories])
+    cats = categories or sorted(column.cat.categories)
+    # recoding a categorical maps its few categories, never its millions of cells' strings
+    data = cells[["umap_1", "umap_2", *[c for c in vdims if c != color_by]]].assign(
+        **{color_by: column.astype(pd.CategoricalDtype(cats))})
     points = hv.Points(data, kdims=["umap_1", "umap_2"], vdims=vdims if color_by in vdims else vdims + [color_by])
     raster = rasterize(points, aggregator=ds.count_cat(color_by), selector=selector)
     keyed = color_key(cats)
@@ -87,8 +94,8 @@ def disagreement(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> 
     merged = a[["cell_id", "umap_1", "umap_2", "predicted_label", "confidence"]].merge(
         b[["cell_id", "predicted_label"]].rename(columns={"predicted_label": "other_label"}), on="cell_id",
         how="left")
-    merged["agreement"] = np.where(merged["predicted_label"] == merged["other_label"], "agree",
-                                   f"{name_a} ≠ {name_b}")
+    same = merged["predicted_label"].astype(object) == merged["other_label"].astype(object)
+    merged["agreement"] = pd.Categorical(np.where(same, "agree", f"{name_a} ≠ {name_b}"))
     return merged
 
 

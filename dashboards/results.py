@@ -97,8 +97,8 @@ class ResultsView(pn.viewable.Viewer):
         cells = self._cells(self.run)
         color = self.color_by if self.color_by in cells.columns else "predicted_label"
         name = self._name(run)
-        cats = sorted(set(cells["predicted_label"].astype(str)) | set(cells.get("true_label", pd.Series(dtype=str))
-                                                                     .astype(str)) - {""})
+        cats = sorted({str(c) for col in ("predicted_label", "true_label") if col in cells
+                       for c in pd.unique(cells[col])} - {""})  # categoricals: unique() reads the codes
         comparing = bool(self.compare_with and self.compare_with != self.run)
         width = 400 if comparing else 560
         plots = [pn.Column(

@@ -237,3 +237,34 @@ def test_the_command_line_annotates_and_checks(split_files, tmp_path):
     bad = subprocess.run([cli, "check", str(tmp_path / "broken.h5ad")], env=env, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 1 and "empty (0 bytes)" in bad.stdout
+
+
+def test_umap_takes_every_cell_up_to_a_size_and_a_seeded_sample_beyond_and_says_so():
+    """599 real PBMCs: all in the fit below the size, a 200-cell sample above it (the rest placed by transform),
+    each recorded; the same seed gives the same map; cells placed by transform land among their own type."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from dashboards.results import umap_caption
+    from inference.layout import umap_layout
+
+    cells = ad.read_h5ad(PBMC)
+    backend = create_backend("baseline", None, None)
+    backend.fit(cells)
+    basis = backend.embed(cells).basis
+    labels = cells.obs["celltype"].astype(str).to_numpy()
+
+    def agreement(coords: np.ndarray) -> float:
+        _, nbrs = NearestNeighbors(n_neighbors=11).fit(coords).kneighbors(coords)
+        return float((labels[nbrs[:, 1:]] == labels[:, None]).mean())
+
+    full, info = umap_layout(basis, seed=3)
+    assert info["fit_on"] == info["n_cells"] == 599 and info["init"] == "spectral" and info["seed"] == 3
+    assert info["implementation"].startswith("umap-learn")  # no GPU here: cuML is not used
+    assert umap_caption(info).endswith("of all 599 cells.")
+    sampled, info_s = umap_layout(basis, seed=3, full_max=300, sample_cells=200, spectral_max=100)
+    assert info_s["fit_on"] == 200 and info_s["n_cells"] == 599 and info_s["init"] == "pca"
+    assert "transform" in info_s["method"]
+    assert "random sample of 200 of the 599 cells; the other 399 cells were placed" in umap_caption(info_s)
+    again, _ = umap_layout(basis, seed=3, full_max=300, sample_cells=200, spectral_max=100)
+    assert np.array_equal(sampled, again) and np.isfinite(sampled).all()
+    assert agreement(full) > 0.8 and agreement(sampled) > 0.9 * agreement(full)
