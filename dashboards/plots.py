@@ -46,7 +46,7 @@ def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str
                   bgcolor="white", active_tools=["wheel_zoom"])
     selector = ds.first("confidence") if hover else None
     if color_by == "confidence":
-        points = hv.Points(cells, kdims=["umap_1", "umap_2"], vdims=vdims)
+        points = hv.Points(cells[["umap_1", "umap_2", *vdims]], kdims=["umap_1", "umap_2"], vdims=vdims)
         raster = rasterize(points, aggregator=ds.mean("confidence"), selector=selector)
         return dynspread(raster, threshold=0.6).opts(cmap="viridis", colorbar=True, clim=(0, 1), **common)
     column = cells[color_by]

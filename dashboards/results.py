@@ -26,21 +26,26 @@ def metrics_markdown(run) -> str:  # noqa: ANN001 - store.tables.Run
     return "  \n".join(lines)
 
 
-def umap_caption(info: dict | None) -> str:
+def umap_caption(info: dict | None, n_cells: int) -> str:
     """How the run's UMAP was made, in the words a reader of the plot needs (from its provenance)."""
     if not info:
         return "UMAP: how it was made was not recorded for this run."
     if info.get("method") == "none":
         return f"No UMAP: {info.get('reason', '')}."
-    n, fit_on = int(info.get("n_cells", info.get("fit_on", 0))), int(info.get("fit_on", 0))
+    n, fit_on = int(info.get("n_cells") or n_cells), int(info.get("fit_on") or n_cells)
     how = info.get("implementation", info.get("method", "UMAP"))
+    if str(info.get("method", "")).startswith("cuML"):
+        how += " on the GPU"
     p = info.get("params", {})
-    settings = (f"{p.get('n_neighbors', '?')} neighbours, min_dist {p.get('min_dist', '?')}, "
-                f"{info.get('init', 'spectral')} start, seed {info.get('seed', 0)}")
-    if fit_on and fit_on < n:
-        return (f"UMAP ({how}; {settings}) fitted on a random sample of {fit_on:,} of the {n:,} cells; the other "
-                f"{n - fit_on:,} cells were placed onto that map (`transform`).")
-    return f"UMAP ({how}; {settings}) of all {n:,} cells."
+    start = {"pca": "PCA"}.get(info.get("init", "spectral"), info.get("init", "spectral"))
+    settings = (f"{p.get('n_neighbors', '?')} neighbours, min_dist {p.get('min_dist', '?')}, {start} start, "
+                f"seed {info.get('seed', 0)}")
+    text = (f"UMAP ({how}; {settings}) fitted on a random sample of {fit_on:,} of the {n:,} cells; the other "
+            f"{n - fit_on:,} cells were placed onto that map (`transform`)." if fit_on < n
+            else f"UMAP ({how}; {settings}) of all {n:,} cells.")
+    if info.get("gpu_fallback"):
+        text += f" {info['gpu_fallback']}."
+    return text
 
 
 def top_probabilities(cells: pd.DataFrame, k: int = 3) -> pd.DataFrame:
@@ -104,7 +109,7 @@ class ResultsView(pn.viewable.Viewer):
         plots = [pn.Column(
             pn.pane.HoloViews(umap_plot(cells, color, f"{name}: UMAP by {color}", cats if color != "confidence"
                                         else None, width=width), css_classes=["umap-plot"]),
-            pn.pane.Markdown(umap_caption(run.provenance.get("umap")), css_classes=["umap-caption"],
+            pn.pane.Markdown(umap_caption(run.provenance.get("umap"), len(cells)), css_classes=["umap-caption"],
                              styles={"font-size": "0.85em", "color": "#555"}, width=width))]
         if comparing:
             other = self._runs[self.compare_with]

@@ -1,12 +1,13 @@
 """UMAP of embeddings, seeded: on every cell up to a size, beyond it fit on a sample and place the rest.
 
 Measured on pbmc3k resampled to 100,000 cells (``python bench/umap_choice.py``, docs/BENCHMARKS.md): umap-learn's
-spectral start is what made large runs slow (one core: 14 s at 10k cells, 76 s at 20k, over 5 minutes at 50k),
-while with a PCA start the time follows the cells (13 s at 20k, 31 s at 50k, 73 s at 100k). So: spectral (umap-learn's
-and scanpy's default) up to ``SPECTRAL_MAX_CELLS``, a PCA start above; every cell in the fit up to
-``FULL_UMAP_MAX_CELLS``; above that, fit on ``SAMPLE_CELLS`` cells drawn with the run's seed and ``transform`` all
-cells (time then grows with the cells, not faster). On a worker with a CUDA GPU and RAPIDS cuML installed, cuML's
-UMAP lays out every cell instead. What was done is returned for the run's provenance and shown beside the plot.
+spectral start is what made large runs slow (one core: 20 s at 10k cells, 23-76 s at 20k depending on the draw,
+over 5 minutes at 50k), while with a PCA start the time follows the cells (16 s at 20k, 42 s at 50k, 80 s at
+100k). So: spectral (umap-learn's and scanpy's default) up to ``SPECTRAL_MAX_CELLS``, a PCA start above; every
+cell in the fit up to ``FULL_UMAP_MAX_CELLS``; above that, fit on ``SAMPLE_CELLS`` cells drawn with the run's
+seed and ``transform`` the other cells (time then grows with the cells, not faster). On a worker with a CUDA GPU
+and RAPIDS cuML installed, cuML's UMAP lays out the cells instead (same sizes; on any cuML error the layout falls
+back to umap-learn and says why). What was done is returned for the run's provenance and shown under the plot.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _version(name: str) -> str:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
-        return "unknown"
+        return "version unknown"
 
 
 def gpu_umap():  # noqa: ANN201 - cuml.manifold.UMAP or None
@@ -53,32 +54,44 @@ def umap_layout(basis: np.ndarray, seed: int = 0, params: dict | None = None,
     p["n_neighbors"] = int(min(p["n_neighbors"], n - 1))
     asked_init = p.pop("init", None)
     started = time.perf_counter()
+    fit_on = n if n <= full_max else min(sample_cells, n)
     gpu = gpu_umap() if use_gpu else None
+    info: dict[str, object] = {}
     if gpu is not None:
-        init = asked_init or "spectral"
-        coords = gpu(n_components=2, random_state=seed, init=init, **p).fit_transform(np.asarray(basis))
-        info = {"method": "cuML UMAP on GPU, every cell", "implementation": f"cuml {_version('cuml-cu12')}",
-                "fit_on": n, "init": init}
-    else:
+        try:
+            init = asked_init if asked_init in ("spectral", "random") else "spectral"  # cuML has no PCA start
+            coords = _fit(lambda: gpu(n_components=2, random_state=seed, init=init, **p), basis, fit_on, seed,
+                          sample_cells)
+            import cuml
+
+            info = {"method": "cuML UMAP on the GPU", "implementation": f"cuML {cuml.__version__}", "init": init}
+        except Exception as exc:  # noqa: BLE001 - out of GPU memory or any cuML failure: the CPU still can
+            info = {"gpu_fallback": f"cuML failed ({type(exc).__name__}: {exc}); umap-learn was used"}
+    if "method" not in info:
         import umap
 
-        fit_on = n if n <= full_max else min(sample_cells, n)
         init = asked_init or ("spectral" if fit_on <= spectral_max else "pca")
-        reducer = umap.UMAP(n_components=2, random_state=seed, init=init, **p)
-        if fit_on == n:
-            coords = reducer.fit_transform(basis)
-            method = "umap-learn, every cell"
-        else:
-            rng = np.random.default_rng(seed)
-            sample = np.sort(rng.choice(n, size=fit_on, replace=False))
-            rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
-            coords = np.empty((n, 2), dtype=np.float32)
-            coords[sample] = reducer.fit_transform(np.asarray(basis[sample]))
-            for start in range(0, len(rest), sample_cells):  # placed a sample's worth at a time: bounded memory
-                chunk = rest[start:start + sample_cells]
-                coords[chunk] = reducer.transform(np.asarray(basis[chunk]))
-            method = "umap-learn fit on a random sample, the other cells placed by transform"
-        info = {"method": method, "implementation": f"umap-learn {_version('umap-learn')}", "fit_on": fit_on,
-                "init": init}
+        coords = _fit(lambda: umap.UMAP(n_components=2, random_state=seed, init=init, **p), basis, fit_on, seed,
+                      sample_cells)
+        info.update({"method": "umap-learn", "implementation": f"umap-learn {_version('umap-learn')}",
+                     "init": init})
+    info["fit_on"] = fit_on
     info.update({"n_cells": n, "params": p, "seed": seed, "seconds": round(time.perf_counter() - started, 2)})
     return np.asarray(coords, dtype=np.float32), info
+
+
+def _fit(make, basis: np.ndarray, fit_on: int, seed: int, chunk: int) -> np.ndarray:  # noqa: ANN001
+    """Every cell when ``fit_on`` is all of them; else a seeded sample, the other cells placed by ``transform``
+    a chunk at a time (bounded memory)."""
+    n = len(basis)
+    reducer = make()
+    if fit_on == n:
+        return np.asarray(reducer.fit_transform(np.asarray(basis)), dtype=np.float32)
+    sample = np.sort(np.random.default_rng(seed).choice(n, size=fit_on, replace=False))
+    rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
+    coords = np.empty((n, 2), dtype=np.float32)
+    coords[sample] = np.asarray(reducer.fit_transform(np.asarray(basis[sample])))
+    for start in range(0, len(rest), chunk):
+        part = rest[start:start + chunk]
+        coords[part] = np.asarray(reducer.transform(np.asarray(basis[part])))
+    return coords

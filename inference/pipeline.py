@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from inference.annotated import write_annotated
 from inference.backends.base import Backend, check_stop
 from inference.counts import AnnotationError, Counts, DataInput, load_counts
 from inference.heads import DEFAULT_HEAD, Head, head_cache_key
 from inference.layout import umap_layout
 from inference.metrics import UNASSIGNED, annotation_metrics
-from inference.readers import open_anndata
 
 StageProgress = Callable[[str, int, int], None]
 STAGES = ("checking", "embedding reference", "training head", "embedding query", "predicting", "UMAP",
@@ -144,6 +144,7 @@ class Prediction:
         arrays = {k: v.astype(str) if v.dtype == object else v for k, v in arrays.items()}
         np.savez(folder / "prediction.npz", **arrays)
         if not in_place:
+            (folder / EMBEDDINGS).unlink(missing_ok=True)
             np.save(folder / EMBEDDINGS, np.asarray(self.features, dtype=np.float32))
         (folder / "prediction.json").write_text(json.dumps(
             {"metrics": self.metrics, "provenance": self.provenance, "timings": self.timings,
@@ -294,6 +295,8 @@ def _embed_query(cells: Counts | AnnData, backend: Backend, head: Head, timer: _
                             should_stop=should_stop)
         if features is None:
             shape = (n, emb.features.shape[1])
+            if workdir:  # a new file, never one a published result may share by a hard link
+                (workdir / EMBEDDINGS).unlink(missing_ok=True)
             features = (np.lib.format.open_memmap(workdir / EMBEDDINGS, mode="w+", dtype=np.float32, shape=shape)
                         if workdir else np.empty(shape, dtype=np.float32))
             own_basis, genes_used = emb.basis is not emb.features, emb.genes_used
@@ -382,20 +385,16 @@ def _store_embeddings(features: np.ndarray, path: Path) -> None:
 def _annotated_h5ad(job: AnnotationJob, table: pd.DataFrame, features: np.ndarray, coords: np.ndarray,
                     provenance: dict, path: Path) -> None:
     """The input file's own content, plus predictions in obs and the embedding and UMAP in obsm."""
-    original, _ = open_anndata(Path(job.query.path), job.query.name, backed=False)
     trained = bool(provenance["model"].get("trained", True))
-    original.obs["predicted_label"] = pd.Categorical(table["predicted_label"].to_numpy())
-    original.obs["prediction_confidence"] = table["confidence"].to_numpy()
-    original.obs["prediction_assigned"] = table["assigned"].to_numpy()
+    obs = {"predicted_label": pd.Categorical(table["predicted_label"].to_numpy()),
+           "prediction_confidence": table["confidence"].to_numpy(),
+           "prediction_assigned": table["assigned"].to_numpy()}
     if "split" in table:
-        original.obs["prediction_split"] = pd.Categorical(table["split"].to_numpy())
-    if "X_umap" in original.obsm:
-        original.obsm["X_umap_input"] = original.obsm["X_umap"]
-    original.obsm[f"X_{job.model_id}"] = np.asarray(features)  # a plain view of the memory map: no copy
-    original.obsm["X_umap"] = coords
-    original.uns["helical_platform"] = {
+        obs["prediction_split"] = pd.Categorical(table["split"].to_numpy())
+    uns = {"helical_platform": {
         "model": job.model_id,
         "weights": "trained" if trained else "generated, untrained: these predictions mean nothing",
         "provenance_json": json.dumps(provenance, default=str),
-    }
-    original.write_h5ad(path)
+    }}
+    write_annotated(Path(job.query.path), job.query.name, path, obs,
+                    {f"X_{job.model_id}": features, "X_umap": coords}, uns)

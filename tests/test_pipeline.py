@@ -116,6 +116,45 @@ def test_the_annotated_file_keeps_the_input_and_adds_the_predictions(split_files
     assert out.uns["helical_platform"]["weights"] == "trained"
 
 
+def test_the_annotated_copy_edits_only_what_the_run_adds(tmp_path):
+    """An .h5ad is copied and edited in place (its matrices never loaded): everything of the user's is still there,
+    a former X_umap kept as X_umap_input; a CSV is read and written anew with the same additions."""
+    from inference.annotated import write_annotated
+
+    cells = ad.read_h5ad(PBMC)[:120].copy()
+    cells.layers["counts"] = cells.X.copy()
+    cells.raw = cells.copy()
+    cells.obsm["X_umap"] = np.arange(240, dtype=np.float32).reshape(120, 2)
+    cells.uns["lab"] = {"note": "mine"}
+    source = tmp_path / "in.h5ad"
+    cells.write_h5ad(source)
+    before = sha256_of(source)
+    features = np.lib.format.open_memmap(tmp_path / "emb.npy", mode="w+", dtype=np.float32, shape=(120, 8))
+    features[:] = np.random.default_rng(0).normal(size=(120, 8))
+    coords = np.random.default_rng(1).normal(size=(120, 2)).astype(np.float32)
+    obs = {"predicted_label": pd.Categorical(["T"] * 60 + ["B"] * 60), "prediction_confidence": np.full(120, 0.9)}
+    uns = {"helical_platform": {"model": "baseline", "weights": "trained"}}
+    out = tmp_path / "out.h5ad"
+    assert write_annotated(source, "in.h5ad", out, obs, {"X_baseline": features, "X_umap": coords}, uns) == "copy"
+    assert sha256_of(source) == before  # the stored input is never touched
+    got = ad.read_h5ad(out)
+    assert (got.X != cells.X).nnz == 0 and (got.layers["counts"] != cells.layers["counts"]).nnz == 0
+    assert got.raw is not None and got.raw.shape == cells.raw.shape
+    assert got.obs["celltype"].tolist() == cells.obs["celltype"].tolist()
+    assert got.obs["predicted_label"].tolist() == ["T"] * 60 + ["B"] * 60
+    assert np.array_equal(got.obsm["X_umap_input"], cells.obsm["X_umap"])
+    assert np.array_equal(got.obsm["X_umap"], coords) and np.array_equal(got.obsm["X_baseline"], features)
+    assert got.uns["lab"]["note"] == "mine" and got.uns["helical_platform"]["model"] == "baseline"
+
+    csv = tmp_path / "in.csv"
+    cells.to_df().to_csv(csv)
+    out_csv = tmp_path / "from_csv.h5ad"
+    assert write_annotated(csv, "in.csv", out_csv, obs, {"X_umap": coords}, uns) == "rewrite"
+    again = ad.read_h5ad(out_csv)
+    assert again.shape == cells.shape and np.array_equal(again.obsm["X_umap"], coords)
+    assert again.obs["predicted_label"].tolist() == obs["predicted_label"].tolist()
+
+
 @pytest.mark.parametrize("model", ["geneformer", "scgpt"])
 def test_foundation_models_run_the_same_pipeline_and_say_they_are_untrained(model, split_files, tiny_locations,
                                                                             tmp_path):
@@ -260,11 +299,36 @@ def test_umap_takes_every_cell_up_to_a_size_and_a_seeded_sample_beyond_and_says_
     full, info = umap_layout(basis, seed=3)
     assert info["fit_on"] == info["n_cells"] == 599 and info["init"] == "spectral" and info["seed"] == 3
     assert info["implementation"].startswith("umap-learn")  # no GPU here: cuML is not used
-    assert umap_caption(info).endswith("of all 599 cells.")
+    assert umap_caption(info, 599).endswith("of all 599 cells.")
     sampled, info_s = umap_layout(basis, seed=3, full_max=300, sample_cells=200, spectral_max=100)
     assert info_s["fit_on"] == 200 and info_s["n_cells"] == 599 and info_s["init"] == "pca"
-    assert "transform" in info_s["method"]
-    assert "random sample of 200 of the 599 cells; the other 399 cells were placed" in umap_caption(info_s)
+    caption = umap_caption(info_s, 599)
+    assert "PCA start" in caption
+    assert "random sample of 200 of the 599 cells; the other 399 cells were placed" in caption
+    # a run recorded before the cell count was kept: the caption counts the run's cells
+    old = {"method": "umap-learn fit on a sample, transform of the rest", "fit_on": 50_000, "params": {}, "seed": 0}
+    assert "random sample of 50,000 of the 200,000 cells" in umap_caption(old, 200_000)
     again, _ = umap_layout(basis, seed=3, full_max=300, sample_cells=200, spectral_max=100)
     assert np.array_equal(sampled, again) and np.isfinite(sampled).all()
     assert agreement(full) > 0.8 and agreement(sampled) > 0.9 * agreement(full)
+
+
+def test_a_failing_gpu_umap_falls_back_to_umap_learn_and_says_why(monkeypatch):
+    """cuML cannot be installed without a GPU here: a GPU library that fails the way it does when the GPU's memory
+    is taken stands in for it. The map is still made, by umap-learn, and the run's record says why."""
+    from dashboards.results import umap_caption
+    from inference import layout
+
+    class OutOfGpuMemory:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def fit_transform(self, x):
+            raise MemoryError("std::bad_alloc: out of memory on the GPU")
+
+    monkeypatch.setattr(layout, "gpu_umap", lambda: OutOfGpuMemory)
+    basis = np.random.default_rng(0).normal(size=(300, 10)).astype(np.float32)
+    coords, info = layout.umap_layout(basis)
+    assert coords.shape == (300, 2) and np.isfinite(coords).all()
+    assert info["implementation"].startswith("umap-learn") and "out of memory" in info["gpu_fallback"]
+    assert "cuML failed (MemoryError" in umap_caption(info, 300)
