@@ -62,7 +62,7 @@ class Counts:
         self.obs: pd.DataFrame = self._opened.obs
         self.obs_names = self._opened.obs_names
         self.n_obs = self._opened.n_obs
-        self.source = {k: v for k, v in self.found.items() if k in ("source", "recovered", "totals_column")}
+        self.source = _summary(self.found)
 
     def __enter__(self) -> Counts:
         return self
@@ -101,6 +101,11 @@ class Counts:
             yield start, self.block(start, min(start + size, self.n_obs))
 
 
+def _summary(counts: dict) -> dict:
+    """Where the counts came from, as recorded in provenance."""
+    return {k: v for k, v in counts.items() if k in ("source", "recovered", "totals_column")}
+
+
 def _column_wise(matrix) -> bool:  # noqa: ANN001
     return getattr(matrix, "format", None) == "csc" or sp.isspmatrix_csc(matrix)
 
@@ -114,7 +119,7 @@ def _counts_of(x, var: pd.DataFrame, obs: pd.DataFrame, counts: dict) -> AnnData
         x.eliminate_zeros()
         x = sp.csr_matrix(x, dtype=np.float32)
     out = AnnData(X=x, obs=obs.copy(), var=var.copy())
-    out.uns["counts_source"] = {k: v for k, v in counts.items() if k in ("source", "recovered", "totals_column")}
+    out.uns["counts_source"] = _summary(counts)
     return out
 
 

@@ -13,7 +13,6 @@ back to umap-learn and says why). What was done is returned for the run's proven
 from __future__ import annotations
 
 import time
-from importlib import metadata
 
 import numpy as np
 
@@ -21,13 +20,6 @@ SPECTRAL_MAX_CELLS = 10_000
 FULL_UMAP_MAX_CELLS = 100_000
 SAMPLE_CELLS = 50_000
 DEFAULT_UMAP = {"n_neighbors": 15, "min_dist": 0.3, "metric": "euclidean"}
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "version unknown"
 
 
 def gpu_umap():  # noqa: ANN201 - cuml.manifold.UMAP or None
@@ -73,7 +65,7 @@ def umap_layout(basis: np.ndarray, seed: int = 0, params: dict | None = None,
         init = asked_init or ("spectral" if fit_on <= spectral_max else "pca")
         coords = _fit(lambda: umap.UMAP(n_components=2, random_state=seed, init=init, **p), basis, fit_on, seed,
                       sample_cells)
-        info.update({"method": "umap-learn", "implementation": f"umap-learn {_version('umap-learn')}",
+        info.update({"method": "umap-learn", "implementation": f"umap-learn {umap.__version__}",
                      "init": init})
     info["fit_on"] = fit_on
     info.update({"n_cells": n, "params": p, "seed": seed, "seconds": round(time.perf_counter() - started, 2)})
