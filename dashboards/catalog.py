@@ -6,6 +6,8 @@ import pandas as pd
 import panel as pn
 import param
 
+from dashboards.safe_text import code, md, plain_formatters
+
 WEIGHTS_WORDS = {
     "installed": "installed (trained)",
     "generated": "generated, untrained",
@@ -22,19 +24,19 @@ def model_label(model) -> str:  # noqa: ANN001 - store.tables.ModelEntry
 def model_card(model) -> str:  # noqa: ANN001
     """Markdown with the model's attributes and, for generated or missing weights, what that means."""
     acc = "—" if model.accuracy is None else f"{model.accuracy:.2f}"
-    lines = [f"### {model.name}", model.description, "",
-             f"**Speed:** {model.speed} · **Published accuracy:** {acc}",
-             f"<small>Accuracy source: {model.accuracy_source}</small>", ""]
+    lines = [f"### {md(model.name)}", md(model.description), "",
+             f"**Speed:** {md(model.speed)} · **Published accuracy:** {acc}",
+             f"<small>Accuracy source: {md(model.accuracy_source)}</small>", ""]
     if model.variant:
-        lines.append(f"**Variant:** `{model.variant}`")
-    lines.append(f"**Weights:** {WEIGHTS_WORDS.get(model.weights_status, model.weights_status)}")
+        lines.append(f"**Variant:** {code(model.variant)}")
+    lines.append(f"**Weights:** {md(WEIGHTS_WORDS.get(model.weights_status, model.weights_status))}")
     if model.weights_status == "generated":
         lines.append("\n**Generated, untrained weights**: this model runs so the product can be tried, but its "
                      "predictions mean nothing. Stage real weights with `helical-platform weights stage`.")
     elif model.weights_status == "missing":
-        lines.append(f"\n**No weights**: {model.weights_detail}")
+        lines.append(f"\n**No weights**: {md(model.weights_detail)}")
     elif model.weights_detail:
-        lines.append(f"<small>{model.weights_detail}</small>")
+        lines.append(f"<small>{md(model.weights_detail)}</small>")
     return "\n".join(lines)
 
 
@@ -78,8 +80,9 @@ class ModelPicker(pn.viewable.Viewer):
     @param.depends("application")
     def table(self) -> pn.widgets.Tabulator:
         """Every model of the application side by side, from the catalog in the database."""
-        return pn.widgets.Tabulator(models_frame(self._platform.models(self.application)), show_index=False,
-                                    disabled=True, css_classes=["catalog-models"], sizing_mode="stretch_width",
+        frame = models_frame(self._platform.models(self.application))
+        return pn.widgets.Tabulator(frame, show_index=False, disabled=True, formatters=plain_formatters(frame),
+                                    css_classes=["catalog-models"], sizing_mode="stretch_width",
                                     layout="fit_data_table")
 
     def __panel__(self) -> pn.viewable.Viewable:

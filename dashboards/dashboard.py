@@ -12,6 +12,7 @@ from dashboards.catalog import ModelPicker
 from dashboards.data import DataPanel
 from dashboards.results import ResultsView
 from dashboards.runs import RunPanel
+from dashboards.safe_text import md
 
 TITLE = "Helical AI Platform"
 # polls get their own threads: a slow poll (a scheduler that does not answer) never queues the API's calls
@@ -50,7 +51,7 @@ class Dashboard(pn.viewable.Viewer):
     def _compute_status(self) -> str:
         status = self._platform.compute_status()
         if status["state"] != "ready":
-            return f"**Compute:** {status['state']} {status.get('error', '')}"
+            return f"**Compute:** {md(status['state'])} {md(status.get('error', ''))}"
         return (f"**Compute:** {status['kind']} · {status['workers']} workers · {status['threads']} threads · "
                 f"{status['gpus']} GPUs")
 

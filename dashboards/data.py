@@ -8,43 +8,46 @@ import io
 import panel as pn
 import param
 
+from dashboards.safe_text import code, md
+
 LEVEL_ICON = {level: f'<span style="color:{color}">●</span>' for level, color in
               (("green", "#2e7d32"), ("amber", "#ef8f00"), ("red", "#c62828"))}
 
 
 def report_markdown(report: dict, file_name: str = "") -> str:
     """The check report as a biologist reads it: what was found, then what to do about problems."""
-    name = report.get("file") or file_name
+    name = md(report.get("file") or file_name)
     if not report.get("ok"):
         lines = [f"#### ✗ {name} cannot be used"]
-        lines += [f"- **{e['code'].replace('_', ' ')}**: {e['message']}" for e in report.get("errors", [])]
+        lines += [f"- **{md(e['code'].replace('_', ' '))}**: {md(e['message'])}" for e in report.get("errors", [])]
         return "\n".join(lines)
     lines = [f"#### ✓ {name}", f"**{report['n_cells']:,} cells × {report['n_genes']:,} genes**"]
     values = report.get("values") or {}
     if values.get("source"):
         how = ("counts recovered from log-normalised values" if values.get("recovered")
                else values.get("detail", ""))
-        lines.append(f"- **Values**: raw counts in `{values['source']}` ({how})")
+        lines.append(f"- **Values**: raw counts in {code(values['source'])} ({md(how)})")
     genes = report.get("genes") or {}
     if genes:
-        lines.append(f"- **Gene identifiers**: {genes['source']} — {genes['ensembl_given']:,} Ensembl, "
+        lines.append(f"- **Gene identifiers**: {md(genes['source'])} — {genes['ensembl_given']:,} Ensembl, "
                      f"{genes['mapped_from_symbols']:,} mapped from symbols, {genes['unmapped']:,} unmapped, "
                      f"{genes['duplicated_ensembl_ids']:,} duplicated")
     for model, o in (report.get("overlap") or {}).items():
-        lines.append(f"- {LEVEL_ICON.get(o['level'], '')} **{model}**: {o['genes']:,} genes in its vocabulary, "
-                     f"{o['count_share']:.0%} of the counts" + (f" — {o['message']}" if o["message"] else ""))
+        lines.append(f"- {LEVEL_ICON.get(o['level'], '')} **{md(model)}**: {o['genes']:,} genes in its vocabulary, "
+                     f"{o['count_share']:.0%} of the counts" + (f" — {md(o['message'])}" if o["message"] else ""))
     columns = report.get("label_columns") or {}
     if columns:
         for col, classes in columns.items():
-            shown = ", ".join(f"{k} ({v})" for k, v in list(classes.items())[:6])
+            shown = ", ".join(f"{md(k)} ({v})" for k, v in list(classes.items())[:6])
             more = f" … {len(classes)} classes" if len(classes) > 6 else ""
-            lines.append(f"- **Label column `{col}`**: {shown}{more}")
+            lines.append(f"- **Label column {code(col)}**: {shown}{more}")
     else:
         lines.append("- No label column (categorical `obs` column with 2–500 classes): usable as a query only.")
     rejected = report.get("rejected_label_columns") or {}
     if rejected:
-        lines.append("- **Not offered as labels**: " + "; ".join(f"`{c}` ({why})" for c, why in rejected.items()))
-    lines += [f"- **Note**: {w['message']}" for w in report.get("warnings", [])]
+        lines.append("- **Not offered as labels**: "
+                     + "; ".join(f"{code(c)} ({md(why)})" for c, why in rejected.items()))
+    lines += [f"- **Note**: {md(w['message'])}" for w in report.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -94,19 +97,19 @@ class DataPanel(pn.viewable.Viewer):
     async def _ingest(self, make_stream, name: str) -> None:  # noqa: ANN001
         from app.datasets import DatasetRejected
 
-        self.status.object, self.status.alert_type = f"Checking {name} …", "info"
+        self.status.object, self.status.alert_type = f"Checking {md(name)} …", "info"
         try:
             ds = await asyncio.to_thread(make_stream)
         except DatasetRejected as exc:
-            self.status.object, self.status.alert_type = f"{name} was not stored: see below.", "danger"
+            self.status.object, self.status.alert_type = f"{md(name)} was not stored: see below.", "danger"
             self.report.object = report_markdown(exc.report, name)
             return
         except (ValueError, LookupError, OSError) as exc:
-            self.status.object, self.status.alert_type = f"{name}: {exc}", "danger"
+            self.status.object, self.status.alert_type = f"{md(name)}: {md(exc)}", "danger"
             return
         self.refresh()
         self.dataset = ds.id
-        self.status.object, self.status.alert_type = f"Stored {ds.file_name}: {ds.n_cells:,} cells.", "success"
+        self.status.object, self.status.alert_type = f"Stored {md(ds.file_name)}: {ds.n_cells:,} cells.", "success"
 
     async def _on_upload(self, event) -> None:  # noqa: ANN001
         if not event.new:

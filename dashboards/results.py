@@ -7,6 +7,7 @@ import panel as pn
 import param
 
 from dashboards.plots import confusion_heatmap, disagreement, f1_bars, umap_plot
+from dashboards.safe_text import html, md, plain_formatters
 
 CELL_COLUMNS = ["cell_id", "predicted_label", "confidence", "assigned", "true_label", "split", "umap_1", "umap_2"]
 UMAP_COLUMNS = ["cell_id", "umap_1", "umap_2", "predicted_label", "confidence", "true_label"]
@@ -22,7 +23,8 @@ def metrics_markdown(run) -> str:  # noqa: ANN001 - store.tables.Run
     lines = [f"**Macro-F1 {m['macro_f1']:.3f}** · accuracy {m['accuracy']:.3f} · weighted F1 {m['weighted_f1']:.3f}"
              f" · {m['assigned_fraction']:.0%} of cells assigned · {m['n_cells']:,} cells ({m.get('scope', '')})"]
     if m.get("classes_not_in_reference"):
-        lines.append(f"Note: true classes the reference does not have: {', '.join(m['classes_not_in_reference'])}")
+        lines.append("Note: true classes the reference does not have: "
+                     + ", ".join(md(c) for c in m["classes_not_in_reference"]))
     return "  \n".join(lines)
 
 
@@ -31,7 +33,7 @@ def umap_caption(info: dict | None, n_cells: int) -> str:
     if not info:
         return "UMAP: how it was made was not recorded for this run."
     if info.get("method") == "none":
-        return f"No UMAP: {info.get('reason', '')}."
+        return f"No UMAP: {md(info.get('reason', ''))}."
     n, fit_on = int(info.get("n_cells") or n_cells), int(info.get("fit_on") or n_cells)
     how = info.get("implementation", info.get("method", "UMAP"))
     if str(info.get("method", "")).startswith("cuML"):
@@ -44,7 +46,7 @@ def umap_caption(info: dict | None, n_cells: int) -> str:
             f"{n - fit_on:,} cells were placed onto that map (`transform`)." if fit_on < n
             else f"UMAP ({how}; {settings}) of all {n:,} cells.")
     if info.get("gpu_fallback"):
-        text += f" {info['gpu_fallback']}."
+        text += f" {md(info['gpu_fallback'])}."
     return text
 
 
@@ -158,7 +160,8 @@ class ResultsView(pn.viewable.Viewer):
         if self.page > last:
             self.page = last
             return pn.Column()
-        table = pn.widgets.Tabulator(top_probabilities(rows), show_index=False, disabled=True,
+        shown = top_probabilities(rows)
+        table = pn.widgets.Tabulator(shown, show_index=False, disabled=True, formatters=plain_formatters(shown),
                                      css_classes=["cell-table"], sizing_mode="stretch_width")
         previous = pn.widgets.Button(name="◀ Previous", disabled=self.page == 0, css_classes=["page-previous"])
         following = pn.widgets.Button(name="Next ▶", disabled=self.page >= last, css_classes=["page-next"])
@@ -180,7 +183,7 @@ class ResultsView(pn.viewable.Viewer):
             from app.rest import download_url
 
             links = " ".join(
-                f'<a class="download-link download-{fmt}" href="{download_url(run_id, fmt)}" download '
+                f'<a class="download-link download-{fmt}" href="{html(download_url(run_id, fmt))}" download '
                 f'style="margin-right:1em;padding:6px 14px;border-radius:4px;background:#2b5797;color:white;'
                 f'text-decoration:none">{label}</a>'
                 for fmt, label in (("h5ad", "Download annotated .h5ad"), ("csv", "Download CSV")))

@@ -8,6 +8,8 @@ import pandas as pd
 import panel as pn
 import param
 
+from dashboards.safe_text import md, plain_formatters
+
 NO_REFERENCE = "(none: evaluate on a 70/30 split of the query)"
 NO_TRUTH = "(none)"
 
@@ -33,7 +35,7 @@ def progress_text(status: dict, model_name: str) -> str:
     cells = (f" · {status['cells_done']:,}/{status['cells_total']:,} cells" if status.get("cells_total") else "")
     eta = f" · ETA {status['eta_s']:.0f} s" if status.get("eta_s") else ""
     device = f" · {status['device']}" if status.get("device") else ""
-    return f"**{model_name}** — {status['stage']}{cells}{eta}{device}"
+    return f"**{md(model_name)}** — {md(status['stage'])}{cells}{eta}{md(device)}"
 
 
 class RunPanel(pn.viewable.Viewer):
@@ -90,12 +92,12 @@ class RunPanel(pn.viewable.Viewer):
                 self.label_column, None if self.truth_column in (None, NO_TRUTH) else self.truth_column,
                 {"confidence_threshold": self.confidence})
         except (InvalidRun, NotFound, ValueError) as exc:
-            self._say(str(exc), "danger")
+            self._say(md(exc), "danger")
             return
-        self._say(f"Submitted run {run.id[:8]} with {model.name}.", "success")
+        self._say(f"Submitted run {run.id[:8]} with {md(model.name)}.", "success")
         bar = pn.indicators.Progress(value=0, max=100, bar_color="primary", sizing_mode="stretch_width",
                                      css_classes=["run-progress"])
-        text = pn.pane.Markdown(f"**{model.name}** — queued", css_classes=["run-progress-text"])
+        text = pn.pane.Markdown(f"**{md(model.name)}** — queued", css_classes=["run-progress-text"])
         self._mine[run.id] = (bar, text)
         self.in_flight.append(pn.Column(text, bar, sizing_mode="stretch_width"))
         self.refresh_history()
@@ -129,7 +131,7 @@ class RunPanel(pn.viewable.Viewer):
                 bar.bar_color = {"done": "success", "failed": "danger", "cancelled": "secondary"}[status["status"]]
                 bar.value = 100
                 if status["error"]:
-                    text.object += f"  \n**Failed**: {status['error']}"
+                    text.object += f"  \n**Failed**: {md(status['error'])}"
                 del self._mine[run_id]
                 self.finished += 1
         self._show_history(snap["history"])
@@ -139,6 +141,7 @@ class RunPanel(pn.viewable.Viewer):
         event loop ~0.1 s per session while runs execute."""
         old = self.history.value
         if old is None or "id" not in old or len(old) != len(new) or list(old["id"]) != list(new["id"]):
+            self.history.formatters = plain_formatters(new)
             self.history.value = new
             return
         changes = {}

@@ -19,6 +19,7 @@ from tests.api_client import TOKEN, api, error_of, upload, wait_run
 from tests.broken_files import CORPUS
 from tests.conftest import PBMC
 from tests.reliability import record
+from tests.rendering import shown as rendered
 from tests.serving import make_serve
 
 LIMIT_MB = 100
@@ -79,7 +80,7 @@ def _api_outcome(server, case: str, path: Path, good_id: str, raw: bool) -> tupl
         msg = error_of(s)["message"]
         assert c.words in msg, (case, msg)
         return s.status_code, f"stored; as a reference: {s.status_code} {msg[:160]}"
-    text = report_markdown(body["report"], body["file_name"])
+    text = rendered(report_markdown(body["report"], body["file_name"]))
     assert c.words in text, (case, text)
     notes = [w["message"][:120] for w in body["report"]["warnings"]]
     return r.status_code, f"201 stored, {body['n_cells']:,} cells" + (f"; note: {notes[0]}" if notes else "")
@@ -136,7 +137,8 @@ def panel(tmp_path):
 def _drop(data_panel: DataPanel, name: str, payload: bytes) -> str:
     """What the FileDropper hands the dashboard once the browser's chunks are in: {name: bytes}."""
     asyncio.run(data_panel._on_upload(SimpleNamespace(new={name: payload})))
-    return f"{data_panel.status.object}\n{data_panel.report.object}"
+    markdown = f"{data_panel.status.object}\n{data_panel.report.object}"
+    return "\n".join(rendered(line) for line in markdown.splitlines())
 
 
 def test_every_bad_file_through_the_dashboard_upload_shows_its_words_and_loses_nothing(panel, corpus, request,
@@ -162,7 +164,7 @@ def test_every_bad_file_through_the_dashboard_upload_shows_its_words_and_loses_n
     shown = _drop(data_panel, "huge.h5ad", b"\0" * ((LIMIT_MB + 1) * 2**20))
     assert data_panel.status.alert_type == "danger" and str(LIMIT_MB) in shown
     record("bad input", f"over the upload limit ({LIMIT_MB} MB setting)", "dashboard upload",
-           f"refused: {data_panel.status.object[:160]}", HELD, request.node.nodeid)
+           f"refused: {rendered(data_panel.status.object)[:160]}", HELD, request.node.nodeid)
     assert {k: v for k, v in _digest(home).items() if k in before} == before
     assert platform.datasets.get(good.id).sha256 == good.sha256
     assert not _no_partials(home)

@@ -15,6 +15,7 @@ from inference.checks import check_file
 from store.engine import write_session
 from store.tables import ModelEntry
 from tests.conftest import PBMC
+from tests.rendering import shown
 
 
 def _set_weights(platform, model_id: str, status: str, detail: str = "") -> None:
@@ -34,9 +35,9 @@ def test_the_picker_offers_the_applications_models_and_says_which_are_untrained(
     assert labels["scGPT — weights missing"] == "scgpt"
     assert picker.model == "baseline"  # a usable model is picked first
     picker.model = "geneformer"
-    card = model_card(picker.selected())
+    card = shown(model_card(picker.selected()))
     assert "Generated, untrained weights" in card and "0.92" in card and "seed catalog" in card
-    assert "weights stage" in model_card(_model(platform, "scgpt"))
+    assert "weights stage" in shown(model_card(_model(platform, "scgpt")))
 
 
 def _model(platform, model_id):
@@ -49,10 +50,11 @@ def test_model_labels_for_installed_weights_say_nothing_extra(platform):
 
 
 def test_the_check_panel_reports_what_was_found(tiny_locations):
-    text = report_markdown(check_file(PBMC))
-    assert "599 cells × 32,738 genes" in text and "raw counts in `X`" in text
-    assert "Label column `celltype`" in text and "CD4 T (255)" in text
-    bad = report_markdown({"ok": False, "file": "x.h5ad", "errors": [{"code": "no_cells", "message": "0 cells"}]})
+    text = shown(report_markdown(check_file(PBMC)))
+    assert "599 cells × 32,738 genes" in text and "raw counts in X" in text
+    assert "Label column celltype" in text and "CD4 T (255)" in text
+    bad = shown(report_markdown({"ok": False, "file": "x.h5ad",
+                                 "errors": [{"code": "no_cells", "message": "0 cells"}]}))
     assert "cannot be used" in bad and "no cells" in bad
 
 
@@ -137,16 +139,16 @@ def test_pages_of_cells_read_only_their_row_groups_and_match_the_file(platform):
     view = ResultsView(platform)
     assert view.run == run_id
 
-    def shown() -> str:
+    def position() -> str:
         return next(o.object for o in view._table().objects[1].objects if hasattr(o, "object"))
 
-    assert shown() == "cells 1–20 of 25,000"
+    assert position() == "cells 1–20 of 25,000"
     view.page = 3
-    assert shown() == "cells 61–80 of 25,000"
+    assert position() == "cells 61–80 of 25,000"
     assert view._table().objects[0].value["cell_id"].tolist()[0] == "cell-60"
     view.page = 10_000  # past the end: back to the last page
     view._table()
-    assert view.page == 1_249 and shown() == "cells 24,981–25,000 of 25,000"
+    assert view.page == 1_249 and position() == "cells 24,981–25,000 of 25,000"
 
 
 def test_hover_names_the_cell_up_to_a_size_and_the_labels_under_the_cursor_beyond(monkeypatch):
