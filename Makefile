@@ -6,6 +6,11 @@ VENV ?= .venv
 STAMP := $(VENV)/.installed
 HELICAL_PLATFORM_PORT ?= 5006
 HELICAL_PLATFORM_ADDRESS ?= localhost
+# host[:port] as users type it, comma-separated: the pages allowed to open the dashboard's websocket. Bokeh's own
+# default without the option is localhost:<port> too; it is given explicitly so that it is visible, and never '*'.
+HELICAL_PLATFORM_ALLOW_ORIGIN ?= localhost:$(HELICAL_PLATFORM_PORT)
+comma := ,
+WEBSOCKET_ORIGINS := $(foreach o,$(subst $(comma), ,$(HELICAL_PLATFORM_ALLOW_ORIGIN)),--allow-websocket-origin $(o))
 # Python 3.12: python3.12 on PATH, else pyenv's, else PYTHON312=/path/to/python3.12 make ...
 PYTHON312 ?= $(shell for c in python3.12 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	"$$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1 && { command -v "$$c"; break; }; done)
@@ -24,10 +29,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 serve: $(STAMP)
+	@case '$(HELICAL_PLATFORM_ALLOW_ORIGIN)' in *'*'*|'') echo "HELICAL_PLATFORM_ALLOW_ORIGIN must name hosts (host:port), never '*'" >&2; exit 1;; esac
 	@echo "Helical AI Platform: http://$(HELICAL_PLATFORM_ADDRESS):$(HELICAL_PLATFORM_PORT)/"
 	HELICAL_PLATFORM_PORT=$(HELICAL_PLATFORM_PORT) HELICAL_PLATFORM_ADDRESS=$(HELICAL_PLATFORM_ADDRESS) \
 	  exec $(VENV)/bin/panel serve panel_serve.py --index panel_serve --plugins app.rest \
-	  --address $(HELICAL_PLATFORM_ADDRESS) --port $(HELICAL_PLATFORM_PORT) $(SERVE_ARGS)
+	  --address $(HELICAL_PLATFORM_ADDRESS) --port $(HELICAL_PLATFORM_PORT) $(WEBSOCKET_ORIGINS) $(SERVE_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -17,6 +17,8 @@ def _json(schema: dict, description: str = "OK") -> dict:
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 REF = "#/components/schemas/"
 COMMON_ERRORS = {"401": _error("Missing or wrong bearer token"), "400": _error("Invalid input")}
+CROSS_SITE = {"403": _error("Sent by another site's page: an Origin (or Referer) that is neither this server's nor "
+                            "in HELICAL_PLATFORM_ALLOWED_ORIGINS, without the bearer token (code cross_origin)")}
 
 
 def openapi_document() -> dict:
@@ -57,7 +59,7 @@ def openapi_document() -> dict:
                     "file": {"type": "string", "format": "binary"}}, "required": ["file"]}}}},
             "responses": {"201": _json({"$ref": REF + "Dataset"}, "Stored and checked"),
                           "413": _error("Above the upload limit"), "415": _error("Not a readable single-cell file"),
-                          **COMMON_ERRORS}}},
+                          **CROSS_SITE, **COMMON_ERRORS}}},
         "/api/submit": {"post": {
             "summary": "Submit a run (answers at once)", "operationId": "submit",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF + "Submit"}}}},
@@ -65,7 +67,8 @@ def openapi_document() -> dict:
                 "run_id": {"type": "string", "format": "uuid"}, "status": {"type": "string"}},
                 "required": ["run_id", "status"]}, "Accepted"),
                 "404": _error("Unknown application, model or dataset"),
-                "422": _error("The model cannot use this file"), **COMMON_ERRORS}}},
+                "415": _error("The body is not sent as application/json (code unsupported_media_type)"),
+                "422": _error("The model cannot use this file"), **CROSS_SITE, **COMMON_ERRORS}}},
         "/api/status/{run_id}": {"get": {"summary": "Status and progress of a run", "operationId": "status",
                                          "parameters": [RUN_ID],
                                          "responses": {"200": _json({"$ref": REF + "Status"}),
@@ -90,7 +93,8 @@ def openapi_document() -> dict:
         "/api/runs/{run_id}/cancel": {"post": {"summary": "Cancel a run", "operationId": "cancel",
                                                "parameters": [RUN_ID],
                                                "responses": {"200": _json({"$ref": REF + "Status"}),
-                                                             "404": _error("Unknown run"), **COMMON_ERRORS}}},
+                                                             "404": _error("Unknown run"), **CROSS_SITE,
+                                                             **COMMON_ERRORS}}},
         "/api/runs": {"get": {"summary": "List runs, newest first", "operationId": "listRuns",
                               "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Run"}}),
                                             **COMMON_ERRORS}}},

@@ -1,7 +1,8 @@
 """The REST API, served by the same Tornado server as the dashboard (``panel serve --plugins app.rest``).
 
 Every handler calls the same services as the dashboard; slow calls run in a thread, never on the event loop.
-Errors are JSON ``{"error": {"code", "message", "details"}}`` with 400/401/404/409/413/415/422, never a stack trace.
+Errors are JSON ``{"error": {"code", "message", "details"}}`` with 400/401/403/404/409/413/415/422, never a stack
+trace. State-changing calls from another site's page are refused (403, app/cross_site.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import tornado.web
 
+from app.cross_site import cross_site_refusal, harden_cookies, is_json
 from app.datasets import DatasetRejected, NotFound
 from app.loopwatch import WATCH
 from app.platform import Platform
@@ -27,6 +29,7 @@ from store.artifacts import PARTIAL_PREFIX, InvalidIdError, UploadTooLargeError,
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+harden_cookies()  # SameSite, Secure over HTTPS, HttpOnly on the login cookie (Panel sets none of the first two)
 
 
 def _default(obj: object) -> object:
@@ -82,12 +85,22 @@ class ApiHandler(tornado.web.RequestHandler):
         self.authorize()
 
     def authorize(self) -> None:
-        """A bearer token when ``HELICAL_PLATFORM_API_TOKEN`` is set; or the dashboard's own login cookie."""
-        token = platform().settings.api_token
-        if not token:
-            return
+        """A bearer token when ``HELICAL_PLATFORM_API_TOKEN`` is set; or the dashboard's own login cookie.
+
+        Anything but the token (the login cookie, or no credentials on an open server) is what another site's page
+        can make a browser send, so state-changing calls must then come from this server's own pages
+        (app/cross_site.py): checked first, so that such a call is refused whatever it carries.
+        """
+        settings = platform().settings
+        token = settings.api_token
         header = self.request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip(), token):
+        if token and header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip(), token):
+            return  # no other site's page can hold the token
+        refusal = cross_site_refusal(self.request.method, self.request.headers, self.request.protocol,
+                                     self.request.host, settings.allowed_origins)
+        if refusal is not None:
+            raise ApiError(403, "cross_origin", refusal.message, refusal.details)
+        if not token:
             return
         if self.application.settings.get("cookie_secret") and self.get_secure_cookie("user"):
             return  # logged in to the dashboard through Panel's authentication
@@ -129,6 +142,11 @@ class ApiHandler(tornado.web.RequestHandler):
         return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args, **kwargs))
 
     def body_json(self) -> dict:
+        """The body as a JSON object; only sent as application/json, which no other site's form can send."""
+        ctype = self.request.headers.get("Content-Type")
+        if not is_json(ctype):
+            raise ApiError(415, "unsupported_media_type", "Send the body as JSON with 'Content-Type: "
+                           "application/json'.", {"content_type": ctype})
         try:
             data = json.loads(self.request.body or b"{}")
         except json.JSONDecodeError as exc:
@@ -192,7 +210,19 @@ class UploadHandler(ApiHandler):
     """The body streams to a temporary file (raw bytes, or one multipart file field): never whole in memory."""
 
     def prepare(self) -> None:
-        super().prepare()
+        self.failure: Exception | None = None
+        self.out = self.tmp_path = None
+        try:
+            super().prepare()
+        except ApiError as exc:
+            if exc.status not in (401, 403):
+                raise
+            # Refused for who sent it (no credentials, or another site's page): nothing is opened or written, and
+            # the body is read and dropped before the answer. Answering mid-body makes Tornado close the connection
+            # on unread bytes, and the reset loses the answer: the client, a browser's form too, would see a broken
+            # connection instead of why. Past Tornado's default body limit (100 MB) it drops the connection anyway.
+            self.failure = exc
+            return
         p = platform()
         self.limit = p.settings.max_upload_mb * 2**20
         # room for multipart framing; past it Tornado drops the connection (an endless body gets no answer)
@@ -204,7 +234,6 @@ class UploadHandler(ApiHandler):
         ctype = self.request.headers.get("Content-Type", "")
         self.file_name = self.get_query_argument("filename", None)
         self.received = 0
-        self.failure: Exception | None = None
         fd, name = tempfile.mkstemp(prefix=PARTIAL_PREFIX + "upload-", dir=p.artifacts.home / "tmp")
         self.tmp_path = Path(name)
         self.out = os.fdopen(fd, "wb")
@@ -271,6 +300,8 @@ class UploadHandler(ApiHandler):
                                                             "file as the 'file' field, or as a raw body.")
 
     async def post(self) -> None:
+        if self.out is None:  # refused in prepare; the body was read and dropped
+            raise self.failure
         try:
             self.out.close()
             if self.failure is not None:

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.cross_site import Origin, parse_allowed_origins
+
 ENV_PREFIX = "HELICAL_PLATFORM_"
 
 
@@ -45,6 +47,13 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return raw
 
 
+def _origins(env: Mapping[str, str], name: str) -> tuple[Origin, ...]:
+    try:
+        return parse_allowed_origins(env.get(name))
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -62,6 +71,7 @@ class Settings:
     generate_weights: str = "tiny"
     device: str = "auto"
     api_token: str | None = None
+    allowed_origins: tuple[Origin, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +97,7 @@ class Settings:
             generate_weights=_choice(env, ENV_PREFIX + "GENERATE_WEIGHTS", "tiny", ("tiny", "real", "none")),
             device=_choice(env, ENV_PREFIX + "DEVICE", "auto", ("auto", "cpu", "cuda")),
             api_token=env.get(ENV_PREFIX + "API_TOKEN") or None,
+            allowed_origins=_origins(env, ENV_PREFIX + "ALLOWED_ORIGINS"),
         )
 
     @property
@@ -100,6 +111,7 @@ class Settings:
             "data home": str(self.home),
             "database": _redact(self.db_url),
             "dask": self.scheduler_address or f"LocalCluster ({self.n_workers} worker processes)",
+            "allowed origins": ", ".join(map(str, self.allowed_origins)) or "this server's own only",
         }
 
 

@@ -88,8 +88,10 @@ def test_every_error_code(server, files, tmp_path):
 
     r = api(server, "POST", "/api/submit", json={"model": "baseline"})
     assert r.status_code == 400 and "application" in error_of(r)["message"]
-    r = api(server, "POST", "/api/submit", data="not json")
-    assert r.status_code == 400
+    r = api(server, "POST", "/api/submit", data="not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and error_of(r)["code"] == "invalid_json"
+    r = api(server, "POST", "/api/submit", data='{"model": "baseline"}')  # JSON, but not sent as JSON
+    assert r.status_code == 415 and error_of(r)["code"] == "unsupported_media_type"
     r = api(server, "GET", "/api/status/../../etc/passwd")
     assert r.status_code in (400, 404)
     r = api(server, "GET", "/api/status/not-a-uuid")
