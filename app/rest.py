@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import tornado.web
 
+from app import security_headers
 from app.cross_site import cross_site_refusal, harden_cookies, is_json
 from app.datasets import DatasetRejected, NotFound
 from app.loopwatch import WATCH
@@ -29,6 +31,7 @@ from store.artifacts import PARTIAL_PREFIX, InvalidIdError, UploadTooLargeError,
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+security_headers.install()  # this module is the server's --plugins module: imported before the server starts
 harden_cookies()  # SameSite, Secure over HTTPS, HttpOnly on the login cookie (Panel sets none of the first two)
 
 
@@ -384,6 +387,15 @@ def download_url(run_id: str, fmt: str) -> str:
     return f"/api/download/{run_id}?format={fmt}{sig}"
 
 
+def attachment(file_name: str) -> str:
+    """A Content-Disposition that always downloads, with a name no browser or shell misreads: characters
+    outside ``[A-Za-z0-9._-]`` become ``_`` (the RFC 5987 ``filename*`` keeps the name as given, encoded)."""
+    from urllib.parse import quote
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", file_name).lstrip(".") or "download"
+    return f"attachment; filename=\"{safe}\"; filename*=UTF-8''{quote(file_name, safe='')}"
+
+
 class DownloadHandler(ApiHandler):
     def authorize(self) -> None:
         sig = self.get_query_argument("sig", None)
@@ -398,9 +410,9 @@ class DownloadHandler(ApiHandler):
         if fmt not in ("h5ad", "csv"):
             raise ApiError(400, "invalid_request", "format must be h5ad or csv.")
         path = await self.call(platform().runs.export, run_id, fmt)
-        self.set_header("Content-Type", "text/csv" if fmt == "csv" else "application/octet-stream")
-        self.set_header("Content-Disposition", f'attachment; filename="annotated-{run_id[:8]}.{fmt}"'
-                        if fmt == "h5ad" else f'attachment; filename="predictions-{run_id[:8]}.csv"')
+        self.set_header("Content-Type", "text/csv; charset=utf-8" if fmt == "csv" else "application/octet-stream")
+        stem = "annotated" if fmt == "h5ad" else "predictions"
+        self.set_header("Content-Disposition", attachment(f"{stem}-{run_id[:8]}.{fmt}"))
         self.set_header("Content-Length", str(path.stat().st_size))
         with open(path, "rb") as fh:
             while chunk := fh.read(CHUNK):
