@@ -536,6 +536,7 @@ def test_a_page_on_another_site_cannot_upload_or_submit_through_the_browser(serv
     record("security", "A page on another site, in a logged-in user's browser (headless Chromium)",
            "page on 127.0.0.1 and on localhost (other ports): fetch text/plain JSON to /api/submit, fetch "
            "application/json (preflighted), fetch multipart upload, auto-submitted multipart form with a real .h5ad",
-           "; ".join(results) + "; the preflighted fetch never sent; datasets and runs unchanged. The server's own "
-           f"page (/api/docs): upload {own['upload']}, submit {own['submit']}, cancel {own['cancel']}",
+           "; ".join(results) + "; the preflighted JSON fetch changed nothing either; datasets and runs "
+           f"unchanged. The server's own page (/api/docs): upload {own['upload']}, submit {own['submit']}, cancel "
+           f"{own['cancel']}",
            "a foreign page can change nothing; the server's own pages can", request.node.nodeid)
