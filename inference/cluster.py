@@ -78,7 +78,7 @@ def start_compute(
         threads_per_worker=threads_per_worker,
         processes=True,
         memory_limit=memory_limit,
-        dashboard_address=":0",
+        dashboard_address="127.0.0.1:0",  # Dask's own dashboard: this machine only (any origin may use its websocket)
     )
     client = Client(cluster)
     client.register_plugin(YieldToServer())
