@@ -18,6 +18,7 @@ from app.annotate import sha256_of
 from inference.backends import create_backend
 from inference.pipeline import AnnotationError, AnnotationJob, DataInput, run_annotation
 from tests.conftest import PBMC, REPO
+from tests.rendering import shown
 
 
 @pytest.fixture(scope="module")
@@ -331,4 +332,4 @@ def test_a_failing_gpu_umap_falls_back_to_umap_learn_and_says_why(monkeypatch):
     coords, info = layout.umap_layout(basis)
     assert coords.shape == (300, 2) and np.isfinite(coords).all()
     assert info["implementation"].startswith("umap-learn") and "out of memory" in info["gpu_fallback"]
-    assert "cuML failed (MemoryError" in umap_caption(info, 300)
+    assert "cuML failed (MemoryError" in shown(umap_caption(info, 300))
