@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from inference.applications import REGISTRY
 from store.engine import read_session, write_session
 from store.tables import Application, ModelEntry
 
@@ -15,13 +16,8 @@ SEED_SOURCE = (
     "benchmark and this platform has not measured it; see docs/BENCHMARKS.md for figures measured here."
 )
 
-SEED_APPLICATIONS = [
-    Application(
-        id=CELL_TYPE_ANNOTATION,
-        name="Cell type annotation",
-        description="Label every cell of a query dataset with a cell type learned from a labelled reference.",
-    ),
-]
+# the applications come from their registry (inference/applications): one line there adds one here
+SEED_APPLICATIONS = [Application(id=a.id, name=a.name, description=a.description) for a in REGISTRY.values()]
 
 # Attributes a user sees; weights status is the platform's own finding and is kept across re-seeding.
 SEED_MODELS = [

@@ -8,6 +8,7 @@ import threading
 import time
 
 from app.catalog import list_applications, list_models, seed_catalog
+from app.lease import Lease
 from app.settings import Settings
 from app.weights import ensure_generated_weights, refresh_weights_status, weights_locations
 from inference.cluster import Compute, start_compute
@@ -19,20 +20,20 @@ log = logging.getLogger(__name__)
 
 _shared: Platform | None = None
 _shared_lock = threading.Lock()
+PARTIALS_AGE_S = 3600  # a partial file untouched this long belongs to no live writer
 
 
 class Platform:
     """Database, data home and Dask cluster behind every view and API call.
 
-    The cluster starts in a background thread, so the first page is served while workers spawn.
+    The cluster starts in a background thread, so the first page is served while workers spawn. Constructing
+    one changes nothing that other processes own: housekeeping (failing dead servers' runs, removing stale
+    partial files) is ``start()``, which servers and the shared notebook Platform call, never the CLI.
     """
 
     def __init__(self, settings: Settings, start_cluster: bool = True) -> None:
         self.settings = settings
         self.artifacts = ArtifactStore(settings.home)
-        removed = self.artifacts.remove_partials()
-        if removed:
-            log.warning("removed %d partial files left by an interrupted write", len(removed))
         self.engine = make_engine(settings.db_url)
         self.schema_version = init_schema(self.engine)
         seed_catalog(self.engine)
@@ -50,24 +51,31 @@ class Platform:
         refresh_weights_status(self.engine, self.weights)
         from app.runs import RunsService
 
+        self.lease = Lease(self.engine, self.artifacts, settings.lease_s)
         self.runs = RunsService(self)
         self.datasets = self.runs.datasets
-        interrupted = self.runs.reconcile()
-        if interrupted:
-            log.warning("%d runs were interrupted by a restart and are marked failed", interrupted)
         if start_cluster:
             threading.Thread(target=self._start_compute, name="start-dask", daemon=True).start()
         else:
             self._compute_error = RuntimeError("this process was started without a Dask cluster")
             self._compute_ready.set()
 
+    def start(self) -> Platform:
+        """Housekeeping of a process that serves runs: hold this instance's lease (a heartbeat), fail the runs
+        of servers that are gone (now and at every beat), remove partial files no live writer can own."""
+        self.lease.start(reconcile=True)
+        removed = self.artifacts.remove_partials(older_than_s=PARTIALS_AGE_S)
+        if removed:
+            log.warning("removed %d partial files left by an interrupted write", len(removed))
+        return self
+
     @classmethod
     def shared(cls, settings: Settings | None = None) -> Platform:
-        """The process-wide Platform (``panel serve`` runs the app script once per session)."""
+        """The process-wide, started Platform (``panel serve`` runs the app script once per session)."""
         global _shared
         with _shared_lock:
             if _shared is None:
-                _shared = cls(settings or Settings.from_env())
+                _shared = cls(settings or Settings.from_env()).start()
                 atexit.register(_shared.close)
             return _shared
 
@@ -139,6 +147,7 @@ class Platform:
         return list_models(self.engine, application_id)
 
     def close(self) -> None:
+        self.lease.stop()
         self.runs.close()
         self._compute_ready.wait(60)
         if self._compute is not None:

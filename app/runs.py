@@ -1,13 +1,15 @@
-"""The runs service: submit (returns at once), status, cancel, results and export; the work goes to Dask.
+"""The runs service: submit (returns at once), status, cancel; the work goes to Dask.
 
-Each run's model phase goes to its model's actor (created on first use, kept loaded); the CPU phase (UMAP,
-files) is a plain task on any worker. A thread per run waits for Dask, so nothing here blocks a web server's
-event loop; progress arrives as worker events and is written to the run's row by one writer thread.
+It knows no application by name: ``inference.applications`` says what a submission needs and what runs where.
+Each run's model phase goes to its model's actor (``app/actor_pool.py``: created on first use, kept loaded);
+the CPU phase (layout, files) is a plain task on any worker. A thread per run waits for Dask, so nothing here
+blocks a web server's event loop; progress arrives as worker events and is written to the run's row by one
+writer thread. Failures get a kind where they are caught (``app/failures.py``); results are read by
+``app/run_results.py``.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import queue
 import shutil
@@ -20,45 +22,25 @@ from pathlib import Path
 import pandas as pd
 from sqlmodel import select
 
+from app.actor_pool import ActorPool
 from app.datasets import DatasetService, NotFound
-from inference.actors import PROGRESS_TOPIC, ModelActor, ModelSpec, cancel_event_name, finish_run
-from inference.backends.base import Cancelled
-from inference.checks import LABEL_MAX_CLASSES, LABEL_MIN_CLASSES
-from inference.pipeline import AnnotationError, AnnotationJob, DataInput
-from inference.weights import WeightsError, helical_cache_dir
+from app.failures import FailureKind, classify, message
+from app.run_results import ResultsReader, RunNotFinished
+from inference import applications
+from inference.actors import cancel_event_name, finish_run
+from inference.applications.base import DatasetInfo, ModelCannotUse, ModelInfo, Outcome, RunRequest, SubmissionError
 from store.artifacts import new_id, validate_uuid4
-from store.engine import read_session, write_session
-from store.tables import Application, ModelEntry, Run
+from store.engine import TerminalStatusError, read_session, write_session
+from store.tables import ACTIVE, Application, Dataset, ModelEntry, Run, RunStatus
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "running")
-# Share of a run's time per stage, for one progress figure (the model stages dominate).
-STAGE_WEIGHTS = {"starting": 0.0, "loading model": 0.05, "checking": 0.02, "embedding reference": 0.33,
-                 "training head": 0.05, "embedding query": 0.35, "predicting": 0.02, "UMAP": 0.12, "writing": 0.06}
-SCHEDULER_LOST = ("scheduler-connection-lost", "lost the connection to the scheduler")
-WORKER_LOST = ("Worker holding Actor was lost", "KilledWorker", "CommClosedError", "worker", "Stream is closed")
-
-
-class InvalidRun(ValueError):
-    """A submission that cannot run; the message says which field and what to do."""
-
-
-class RunNotFinished(RuntimeError):
-    pass
+InvalidRun = SubmissionError  # the name the service's callers know
+__all__ = ["InvalidRun", "ModelCannotUse", "RunNotFinished", "RunsService"]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _progress(stage: str, done: int, total: int) -> float:
-    names = list(STAGE_WEIGHTS)
-    if stage not in STAGE_WEIGHTS:
-        return 0.0
-    before = sum(STAGE_WEIGHTS[n] for n in names[: names.index(stage)])
-    within = done / total if total else 0.0
-    return round(min(0.99, before + STAGE_WEIGHTS[stage] * within), 4)
 
 
 def _result(future, client):  # noqa: ANN001, ANN202 - a distributed Future or ActorFuture
@@ -73,191 +55,128 @@ def _result(future, client):  # noqa: ANN001, ANN202 - a distributed Future or A
                                       f"(scheduler-connection-lost; client {client.status})") from None
 
 
-LABEL_COLUMNS = ("predicted_label", "true_label", "split")
-
-
 class RunsService:
     def __init__(self, platform) -> None:  # noqa: ANN001 - app.platform.Platform
         self.platform = platform
         self.datasets = DatasetService(platform)
-        self._actors: dict[str, object] = {}
-        self._actors_lock = threading.Lock()
+        self.actors = ActorPool(platform, on_progress=lambda event: self._updates.put(event))
+        self.reader = ResultsReader(platform.artifacts, self.get)
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="run")
         self._updates: queue.Queue = queue.Queue()
-        self._subscribed = False
-        self._scheduler_id: str | None = None
-        self._subscribed_client = None
         self._started: dict[str, float] = {}
         self.workers: dict[str, dict] = {}  # run id -> the worker process now running it (from its events)
         threading.Thread(target=self._write_progress, name="run-progress", daemon=True).start()
 
     # ---- submission -------------------------------------------------------------------------------------
+    def _dataset_info(self, ds: Dataset) -> DatasetInfo:
+        return DatasetInfo(ds.id, ds.file_name, str(self.datasets.path(ds)), ds.sha256, int(ds.n_cells or 0),
+                           ds.check_report)
+
+    def _request(self, model: ModelEntry, query: Dataset, reference: Dataset | None, label_column: str | None,
+                 truth_column: str | None, options: dict) -> RunRequest:
+        return RunRequest(ModelInfo(model.id, model.name, model.backend), self._dataset_info(query),
+                          self._dataset_info(reference) if reference else None, label_column, truth_column,
+                          options)
+
     def submit(self, application_id: str, model_id: str, dataset_id: str, reference_id: str | None = None,
                label_column: str | None = None, truth_column: str | None = None,
                options: dict | None = None) -> Run:
         """Validate, record the run as queued and return it at once; the work starts in the background."""
         options = dict(options or {})
         with read_session(self.platform.engine) as s:
-            app = s.get(Application, application_id)
+            app_row = s.get(Application, application_id)
             model = s.get(ModelEntry, model_id)
-        if app is None:
+        if app_row is None or application_id not in applications.REGISTRY:
             raise NotFound(f"No application {application_id!r}.")
         if model is None:
             raise NotFound(f"No model {model_id!r}.")
         if application_id not in model.applications:
-            raise InvalidRun(f"{model.name} does not serve {app.name}.")
+            raise InvalidRun(f"{model.name} does not serve {app_row.name}.")
         if model.weights_status == "missing":
             raise InvalidRun(f"{model.name} has no weights: {model.weights_detail}")
         variant = options.get("variant")
-        if variant and model.backend == "geneformer":
-            status, detail = self.platform.weights.status("geneformer", variant)
+        if variant and model.variant:  # a model with variants: the one asked for must have weights
+            status, detail = self.platform.weights.status(model.backend, variant)
             if status == "missing":
-                raise InvalidRun(f"Geneformer {variant} has no weights: {detail}")
+                raise InvalidRun(f"{model.name} {variant} has no weights: {detail}")
         query = self.datasets.get(dataset_id)
         reference = self.datasets.get(reference_id) if reference_id else None
-        labels_from = reference or query
-        columns = labels_from.check_report.get("label_columns", {})
-        if not label_column:
-            raise InvalidRun("Give the label column of the " + ("reference." if reference else "query (evaluation "
-                             "mode: without a reference, the query's own labels are split 70/30)."))
-        why = labels_from.check_report.get("rejected_label_columns", {}).get(label_column)
-        if label_column not in columns and why:
-            raise InvalidRun(f"{label_column!r} in {labels_from.file_name} cannot be used as labels: {why}. Label "
-                             f"columns need {LABEL_MIN_CLASSES}-{LABEL_MAX_CLASSES} classes; this file's are: "
-                             f"{', '.join(columns) or 'none'}.")
-        if label_column not in columns:
-            raise InvalidRun(f"{label_column!r} is not a label column of {labels_from.file_name}; its label columns"
-                             f" are: {', '.join(columns) or 'none'}.")
-        if truth_column and truth_column not in query.check_report.get("label_columns", {}):
-            raise InvalidRun(f"{truth_column!r} is not a label column of the query {query.file_name}.")
-        for ds in filter(None, (query, reference)):
-            overlap = ds.check_report.get("overlap", {}).get(model.backend)
-            if overlap and not overlap["ok"]:
-                raise ModelCannotUse(f"{model.name} cannot use {ds.file_name}: {overlap['message']}")
-        threshold = float(options.get("confidence_threshold", 0.5))
-        if not 0 <= threshold <= 1:
-            raise InvalidRun("confidence_threshold must lie between 0 and 1.")
-        params = {"variant": options.get("variant") or model.variant or None, "confidence_threshold": threshold,
-                  "seed": int(options.get("seed", 0)), "evaluation_mode": reference is None,
+        request = self._request(model, query, reference, label_column, truth_column, options)
+        accepted = applications.get(application_id).validate(request)
+        params = {"variant": variant or model.variant or None, **accepted.parameters,
                   "weights": model.weights_status}
-        run = Run(id=new_id(), application_id=application_id, model_id=model_id, dataset_id=query.id,
-                  reference_dataset_id=reference.id if reference else None, label_column=label_column,
-                  truth_column=truth_column or (label_column if reference is None else None), status="queued",
-                  stage="queued", cells_total=int(query.n_cells or 0), parameters=params)
+        self.platform.lease.start(reconcile=False)  # this process owns the run while its heartbeat lasts
+        run = Run(id=new_id(), owner=self.platform.lease.instance_id, application_id=application_id,
+                  model_id=model_id, dataset_id=query.id, reference_dataset_id=reference.id if reference else None,
+                  label_column=accepted.label_column, truth_column=accepted.truth_column,
+                  status=RunStatus.QUEUED, stage="queued", cells_total=accepted.cells_total, parameters=params)
         with write_session(self.platform.engine) as s:
             s.add(run)
         self._executor.submit(self._execute, run.id)
         return run
 
     # ---- execution --------------------------------------------------------------------------------------
-    def _spec(self, model: ModelEntry, variant: str | None, device: str) -> ModelSpec:
-        s = self.platform.settings
-        return ModelSpec(model.backend, variant if model.backend == "geneformer" else None, device,
-                         str(s.weights_dir), str(s.generated_weights_dir), str(helical_cache_dir()),
-                         s.allow_download)
+    def _job(self, run: Run, run_dir: Path) -> object:
+        """The worker's job for a recorded run, built by its application from the recorded submission."""
+        with read_session(self.platform.engine) as s:
+            model = s.get(ModelEntry, run.model_id)
+        query = self.datasets.get(run.dataset_id)
+        reference = self.datasets.get(run.reference_dataset_id) if run.reference_dataset_id else None
+        request = self._request(model, query, reference, run.label_column, run.truth_column, run.parameters)
+        app = applications.get(run.application_id)
+        from inference.applications.base import Accepted
 
-    def _device_and_resources(self) -> tuple[str, dict | None]:
-        compute = self.platform.compute()
-        if compute.describe()["gpus"] and self.platform.settings.device != "cpu":
-            return "cuda", {"GPU": 1}
-        return ("cpu" if self.platform.settings.device == "auto" else self.platform.settings.device), None
-
-    def actor_for(self, model: ModelEntry, variant: str | None):  # noqa: ANN201 - a distributed Actor
-        device, resources = self._device_and_resources()
-        spec = self._spec(model, variant, device)
-        with self._actors_lock:
-            if spec.key not in self._actors:
-                client = self.platform.compute().client
-                workers = list(client.scheduler_info()["workers"])
-                used = [getattr(a, "_address", None) for a in self._actors.values()]
-                target = min(workers, key=lambda w: sum(u == w for u in used)) if workers else None
-                future = client.submit(ModelActor, spec, actor=True, resources=resources, pure=False,
-                                       workers=[target] if target and not resources else None,
-                                       allow_other_workers=True)
-                self._actors[spec.key] = future.result(timeout=120)
-            return spec.key, self._actors[spec.key]
-
-    def forget_actor(self, key: str) -> None:
-        with self._actors_lock:
-            self._actors.pop(key, None)
-
-    def _subscribe(self) -> None:
-        """Subscribe to progress on this scheduler; a restarted scheduler knows neither the topic nor the actors."""
-        client = self.platform.compute().client
-        scheduler_id = client.scheduler_info().get("id")
-        with self._actors_lock:
-            if scheduler_id != self._scheduler_id:
-                if self._scheduler_id is not None:
-                    log.warning("the Dask scheduler changed (%s -> %s): model actors are started afresh",
-                                self._scheduler_id, scheduler_id)
-                    self._actors.clear()
-                    if self._subscribed_client is client:
-                        client.unsubscribe_topic(PROGRESS_TOPIC)
-                self._scheduler_id, self._subscribed = scheduler_id, False
-            if not self._subscribed:
-                client.subscribe_topic(PROGRESS_TOPIC, lambda event: self._updates.put(event[1]))
-                self._subscribed, self._subscribed_client = True, client
+        accepted = Accepted(run.parameters, run.label_column, run.truth_column, run.cells_total)
+        return app.job(request, accepted, run_dir, self.platform.artifacts.home / "heads")
 
     def _execute(self, run_id: str) -> None:
         actor_key = None
         run_dir = self.platform.artifacts.run_dir(run_id)
-        staging = self.platform.artifacts.home / "tmp" / f"{run_id}-prediction"
+        staging = self.platform.artifacts.staging_dir(run_id)
         try:
             compute = self.platform.compute()
-            self._subscribe()
+            self.actors.subscribe()
             with write_session(self.platform.engine) as s:
                 run = s.get(Run, run_id)
-                if run.status != "queued":
+                if run.status != RunStatus.QUEUED:
                     return
-                run.status, run.stage, run.started_at = "running", "starting", _now()
+                run.status, run.stage, run.started_at = RunStatus.RUNNING, "starting", _now()
                 s.add(run)
                 model = s.get(ModelEntry, run.model_id)
             self._started[run_id] = time.monotonic()
             job = self._job(run, run_dir)
-            actor_key, actor = self.actor_for(model, run.parameters.get("variant"))
-            summary = _result(actor.predict(job, run_id, str(staging)), compute.client)
+            actor_key, actor = self.actors.actor_for(model, run.parameters.get("variant"))
+            summary = _result(actor.run(run.application_id, job, run_id, str(staging)), compute.client)
             if self._cancel_requested(run_id):
+                from inference.backends.base import Cancelled
+
                 raise Cancelled("cancelled by the user")
-            result = _result(compute.client.submit(finish_run, job, run_id, str(staging), pure=False), compute.client)
-            self._finish(run_id, "done", result=result, device=summary["device"])
-        except Cancelled:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            self._finish(run_id, "cancelled", error="Cancelled by the user.")
-        except (AnnotationError, WeightsError) as exc:
-            self._finish(run_id, "failed", error=str(exc))
-        except Exception as exc:  # reported on the run; the server carries on
-            text = f"{type(exc).__name__}: {exc}"
-            if any(marker in text for marker in SCHEDULER_LOST) or self._scheduler_lost():
-                with self._actors_lock:
-                    self._actors.clear()
-                log.warning("run %s lost the Dask scheduler: %s", run_id, text)
-                self._finish(run_id, "failed", error=(
-                    "The connection to the Dask scheduler was lost while this run was in flight. Submit it again "
-                    f"once the cluster is back (the sidebar shows its state). ({text})"))
-                shutil.rmtree(run_dir, ignore_errors=True)
-                return
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                log.error("run %s: disk full: %s", run_id, exc)
-                shutil.rmtree(staging, ignore_errors=True)  # free what this run took before recording it
-                shutil.rmtree(run_dir, ignore_errors=True)
-                self._finish(run_id, "failed", error=(
-                    f"The disk is full (or over quota) where the results are written ({exc.filename or run_dir}): "
-                    "nothing was kept. Free space in the data home and submit the run again."))
-                return
-            if "Cancelled" in text:
-                shutil.rmtree(run_dir, ignore_errors=True)
-                self._finish(run_id, "cancelled", error="Cancelled by the user.")
-                return
-            if actor_key and any(marker in text for marker in WORKER_LOST):
-                self.forget_actor(actor_key)
-                text = ("The worker running this run stopped (killed or out of memory) before it finished. "
-                        f"Submit the run again: the model is loaded afresh on a live worker. ({text})")
-            log.exception("run %s failed", run_id)
-            self._finish(run_id, "failed", error=text)
+            outcome = _result(compute.client.submit(finish_run, run.application_id, job, run_id, str(staging),
+                                                    pure=False), compute.client)
+            self._finish(run_id, RunStatus.DONE, outcome=outcome, device=summary["device"])
+        except Exception as exc:  # reported on the run with its kind; the server carries on
+            self._fail(run_id, exc, actor_key, run_dir, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             self._started.pop(run_id, None)
             self.workers.pop(run_id, None)
+
+    def _fail(self, run_id: str, exc: Exception, actor_key: str | None, run_dir: Path, staging: Path) -> None:
+        kind = classify(exc, scheduler_gone=not isinstance(exc, SubmissionError) and self._scheduler_lost())
+        if kind is FailureKind.SCHEDULER_LOST:
+            self.actors.clear()
+            log.warning("run %s lost the Dask scheduler: %s", run_id, exc)
+        elif kind is FailureKind.DISK_FULL:
+            log.error("run %s: disk full: %s", run_id, exc)
+            shutil.rmtree(staging, ignore_errors=True)  # free what this run took before recording it
+        elif kind is FailureKind.WORKER_LOST and actor_key:
+            self.actors.forget(actor_key)
+        elif kind is FailureKind.INTERNAL:
+            log.error("run %s failed", run_id, exc_info=exc)
+        if kind is not FailureKind.USER_ERROR:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        status = RunStatus.CANCELLED if kind is FailureKind.CANCELLED else RunStatus.FAILED
+        self._finish(run_id, status, error=message(kind, exc, str(run_dir)), kind=kind)
 
     def _scheduler_lost(self) -> bool:
         """Workers close when they lose the scheduler, so a worker error may really be the scheduler's."""
@@ -272,46 +191,38 @@ class RunsService:
         except Exception:  # refused, closed or timed out: the scheduler is gone
             return True
 
-    def _job(self, run: Run, run_dir: Path) -> AnnotationJob:
-        query = self.datasets.get(run.dataset_id)
-        reference = self.datasets.get(run.reference_dataset_id) if run.reference_dataset_id else None
-
-        def inp(ds) -> DataInput:  # noqa: ANN001
-            return DataInput(str(self.datasets.path(ds)), ds.file_name, ds.sha256)
-
-        p = run.parameters
-        return AnnotationJob(model_id=run.model_id, query=inp(query), reference=inp(reference) if reference else None,
-                             label_column=run.label_column, truth_column=run.truth_column if reference else None,
-                             out_dir=str(run_dir), heads_dir=str(self.platform.artifacts.home / "heads"),
-                             confidence_threshold=p.get("confidence_threshold", 0.5), seed=p.get("seed", 0))
-
-    def _finish(self, run_id: str, status: str, result: dict | None = None, error: str | None = None,
-                device: str | None = None) -> None:
-        """Record the outcome; retried once (e.g. the disk full for the database too), else logged: a restart's
-        reconciliation then fails the run rather than leaving it running."""
+    def _finish(self, run_id: str, status: RunStatus, outcome: Outcome | None = None, error: str | None = None,
+                device: str | None = None, kind: FailureKind | None = None) -> None:
+        """Record the outcome; retried once (e.g. the disk full for the database too), else logged: the lease
+        then fails the run rather than leaving it running."""
         for attempt in (1, 2):
             try:
-                self._record_finish(run_id, status, result, error, device)
+                self._record_finish(run_id, status, outcome, error, device, kind)
+                return
+            except TerminalStatusError:  # e.g. failed by a replica that took this process for dead
+                log.warning("run %s already ended elsewhere; its %s outcome is not recorded", run_id, status)
+                if self.get(run_id).status != RunStatus.DONE:
+                    shutil.rmtree(self.platform.artifacts.run_dir(run_id), ignore_errors=True)
                 return
             except Exception:
                 log.exception("could not record run %s as %s (attempt %d)", run_id, status, attempt)
                 time.sleep(1)
 
-    def _record_finish(self, run_id: str, status: str, result: dict | None, error: str | None,
-                       device: str | None) -> None:
+    def _record_finish(self, run_id: str, status: RunStatus, outcome: Outcome | None, error: str | None,
+                       device: str | None, kind: FailureKind | None) -> None:
         with write_session(self.platform.engine) as s:
             run = s.get(Run, run_id)
-            run.status, run.finished_at, run.error = status, _now(), error
-            run.stage = status
+            run.status, run.finished_at, run.error, run.stage = status, _now(), error, status
+            if kind is not None:
+                run.parameters = {**run.parameters, "failure": str(kind)}
             if device:
                 run.device = device
-            if result:
-                run.progress, run.cells_done = 1.0, result["n_cells"]
-                run.metrics = result["metrics"]
-                run.provenance = result["provenance"]
-                run.stage_timings = result["stage_timings"]
+            if outcome is not None:
+                run.progress, run.cells_done = 1.0, outcome.n_cells
+                run.metrics, run.provenance = outcome.metrics, outcome.provenance
+                run.stage_timings = outcome.stage_timings
                 run.result_dir = str(self.platform.artifacts.run_dir(run_id))
-                run.parameters = {**run.parameters, "predicted_counts": result["predicted_counts"]}
+                run.parameters = {**run.parameters, **outcome.summary}
             s.add(run)
 
     def _write_progress(self) -> None:
@@ -326,12 +237,13 @@ class RunsService:
         self.workers[event["run_id"]] = {"address": event.get("worker"), "pid": event.get("pid")}
         with write_session(self.platform.engine) as s:
             run = s.get(Run, event["run_id"])
-            if run is None or run.status != "running":
+            if run is None or run.status != RunStatus.RUNNING:
                 return
             run.stage = event["stage"]
-            if event["stage"] in ("embedding reference", "embedding query") and event["total"]:
+            if event["stage"].startswith("embedding") and event["total"]:
                 run.cells_done, run.cells_total = event["done"], event["total"]
-            run.progress = max(run.progress, _progress(event["stage"], event["done"], event["total"]))
+            app = applications.get(run.application_id)
+            run.progress = max(run.progress, app.progress(event["stage"], event["done"], event["total"]))
             s.add(run)
 
     # ---- queries ----------------------------------------------------------------------------------------
@@ -347,7 +259,7 @@ class RunsService:
         run = self.get(run_id)
         eta = None
         started = self._started.get(run_id)
-        if run.status == "running" and started and run.progress > 0.05:
+        if run.status == RunStatus.RUNNING and started and run.progress > 0.05:
             elapsed = time.monotonic() - started
             eta = round(elapsed / run.progress * (1 - run.progress), 1)
         return {"run_id": run.id, "status": run.status, "stage": run.stage, "progress": run.progress,
@@ -367,8 +279,9 @@ class RunsService:
         Event(cancel_event_name(run_id), client=self.platform.compute().client).set()
         with write_session(self.platform.engine) as s:
             r = s.get(Run, run_id)
-            if r.status == "queued":
-                r.status, r.stage, r.finished_at, r.error = "cancelled", "cancelled", _now(), "Cancelled by the user."
+            if r.status == RunStatus.QUEUED:
+                r.status, r.stage, r.finished_at = RunStatus.CANCELLED, RunStatus.CANCELLED, _now()
+                r.error = "Cancelled by the user."
                 s.add(r)
         return self.status(run_id)
 
@@ -377,85 +290,21 @@ class RunsService:
 
         return Event(cancel_event_name(run_id), client=self.platform.compute().client).is_set()
 
+    # ---- results (app/run_results.py) ---------------------------------------------------------------------
     def result_dir(self, run_id: str) -> Path:
-        run = self.get(run_id)
-        if run.status != "done":
-            raise RunNotFinished(f"Run {run_id} is {run.status}; results exist once it is done.")
-        return self.platform.artifacts.run_dir(run_id)
+        return self.reader.result_dir(run_id)
 
     def results(self, run_id: str, offset: int = 0, limit: int = 100) -> dict:
-        """Metrics, confusion matrix, provenance and a page of per-cell predictions, from the run's files."""
-        run = self.get(run_id)
-        offset, limit = max(0, offset), max(0, min(limit, 10_000))
-        page, total = self.page(run_id, offset, limit)
-        classes = run.provenance.get("head", {}).get("classes", [])
-        return {"run_id": run_id, "metrics": run.metrics, "classes": classes,
-                "confusion_matrix": run.metrics.get("confusion_matrix"), "provenance": run.provenance,
-                "predicted_counts": run.parameters.get("predicted_counts", {}),
-                "cells": {"offset": offset, "limit": limit, "total": total,
-                          "items": page.to_dict(orient="records")}}
+        return self.reader.results(run_id, offset, limit)
 
     def page(self, run_id: str, offset: int, limit: int, columns: list[str] | None = None) -> tuple[pd.DataFrame, int]:
-        """Rows ``offset`` to ``offset + limit`` of the per-cell predictions and the total: only the parquet row
-        groups that hold them are read, so a page of a million-cell run costs what a page of a small one does."""
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(self.result_dir(run_id) / "predictions.parquet")
-        meta = pf.metadata
-        groups, first, start = [], None, 0
-        for i in range(meta.num_row_groups):
-            n = meta.row_group(i).num_rows
-            if limit and start + n > offset and start < offset + limit:
-                groups.append(i)
-                first = start if first is None else first
-            start += n
-        if not groups:
-            empty = pf.schema_arrow.empty_table()
-            return (empty.select(columns) if columns else empty).to_pandas(), meta.num_rows
-        table = pf.read_row_groups(groups, columns=columns)
-        return table.slice(offset - first, limit).to_pandas(), meta.num_rows
+        return self.reader.page(run_id, offset, limit, columns)
 
     def cells(self, run_id: str, columns: list[str] | None = None) -> pd.DataFrame:
-        """Per-cell predictions of a finished run (only the columns asked for are read). Labels come as
-        categoricals (parquet's dictionary, not a string per cell: 10 million cells load in seconds, not minutes)."""
-        import pyarrow.parquet as pq
-
-        path = self.result_dir(run_id) / "predictions.parquet"
-        available = pq.ParquetFile(path).schema_arrow.names
-        wanted = [c for c in columns if c in available] if columns else available
-        labels = [c for c in LABEL_COLUMNS if c in wanted]
-        return pq.read_table(path, columns=wanted, read_dictionary=labels).to_pandas()
+        return self.reader.cells(run_id, columns)
 
     def export(self, run_id: str, fmt: str) -> Path:
-        """The annotated .h5ad, or the per-cell CSV (written once, atomically, from the predictions)."""
-        folder = self.result_dir(run_id)
-        if fmt == "h5ad":
-            return folder / "annotated.h5ad"
-        if fmt != "csv":
-            raise InvalidRun(f"Unknown format {fmt!r}: choose h5ad or csv.")
-        csv = folder / "predictions.csv"
-        if not csv.exists():
-            from store.artifacts import atomic_path
-
-            with atomic_path(csv) as tmp:
-                pd.read_parquet(folder / "predictions.parquet").to_csv(tmp, index=False)
-        return csv
-
-    def reconcile(self) -> int:
-        """At start: runs left queued or running by a previous server are failed, never left running."""
-        with write_session(self.platform.engine) as s:
-            stale = list(s.exec(select(Run).where(Run.status.in_(ACTIVE))))
-            for run in stale:
-                run.status, run.stage, run.finished_at = "failed", "failed", _now()
-                run.error = "Interrupted by a restart of the server before it finished; submit it again."
-                s.add(run)
-        for run in stale:
-            shutil.rmtree(self.platform.artifacts.run_dir(run.id), ignore_errors=True)
-        return len(stale)
+        return self.reader.export(run_id, fmt)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-class ModelCannotUse(InvalidRun):
-    """A valid file the chosen model cannot use (too little vocabulary overlap)."""

@@ -72,6 +72,7 @@ class Settings:
     device: str = "auto"
     api_token: str | None = None
     allowed_origins: tuple[Origin, ...] = ()
+    lease_s: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -98,6 +99,7 @@ class Settings:
             device=_choice(env, ENV_PREFIX + "DEVICE", "auto", ("auto", "cpu", "cuda")),
             api_token=env.get(ENV_PREFIX + "API_TOKEN") or None,
             allowed_origins=_origins(env, ENV_PREFIX + "ALLOWED_ORIGINS"),
+            lease_s=_int(env, ENV_PREFIX + "LEASE_S", 30, minimum=3),
         )
 
     @property

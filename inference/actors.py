@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference import applications
+from inference.applications.base import Outcome
 from inference.backends import create_backend
-from inference.pipeline import AnnotationJob, Prediction, finish, predict
 from inference.weights import WeightsLocations
 
 PROGRESS_TOPIC = "helical-platform-progress"
@@ -104,8 +105,8 @@ class ModelActor:
         self._backend, self._info = backend, info
         self.loads += 1
 
-    def predict(self, job: AnnotationJob, run_id: str, staging: str) -> dict:
-        """The model phase of a run; the result goes to ``staging`` for the CPU phase. Returns a summary."""
+    def run(self, application_id: str, job: object, run_id: str, staging: str) -> dict:
+        """The model phase of a run of any application; its output goes to ``staging`` for the CPU phase."""
         report = _reporter(run_id)
         if self._backend is None:
             report("loading model", 0, 0)
@@ -113,22 +114,19 @@ class ModelActor:
         self.runs += 1
         folder = Path(staging)
         folder.mkdir(parents=True, exist_ok=True)
-        prediction = predict(job, self._backend, self._info, progress=report, should_stop=_Stopper(run_id),
-                             workdir=folder)
-        prediction.save(folder)
-        return {"device": getattr(self._backend, "device", "cpu"), "n_cells": int(len(prediction.cell_ids)),
-                "pid": os.getpid(), "loads": self.loads}
+        applications.get(application_id).model_phase(job, self._backend, self._info, folder, report,
+                                                     _Stopper(run_id))
+        return {"device": getattr(self._backend, "device", "cpu"), "pid": os.getpid(), "loads": self.loads}
 
     def describe(self) -> dict:
         return {"spec": self.spec.key, "loads": self.loads, "runs": self.runs, "pid": os.getpid(),
                 "loaded": self._backend is not None}
 
 
-def finish_run(job: AnnotationJob, run_id: str, staging: str) -> dict:
-    """The CPU phase (UMAP, files) as a plain task on any worker, so a GPU is free once embeddings are done."""
+def finish_run(application_id: str, job: object, run_id: str, staging: str) -> Outcome:
+    """The CPU phase (layout, files) as a plain task on any worker, so a GPU is free once the model is done."""
     report = _reporter(run_id)
     try:
-        prediction = Prediction.load(Path(staging))
-        return finish(job, prediction, progress=report, should_stop=_Stopper(run_id))
+        return applications.get(application_id).cpu_phase(job, Path(staging), report, _Stopper(run_id))
     finally:
         shutil.rmtree(staging, ignore_errors=True)

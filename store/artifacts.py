@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,6 +109,10 @@ class ArtifactStore:
             path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def staging_dir(self, run_id: str) -> Path:
+        """Where a run's worker writes before the results are published into ``run_dir`` (same filesystem)."""
+        return self.inside("tmp", f"{validate_uuid4(run_id, 'run id')}-prediction")
+
     def head_path(self, cache_key: str) -> Path:
         if not _CACHE_KEY.match(cache_key or ""):
             raise InvalidIdError(f"{cache_key!r} is not a classifier-head cache key.")
@@ -147,13 +152,18 @@ class ArtifactStore:
             tmp.unlink(missing_ok=True)
             raise
 
-    def remove_partials(self) -> list[Path]:
-        """Delete what interrupted writes left behind (``.partial-*`` anywhere under the home)."""
+    def remove_partials(self, older_than_s: float = 0.0) -> list[Path]:
+        """Delete what interrupted writes left behind (``.partial-*`` anywhere under the home) not modified for
+        ``older_than_s`` seconds: another live process's upload or result being written keeps changing."""
         removed = []
+        cutoff = time.time() - older_than_s
         for path in self.home.rglob(PARTIAL_PREFIX + "*"):
-            if path.is_file():
-                path.unlink(missing_ok=True)
-                removed.append(path)
+            try:
+                if path.is_file() and path.stat().st_mtime <= cutoff:
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+            except FileNotFoundError:  # finished (renamed into place) meanwhile
+                continue
         return removed
 
 

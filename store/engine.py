@@ -7,21 +7,49 @@ that later upgrades to a write lock fails at once, without waiting). ``write_ses
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, inspect
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from store.tables import SCHEMA_VERSION, SchemaMeta
+from store.tables import SCHEMA_VERSION, TERMINAL, Run, SchemaMeta
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 
 # Ordered migrations: MIGRATIONS[n] takes a database at version n to n + 1, inside one write transaction.
 # A later schema change appends a function here and bumps SCHEMA_VERSION (docs/STORE.md explains).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+def _v1_to_v2(conn: Connection) -> None:
+    """Runs get their owner (a server instance with a heartbeat); ``server_instances`` is made by create_all."""
+    conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN owner VARCHAR")
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_runs_owner ON runs (owner)")
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+
+
+class TerminalStatusError(RuntimeError):
+    """A write that would move a run out of done/failed/cancelled: refused, the row stays as it was."""
+
+
+@event.listens_for(OrmSession, "before_flush")
+def _terminal_is_final(session: OrmSession, _context: object, _instances: object) -> None:
+    """Terminal statuses are final, whoever writes (two processes, a late worker, a reconciliation)."""
+    for obj in session.dirty:
+        if not isinstance(obj, Run):
+            continue
+        history = inspect(obj).attrs.status.history
+        if history.deleted and history.added and history.deleted[0] in TERMINAL \
+                and history.added[0] != history.deleted[0]:
+            log.warning("refused to move run %s from %s to %s", obj.id, history.deleted[0], history.added[0])
+            raise TerminalStatusError(f"Run {obj.id} is already {history.deleted[0]}; its status cannot become "
+                                      f"{history.added[0]}.")
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")
-WEIGHTS_STATUSES = ("installed", "generated", "missing")
+
+class RunStatus(StrEnum):
+    """A run's status; the last three are terminal: once there, the store refuses any other value."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+TERMINAL = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
 def utcnow() -> datetime:
@@ -69,6 +85,18 @@ class Dataset(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class ServerInstance(SQLModel, table=True):
+    """A process that runs work (a server, a notebook): its runs are its own while its heartbeat is fresh."""
+
+    __tablename__ = "server_instances"
+    id: str = Field(primary_key=True)
+    host: str
+    pid: int
+    started_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow, index=True)
+    stopped_at: datetime | None = None
+
+
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
     id: str = Field(primary_key=True)
@@ -93,6 +121,7 @@ class Run(SQLModel, table=True):
     stage_timings: dict[str, Any] = _json(dict)
     provenance: dict[str, Any] = _json(dict)
     result_dir: str | None = None
+    owner: str | None = Field(default=None, index=True)  # the ServerInstance that runs it
 
 
 class ClassifierHead(SQLModel, table=True):

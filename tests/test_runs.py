@@ -64,7 +64,7 @@ def test_two_runs_at_once_finish_with_results_and_a_second_run_loads_nothing(pla
 
     again = _submit(platform, "geneformer", pbmc)
     assert _wait(platform, again.id)["status"] == "done"
-    actors = {k: a.describe().result() for k, a in platform.runs._actors.items()}
+    actors = {k: a.describe().result() for k, a in platform.runs.actors._actors.items()}
     gf = next(v for k, v in actors.items() if k.startswith("geneformer"))
     assert gf["loads"] == 1 and gf["runs"] >= 2
     assert platform.runs.get(again.id).provenance["head"]["reused"] is True
@@ -129,7 +129,7 @@ def test_a_restart_fails_runs_left_running_and_loses_nothing_else(tmp_path):
             s.add(Run(id=run_id, application_id="cell-type-annotation", model_id="baseline", dataset_id=ds.id,
                       status=status, label_column="celltype"))
     first.close()
-    second = Platform(settings, start_cluster=False)
+    second = Platform(settings, start_cluster=False).start()  # what a restarted server does
     try:
         statuses = [second.runs.status(i) for i in ids]
         assert [s["status"] for s in statuses] == ["failed", "failed", "done"]

@@ -1,0 +1,91 @@
+"""Cell type annotation: a label per cell learnt from a labelled reference (or a 70/30 split of the query).
+
+The science lives in ``inference/pipeline.py`` (embed, head, predict, UMAP, files); this module is its
+Application: what a submission needs, how it is checked, and which part runs on the model's actor and which
+on any worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inference.applications.base import (
+    Accepted,
+    Application,
+    ModelCannotUse,
+    Outcome,
+    RunRequest,
+    ShouldStop,
+    StageProgress,
+    SubmissionError,
+)
+from inference.checks import LABEL_MAX_CLASSES, LABEL_MIN_CLASSES
+from inference.pipeline import AnnotationJob, DataInput, Prediction, finish, predict
+
+
+class CellTypeAnnotation(Application):
+    id = "cell-type-annotation"
+    name = "Cell type annotation"
+    description = "Label every cell of a query dataset with a cell type learned from a labelled reference."
+    stages = {"checking": 0.02, "embedding reference": 0.33, "training head": 0.05, "embedding query": 0.35,
+              "predicting": 0.02, "UMAP": 0.12, "writing": 0.06}
+
+    def validate(self, request: RunRequest) -> Accepted:
+        query, reference, label_column = request.query, request.reference, request.label_column
+        labels_from = reference or query
+        columns = labels_from.check_report.get("label_columns", {})
+        if not label_column:
+            raise SubmissionError("Give the label column of the " + (
+                "reference." if reference else
+                "query (evaluation mode: without a reference, the query's own labels are split 70/30)."))
+        why = labels_from.check_report.get("rejected_label_columns", {}).get(label_column)
+        if label_column not in columns and why:
+            raise SubmissionError(
+                f"{label_column!r} in {labels_from.file_name} cannot be used as labels: {why}. Label columns need "
+                f"{LABEL_MIN_CLASSES}-{LABEL_MAX_CLASSES} classes; this file's are: {', '.join(columns) or 'none'}.")
+        if label_column not in columns:
+            raise SubmissionError(f"{label_column!r} is not a label column of {labels_from.file_name}; its label "
+                                  f"columns are: {', '.join(columns) or 'none'}.")
+        truth = request.truth_column
+        if truth and truth not in query.check_report.get("label_columns", {}):
+            raise SubmissionError(f"{truth!r} is not a label column of the query {query.file_name}.")
+        for ds in filter(None, (query, reference)):
+            overlap = ds.check_report.get("overlap", {}).get(request.model.backend)
+            if overlap and not overlap["ok"]:
+                raise ModelCannotUse(f"{request.model.name} cannot use {ds.file_name}: {overlap['message']}")
+        options = request.options
+        try:
+            threshold = float(options.get("confidence_threshold", 0.5))
+            seed = int(options.get("seed", 0))
+        except (TypeError, ValueError):
+            raise SubmissionError("confidence_threshold must be a number and seed a whole number.") from None
+        if not 0 <= threshold <= 1:
+            raise SubmissionError("confidence_threshold must lie between 0 and 1.")
+        return Accepted(parameters={"confidence_threshold": threshold, "seed": seed,
+                                    "evaluation_mode": reference is None},
+                        label_column=label_column, truth_column=truth or (label_column if reference is None else None),
+                        cells_total=int(query.n_cells or 0))
+
+    def job(self, request: RunRequest, accepted: Accepted, out_dir: Path, heads_dir: Path) -> AnnotationJob:
+        def inp(ds) -> DataInput:  # noqa: ANN001 - a DatasetInfo
+            return DataInput(ds.path, ds.file_name, ds.sha256)
+
+        p = accepted.parameters
+        return AnnotationJob(model_id=request.model.id, query=inp(request.query),
+                             reference=inp(request.reference) if request.reference else None,
+                             label_column=accepted.label_column,
+                             truth_column=accepted.truth_column if request.reference else None,
+                             out_dir=str(out_dir), heads_dir=str(heads_dir),
+                             confidence_threshold=p.get("confidence_threshold", 0.5), seed=p.get("seed", 0))
+
+    def model_phase(self, job: AnnotationJob, backend: Any, model_info: dict, workdir: Path,
+                    progress: StageProgress, should_stop: ShouldStop) -> None:
+        predict(job, backend, model_info, progress=progress, should_stop=should_stop, workdir=workdir).save(workdir)
+
+    def cpu_phase(self, job: AnnotationJob, workdir: Path, progress: StageProgress,
+                  should_stop: ShouldStop) -> Outcome:
+        result = finish(job, Prediction.load(workdir), progress=progress, should_stop=should_stop)
+        return Outcome(n_cells=result["n_cells"], metrics=result["metrics"], provenance=result["provenance"],
+                       stage_timings=result["stage_timings"],
+                       summary={"predicted_counts": result["predicted_counts"]})
