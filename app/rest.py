@@ -24,6 +24,7 @@ import tornado.web
 from app import security_headers
 from app.cross_site import cross_site_refusal, harden_cookies, is_json
 from app.datasets import DatasetRejected, NotFound
+from app.downloads import download_signature
 from app.loopwatch import WATCH
 from app.platform import Platform
 from app.runs import InvalidRun, ModelCannotUse, RunNotFinished
@@ -376,17 +377,6 @@ class ResultsHandler(ApiHandler):
         self.send(await self.call(platform().runs.results, run_id, offset, limit))
 
 
-def download_signature(run_id: str, fmt: str) -> str:
-    """Lets the dashboard link a download without the API token leaving the server."""
-    token = platform().settings.api_token or ""
-    return hmac.new(token.encode(), f"{run_id}:{fmt}".encode(), "sha256").hexdigest()
-
-
-def download_url(run_id: str, fmt: str) -> str:
-    sig = f"&sig={download_signature(run_id, fmt)}" if platform().settings.api_token else ""
-    return f"/api/download/{run_id}?format={fmt}{sig}"
-
-
 def attachment(file_name: str) -> str:
     """A Content-Disposition that always downloads, with a name no browser or shell misreads: characters
     outside ``[A-Za-z0-9._-]`` become ``_`` (the RFC 5987 ``filename*`` keeps the name as given, encoded)."""
@@ -401,7 +391,7 @@ class DownloadHandler(ApiHandler):
         sig = self.get_query_argument("sig", None)
         run_id = self.path_args[0] if self.path_args else ""
         fmt = self.get_query_argument("format", "h5ad")
-        if sig and hmac.compare_digest(sig, download_signature(run_id, fmt)):
+        if sig and hmac.compare_digest(sig, download_signature(platform(), run_id, fmt)):
             return
         super().authorize()
 

@@ -7,6 +7,7 @@ import panel as pn
 import param
 
 from dashboards.safe_text import code, md, plain_formatters
+from dashboards.view import PlatformView
 
 WEIGHTS_WORDS = {
     "installed": "installed (trained)",
@@ -47,23 +48,22 @@ def models_frame(models: list) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "speed", "accuracy", "variant", "weights", "description"])
 
 
-class ModelPicker(pn.viewable.Viewer):
+class ModelPicker(PlatformView):
     """Application first, then the models that serve it."""
 
-    application = param.Selector(doc="The application.")
-    model = param.Selector(doc="The model that will run.")
+    application = param.Selector(doc="The application (its id).")
+    model = param.Selector(doc="The model that will run (its id).")
 
-    def __init__(self, platform, **params) -> None:  # noqa: ANN001 - app.platform.Platform
-        super().__init__(**params)
-        self._platform = platform
-        apps = platform.applications()
+    def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
+        super().__init__(platform, **params)
+        apps = self.platform.applications()
         self.param.application.objects = {a.name: a.id for a in apps}
         self.application = apps[0].id if apps else None
         self._fill_models()
 
     @param.depends("application", watch=True)
     def _fill_models(self) -> None:
-        models = self._platform.models(self.application)
+        models = self.platform.models(self.application)
         self._models = {m.id: m for m in models}
         self.param.model.objects = {model_label(m): m.id for m in models}
         usable = [m.id for m in models if m.weights_status != "missing"]
@@ -80,7 +80,7 @@ class ModelPicker(pn.viewable.Viewer):
     @param.depends("application")
     def table(self) -> pn.widgets.Tabulator:
         """Every model of the application side by side, from the catalog in the database."""
-        frame = models_frame(self._platform.models(self.application))
+        frame = models_frame(self.platform.models(self.application))
         return pn.widgets.Tabulator(frame, show_index=False, disabled=True, formatters=plain_formatters(frame),
                                     css_classes=["catalog-models"], sizing_mode="stretch_width",
                                     layout="fit_data_table")

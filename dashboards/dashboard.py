@@ -7,12 +7,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import panel as pn
+import param
 
 from dashboards.catalog import ModelPicker
 from dashboards.data import DataPanel
 from dashboards.results import ResultsView
 from dashboards.runs import RunPanel
 from dashboards.safe_text import md
+from dashboards.view import PlatformView
 
 TITLE = "Helical AI Platform"
 # polls get their own threads: a slow poll (a scheduler that does not answer) never queues the API's calls
@@ -30,26 +32,34 @@ def warm_up_once() -> None:
         threading.Thread(target=warm_up, name="datashader-warm-up", daemon=True).start()
 
 
-class Dashboard(pn.viewable.Viewer):
-    """The whole page, composed of smaller views; every session gets its own, sharing one Platform."""
+def link(source: param.Parameterized, target: param.Parameterized, *names: str) -> None:
+    """Keep ``target``'s parameters ``names`` equal to ``source``'s, now and on every change: how views share
+    state without calling each other."""
+    target.param.update(**{name: getattr(source, name) for name in names})
+    source.param.watch(lambda *events: target.param.update(**{e.name: e.new for e in events}), list(names))
 
-    def __init__(self, platform, **params) -> None:  # noqa: ANN001 - app.platform.Platform
-        super().__init__(**params)
-        self._platform = platform
-        self.picker = ModelPicker(platform)
-        self.data = DataPanel(platform)
-        self.runs = RunPanel(platform, self.picker, self.data)
-        self.results = ResultsView(platform)
-        self.runs.param.watch(self._on_finished, "finished")
+
+class Dashboard(PlatformView):
+    """The whole page, composed of smaller views; every session gets its own, sharing one Platform.
+
+    The views are linked here, by parameters: the picked application and model and the data panel's dataset flow
+    into the run panel; a finished run tells the results view to offer it."""
+
+    def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
+        super().__init__(platform, **params)
+        self.picker = ModelPicker(self.platform)
+        self.data = DataPanel(self.platform)
+        self.runs = RunPanel(self.platform)
+        self.results = ResultsView(self.platform)
+        link(self.picker, self.runs, "application", "model")
+        link(self.data, self.runs, "dataset", "datasets")
+        link(self.runs, self.results, "finished")
         self._callback = None
         self.compute = pn.pane.Markdown(self._compute_status(), css_classes=["compute-status"])
         warm_up_once()
 
-    def _on_finished(self, _event) -> None:  # noqa: ANN001
-        self.results.refresh()
-
     def _compute_status(self) -> str:
-        status = self._platform.compute_status()
+        status = self.platform.compute_status()
         if status["state"] != "ready":
             return f"**Compute:** {md(status['state'])} {md(status.get('error', ''))}"
         return (f"**Compute:** {status['kind']} · {status['workers']} workers · {status['threads']} threads · "

@@ -9,6 +9,7 @@ import panel as pn
 import param
 
 from dashboards.safe_text import code, md
+from dashboards.view import PlatformView
 
 LEVEL_ICON = {level: f'<span style="color:{color}">●</span>' for level, color in
               (("green", "#2e7d32"), ("amber", "#ef8f00"), ("red", "#c62828"))}
@@ -51,22 +52,28 @@ def report_markdown(report: dict, file_name: str = "") -> str:
     return "\n".join(lines)
 
 
-class DataPanel(pn.viewable.Viewer):
+def dataset_label(d) -> str:  # noqa: ANN001 - store.tables.Dataset
+    """How a stored dataset is named in the pickers (a Select shows it as text)."""
+    return f"{d.file_name} — {d.n_cells:,} cells ({d.created_at:%Y-%m-%d %H:%M})"
+
+
+def labelled_datasets(datasets: list) -> dict[str, str]:
+    """Picker label -> id of the datasets with at least one label column (candidates for a reference)."""
+    return {dataset_label(d): d.id for d in datasets if d.check_report.get("label_columns")}
+
+
+class DataPanel(PlatformView):
     """Upload or pick the query; the stored datasets are shared by every user of this server."""
 
-    dataset = param.Selector(default=None, doc="The dataset to annotate (query).")
-    datasets_version = param.Integer(default=0, doc="Bumped whenever a dataset is added.")
+    dataset = param.Selector(default=None, doc="The dataset to annotate (query), by id; '' for none.")
+    datasets = param.List(default=[], doc="The stored datasets (rows), as last read: set anew whenever one is added.")
 
-    def __init__(self, platform, **params) -> None:  # noqa: ANN001
-        super().__init__(**params)
-        self._platform = platform
-        limit = platform.settings.max_upload_mb * 2**20
+    def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
+        super().__init__(platform, **params)
+        max_mb = self.platform.settings.max_upload_mb
         # no accepted_filetypes: the browser knows no MIME type for .h5ad; the server checks every file anyway
-        self.dropper = pn.widgets.FileDropper(
-                                              max_file_size=f"{platform.settings.max_upload_mb}MB",
-                                              chunk_size=4_000_000, multiple=False, css_classes=["upload"],
-                                              sizing_mode="stretch_width", height=140)
-        self._limit = limit
+        self.dropper = pn.widgets.FileDropper(max_file_size=f"{max_mb}MB", chunk_size=4_000_000, multiple=False,
+                                              css_classes=["upload"], sizing_mode="stretch_width", height=140)
         self.status = pn.pane.Alert("Drop an .h5ad (or 10x .h5, .loom, CSV) file, or pick a stored dataset.",
                                     alert_type="light", css_classes=["upload-status"], sizing_mode="stretch_width")
         self.report = pn.pane.Markdown("", css_classes=["check-report"], sizing_mode="stretch_width")
@@ -78,21 +85,15 @@ class DataPanel(pn.viewable.Viewer):
         self.refresh()
 
     def refresh(self) -> None:
-        datasets = self._platform.datasets.list()
+        datasets = self.platform.datasets.list()
         self._by_id = {d.id: d for d in datasets}
-        options = {f"{d.file_name} — {d.n_cells:,} cells ({d.created_at:%Y-%m-%d %H:%M})": d.id for d in datasets}
         current = self.dataset
-        self.param.dataset.objects = {"(choose a dataset)": "", **options}
-        self._labels = {v: k for k, v in options.items()}
+        self.param.dataset.objects = {"(choose a dataset)": "", **{dataset_label(d): d.id for d in datasets}}
         self.dataset = current if current in self._by_id else ""
-        self.datasets_version += 1
+        self.datasets = datasets
 
     def get(self, dataset_id: str | None):  # noqa: ANN201
         return self._by_id.get(dataset_id) if dataset_id else None
-
-    def labelled(self) -> dict[str, str]:
-        """Stored datasets with at least one label column (candidates for a reference)."""
-        return {self._labels[d]: d for d, ds in self._by_id.items() if ds.check_report.get("label_columns")}
 
     async def _ingest(self, make_stream, name: str) -> None:  # noqa: ANN001
         from app.datasets import DatasetRejected
@@ -116,12 +117,12 @@ class DataPanel(pn.viewable.Viewer):
             return
         name, data = next(iter(event.new.items()))
         payload = data if isinstance(data, bytes) else data.encode()
-        await self._ingest(lambda: self._platform.datasets.ingest(io.BytesIO(payload), name), name)
+        await self._ingest(lambda: self.platform.datasets.ingest(io.BytesIO(payload), name), name)
 
     async def _on_server_file(self, _event) -> None:  # noqa: ANN001
         rel = self.server_path.value.strip()
         if rel:
-            await self._ingest(lambda: self._platform.datasets.ingest_server_file(rel), rel)
+            await self._ingest(lambda: self.platform.datasets.ingest_server_file(rel), rel)
 
     @param.depends("dataset", watch=True)
     def _show_report(self) -> None:
@@ -134,7 +135,7 @@ class DataPanel(pn.viewable.Viewer):
                 ("Stored datasets", pn.widgets.Select.from_param(
                     self.param.dataset, name="Stored datasets (shared on this server)",
                     css_classes=["dataset-picker"], sizing_mode="stretch_width"))]
-        if self._platform.settings.files_root is not None:
+        if self.platform.settings.files_root is not None:
             tabs.append(("File on the server", pn.Column(self.server_path, self.server_button)))
         return pn.Column("## 1 · Data", pn.Tabs(*tabs, sizing_mode="stretch_width"), self.status, self.report,
                          sizing_mode="stretch_width")

@@ -1,8 +1,8 @@
 """Pure functions from result data to HoloViews elements: testable without a server or a browser.
 
 The UMAP is rasterised by datashader on the server (images of a fixed size, whatever the number of cells), with
-categorical colouring for labels and a mean for continuous values; hover reports the cell under the cursor
-(``selector``), so a million cells cost one image, not a million glyphs.
+categorical colouring for labels and a mean for continuous values (chosen by the column's dtype); hover reports the
+cell under the cursor (``selector``), so a million cells cost one image, not a million glyphs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ CATEGORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c56
                    "#e6550d", "#31a354", "#756bb1", "#636363"]
 UNASSIGNED_COLOR = "#c8c8c8"
 HOVER_CELL_MAX = 2_000_000
+HOVER_COLUMNS = ("cell_id", "predicted_label", "confidence", "true_label", "agreement")
 
 
 def color_key(categories: list[str]) -> dict[str, str]:
@@ -30,26 +31,43 @@ def color_key(categories: list[str]) -> dict[str, str]:
     return key
 
 
+def is_continuous(column: pd.Series) -> bool:
+    """Numbers are coloured by their mean per pixel; labels, text and yes/no by one colour per value."""
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def color_range(column: pd.Series) -> tuple[float, float]:
+    """0-1 for values that all lie in it (fractions, probabilities: comparable across runs), else their range."""
+    low, high = float(column.min()), float(column.max())
+    if np.isnan(low) or (low >= 0 and high <= 1):
+        return 0.0, 1.0
+    return low, high
+
+
 def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str = "",
               categories: list[str] | None = None, width: int = 560, hover: bool | None = None) -> hv.DynamicMap:
     """Datashaded UMAP of ``cells`` (columns umap_1, umap_2, cell_id, predicted_label, confidence, ...).
 
+    ``color_by``: any column; a numeric one is rasterised with its mean per pixel (colour scale 0-1 when all its
+    values lie in 0-1, as fractions and probabilities do, else its own range), any other one by category.
     ``hover``: the cell under the cursor (a second reduction per image: +1 s at 10 million cells); by default
     only up to ``HOVER_CELL_MAX`` cells. Above it the hover shows what is under the cursor per label, which the
     image's own aggregation already holds (bench/views.py measures both)."""
     if hover is None:
         hover = len(cells) <= HOVER_CELL_MAX
     # without the per-cell hover the element carries only what the image needs (no cell names to copy or check)
-    vdims = [c for c in (("cell_id", "predicted_label", "confidence", "true_label", "agreement") if hover
-                         else (color_by,)) if c in cells.columns]
+    vdims = [c for c in HOVER_COLUMNS if c in cells.columns] if hover else []
+    if color_by not in vdims:
+        vdims.append(color_by)
     common = dict(width=width, height=480, xaxis=None, yaxis=None, title=title, tools=["hover"],
                   bgcolor="white", active_tools=["wheel_zoom"])
-    selector = ds.first("confidence") if hover else None
-    if color_by == "confidence":
-        points = hv.Points(cells[["umap_1", "umap_2", *vdims]], kdims=["umap_1", "umap_2"], vdims=vdims)
-        raster = rasterize(points, aggregator=ds.mean("confidence"), selector=selector)
-        return dynspread(raster, threshold=0.6).opts(cmap="viridis", colorbar=True, clim=(0, 1), **common)
+    selector = ds.first("confidence") if hover and "confidence" in vdims else None
     column = cells[color_by]
+    if is_continuous(column):
+        points = hv.Points(cells[["umap_1", "umap_2", *vdims]], kdims=["umap_1", "umap_2"], vdims=vdims)
+        raster = rasterize(points, aggregator=ds.mean(color_by), selector=selector)
+        return dynspread(raster, threshold=0.6).opts(cmap="viridis", colorbar=True, clim=color_range(column),
+                                                     **common)
     if not isinstance(column.dtype, pd.CategoricalDtype):
         column = column.astype(str).astype("category")
     column = column.cat.rename_categories([str(c) for c in column.cat.categories])
@@ -57,7 +75,7 @@ def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str
     # recoding a categorical maps its few categories, never its millions of cells' strings
     data = cells[["umap_1", "umap_2", *[c for c in vdims if c != color_by]]].assign(
         **{color_by: column.astype(pd.CategoricalDtype(cats))})
-    points = hv.Points(data, kdims=["umap_1", "umap_2"], vdims=vdims if color_by in vdims else vdims + [color_by])
+    points = hv.Points(data, kdims=["umap_1", "umap_2"], vdims=vdims)
     raster = rasterize(points, aggregator=ds.count_cat(color_by), selector=selector)
     keyed = color_key(cats)
     legend = hv.NdOverlay({c: hv.Points([(np.nan, np.nan)], label=c).opts(color=keyed[c], size=8)

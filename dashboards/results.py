@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pandas as pd
 import panel as pn
 import param
 
+from app.downloads import download_url
+from app.result_columns import run_columns
 from dashboards.plots import confusion_heatmap, disagreement, f1_bars, umap_plot
 from dashboards.safe_text import html, md, plain_formatters
+from dashboards.view import PlatformView
 
 CELL_COLUMNS = ["cell_id", "predicted_label", "confidence", "assigned", "true_label", "split", "umap_1", "umap_2"]
 UMAP_COLUMNS = ["cell_id", "umap_1", "umap_2", "predicted_label", "confidence", "true_label"]
+DEFAULT_COLOR = "predicted_label"
+# predicted and true labels share one vocabulary: a type gets the same colour in both (and in both runs compared)
+LABEL_COLORS = ("predicted_label", "true_label")
+# one column per class: paged in the cell table (top probabilities), not offered as colours
+PER_CLASS_PREFIX = "prob:"
+# per session, the UMAP columns of this many runs stay in memory (the one shown, the one compared with it, and the
+# last two looked at); the least recently drawn goes first. A million cells cost ~50 MB.
+MAX_CACHED_RUNS = 4
 PAGE_ROWS = 20
 UNTRAINED_BANNER = ("**This run used generated, untrained weights.** The pipeline ran for real, but these "
                     "predictions mean nothing. Stage trained weights to annotate for real.")
@@ -64,22 +77,35 @@ def top_probabilities(cells: pd.DataFrame, k: int = 3) -> pd.DataFrame:
     return out
 
 
-class ResultsView(pn.viewable.Viewer):
+def color_options(kinds: dict[str, str]) -> list[str]:
+    """The per-cell columns a UMAP can be coloured by, the predicted label first (``kinds``: name -> kind)."""
+    options = [c for c in kinds if not c.startswith(PER_CLASS_PREFIX)]
+    return sorted(options, key=lambda c: c != DEFAULT_COLOR)
+
+
+class ResultsView(PlatformView):
+    """A finished run (and another beside it); ``finished`` (linked by the Dashboard) re-reads the list of runs."""
+
     run = param.Selector(doc="The finished run to explore.")
     compare_with = param.Selector(doc="A second finished run on the same cells, shown beside the first.")
-    color_by = param.Selector(default="predicted_label", objects=["predicted_label", "confidence", "true_label"])
+    color_by = param.Selector(default=DEFAULT_COLOR, objects=[DEFAULT_COLOR],
+                              doc="The per-cell column the UMAP is coloured by, offered from the run's own columns: "
+                                  "one colour per value when categorical, the mean per pixel when continuous.")
     normalised = param.Boolean(default=False, doc="Row-normalised confusion matrix.")
     page = param.Integer(default=0, bounds=(0, None), doc="Page of the per-cell table (read from the server).")
+    finished = param.Integer(default=0, doc="Bumped when a run finishes: the run pickers then offer it.")
 
-    def __init__(self, platform, **params) -> None:  # noqa: ANN001
-        super().__init__(**params)
-        self._platform = platform
-        self._cache: dict[str, pd.DataFrame] = {}
+    def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
+        super().__init__(platform, **params)
+        self._cache: OrderedDict[str, pd.DataFrame] = OrderedDict()  # run id -> cells, least recently drawn first
+        self._kinds: dict[str, str] = {}
         self.refresh()
+        self._fill_colors()
 
+    @param.depends("finished", watch=True)
     def refresh(self) -> None:
-        done = [r for r in self._platform.runs.list() if r.status == "done"]
-        names = {m.id: m.name for m in self._platform.models()}
+        done = [r for r in self.platform.runs.list() if r.status == "done"]
+        names = {m.id: m.name for m in self.platform.models()}
         self._runs = {r.id: r for r in done}
         labels = {f"{names.get(r.model_id, r.model_id)} · {r.created_at:%H:%M:%S} · {r.id[:8]}": r.id for r in done}
         self._labels = labels
@@ -90,26 +116,46 @@ class ResultsView(pn.viewable.Viewer):
         if self.compare_with not in self._runs:
             self.compare_with = ""
 
-    def _cells(self, run_id: str) -> pd.DataFrame:
-        """What the UMAP draws and hovers (never the per-class probabilities: those are paged in the table)."""
-        if run_id not in self._cache:
-            self._cache[run_id] = self._platform.runs.cells(run_id, UMAP_COLUMNS)
-        return self._cache[run_id]
+    @param.depends("run", watch=True)
+    def _fill_colors(self) -> None:
+        """Offer the colours this run's cells have (read from its file's schema, not its cells)."""
+        self._kinds = run_columns(self.platform, self.run) if self.run else {}
+        options = color_options(self._kinds) or [DEFAULT_COLOR]
+        self.param.color_by.objects = options
+        if self.color_by not in options:
+            self.color_by = options[0]
+
+    def _cells(self, run_id: str, color: str = DEFAULT_COLOR) -> pd.DataFrame:
+        """What the UMAP draws and hovers, plus the colour column (never the per-class probabilities: those are
+        paged in the table). Kept for the last ``MAX_CACHED_RUNS`` runs drawn."""
+        cells = self._cache.pop(run_id, None)
+        if cells is None:
+            cells = self.platform.runs.cells(run_id, UMAP_COLUMNS)
+        if color not in cells.columns:
+            extra = self.platform.runs.cells(run_id, [color])
+            if color in extra.columns:
+                cells = cells.assign(**{color: extra[color].to_numpy()})
+        self._cache[run_id] = cells
+        while len(self._cache) > MAX_CACHED_RUNS:
+            self._cache.popitem(last=False)
+        return cells
 
     @param.depends("run", "color_by", "compare_with")
     def _umaps(self) -> pn.viewable.Viewable:
         if not self.run:
             return pn.pane.Markdown("No finished run yet.")
         run = self._runs[self.run]
-        cells = self._cells(self.run)
-        color = self.color_by if self.color_by in cells.columns else "predicted_label"
+        color = self.color_by if self.color_by in self._kinds else DEFAULT_COLOR
+        cells = self._cells(self.run, color)
+        if color not in cells.columns:  # a choice left from another run, drawn before the options were refilled
+            color = DEFAULT_COLOR
         name = self._name(run)
-        cats = sorted({str(c) for col in ("predicted_label", "true_label") if col in cells
+        cats = sorted({str(c) for col in LABEL_COLORS if col in cells
                        for c in pd.unique(cells[col])} - {""})  # categoricals: unique() reads the codes
         comparing = bool(self.compare_with and self.compare_with != self.run)
         width = 400 if comparing else 560
         plots = [pn.Column(
-            pn.pane.HoloViews(umap_plot(cells, color, f"{name}: UMAP by {color}", cats if color != "confidence"
+            pn.pane.HoloViews(umap_plot(cells, color, f"{name}: UMAP by {color}", cats if color in LABEL_COLORS
                                         else None, width=width), css_classes=["umap-plot"]),
             pn.pane.Markdown(umap_caption(run.provenance.get("umap"), len(cells)), css_classes=["umap-caption"],
                              styles={"font-size": "0.85em", "color": "#555"}, width=width))]
@@ -125,7 +171,7 @@ class ResultsView(pn.viewable.Viewer):
         return pn.Row(*plots, sizing_mode="stretch_width")
 
     def _name(self, run) -> str:  # noqa: ANN001
-        return {m.id: m.name for m in self._platform.models()}.get(run.model_id, run.model_id)
+        return {m.id: m.name for m in self.platform.models()}.get(run.model_id, run.model_id)
 
     @param.depends("run", "normalised")
     def _metrics(self) -> pn.viewable.Viewable:
@@ -155,7 +201,7 @@ class ResultsView(pn.viewable.Viewer):
         """One page of cells, read from the run's parquet row groups: a million-cell run costs one page."""
         if not self.run:
             return pn.Column()
-        rows, total = self._platform.runs.page(self.run, self.page * PAGE_ROWS, PAGE_ROWS)
+        rows, total = self.platform.runs.page(self.run, self.page * PAGE_ROWS, PAGE_ROWS)
         last = max(0, (total - 1) // PAGE_ROWS)
         if self.page > last:
             self.page = last
@@ -180,19 +226,17 @@ class ResultsView(pn.viewable.Viewer):
         short = run_id[:8]
         if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
             # served: stream from the REST route (a websocket transfer would hold the file in memory twice)
-            from app.rest import download_url
-
             links = " ".join(
-                f'<a class="download-link download-{fmt}" href="{html(download_url(run_id, fmt))}" download '
-                f'style="margin-right:1em;padding:6px 14px;border-radius:4px;background:#2b5797;color:white;'
+                f'<a class="download-link download-{fmt}" href="{html(download_url(self.platform, run_id, fmt))}" '
+                f'download style="margin-right:1em;padding:6px 14px;border-radius:4px;background:#2b5797;color:white;'
                 f'text-decoration:none">{label}</a>'
                 for fmt, label in (("h5ad", "Download annotated .h5ad"), ("csv", "Download CSV")))
             return pn.pane.HTML(links, css_classes=["downloads"])
         return pn.Row(
-            pn.widgets.FileDownload(callback=lambda: str(self._platform.runs.export(run_id, "h5ad")),
+            pn.widgets.FileDownload(callback=lambda: str(self.platform.runs.export(run_id, "h5ad")),
                                     filename=f"annotated-{short}.h5ad", label="Download annotated .h5ad",
                                     button_type="primary", css_classes=["download-h5ad"], embed=False),
-            pn.widgets.FileDownload(callback=lambda: str(self._platform.runs.export(run_id, "csv")),
+            pn.widgets.FileDownload(callback=lambda: str(self.platform.runs.export(run_id, "csv")),
                                     filename=f"predictions-{short}.csv", label="Download CSV",
                                     css_classes=["download-csv"], embed=False))
 

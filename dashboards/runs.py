@@ -8,7 +8,9 @@ import pandas as pd
 import panel as pn
 import param
 
+from dashboards.data import labelled_datasets
 from dashboards.safe_text import md, plain_formatters
+from dashboards.view import PlatformView
 
 NO_REFERENCE = "(none: evaluate on a 70/30 split of the query)"
 NO_TRUTH = "(none)"
@@ -38,18 +40,24 @@ def progress_text(status: dict, model_name: str) -> str:
     return f"**{md(model_name)}** — {md(status['stage'])}{cells}{eta}{md(device)}"
 
 
-class RunPanel(pn.viewable.Viewer):
-    """Submit runs (returns at once) and follow them."""
+class RunPanel(PlatformView):
+    """Submit runs (returns at once) and follow them.
 
+    What to run on comes in as parameters (the Dashboard keeps them in step with the model picker and the data
+    panel); ``finished`` goes out, for whoever shows results."""
+
+    application = param.String(default=None, doc="Id of the application runs are submitted to.")
+    model = param.String(default=None, doc="Id of the model that will run.")
+    dataset = param.String(default="", allow_None=True, doc="Id of the dataset to annotate (query); '' for none.")
+    datasets = param.List(default=[], doc="The stored datasets (rows): references are offered from these.")
     reference = param.Selector(doc="Labelled reference dataset.")
     label_column = param.Selector(doc="The reference's (or, without one, the query's) label column.")
     truth_column = param.Selector(doc="The query's true labels, for metrics.")
     confidence = param.Number(default=0.5, bounds=(0, 1), step=0.05, doc="Below it a cell is 'unassigned'.")
     finished = param.Integer(default=0, doc="Bumped when one of this session's runs finishes.")
 
-    def __init__(self, platform, picker, data, **params) -> None:  # noqa: ANN001
-        super().__init__(**params)
-        self._platform, self._picker, self._data = platform, picker, data
+    def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
+        super().__init__(platform, **params)
         self._mine: dict[str, tuple[pn.indicators.Progress, pn.pane.Markdown]] = {}
         self.button = pn.widgets.Button(name="Run", button_type="primary", css_classes=["run-button"], width=160)
         self.button.on_click(self._on_run)
@@ -59,20 +67,22 @@ class RunPanel(pn.viewable.Viewer):
                                             page_size=10, css_classes=["run-history"], sizing_mode="stretch_width",
                                             hidden_columns=["id"])
         self._refresh_options()
-        data.param.watch(lambda _e: self._refresh_options(), ["dataset", "datasets_version"])
         self.refresh_history()
 
-    @param.depends("reference", watch=True)
+    def _dataset(self, dataset_id: str | None):  # noqa: ANN202 - store.tables.Dataset
+        return next((d for d in self.datasets if d.id == dataset_id), None) if dataset_id else None
+
+    @param.depends("reference", "dataset", "datasets", watch=True)
     def _refresh_options(self) -> None:
-        refs = {NO_REFERENCE: "", **self._data.labelled()}  # "" rather than None: a Select shows its label
+        refs = {NO_REFERENCE: "", **labelled_datasets(self.datasets)}  # "" rather than None: a Select shows its label
         self.param.reference.objects = refs
         if self.reference not in refs.values():
             self.reference = ""
-        source = self._data.get(self.reference) or self._data.get(self._data.dataset)
+        source = self._dataset(self.reference) or self._dataset(self.dataset)
         labels = list((source.check_report.get("label_columns") if source else {}) or {})
         self.param.label_column.objects = labels or [None]
         self.label_column = labels[0] if labels else None
-        query = self._data.get(self._data.dataset)
+        query = self._dataset(self.dataset)
         truths = [NO_TRUTH, *((query.check_report.get("label_columns") or {}) if query else {})]
         self.param.truth_column.objects = truths
         self.truth_column = self.label_column if self.reference and self.label_column in truths else NO_TRUTH
@@ -81,23 +91,25 @@ class RunPanel(pn.viewable.Viewer):
         from app.datasets import NotFound
         from app.runs import InvalidRun
 
-        model = self._picker.selected()
-        query = self._data.dataset
-        if not query:
+        if not self.dataset:
             self._say("Pick or upload the dataset to annotate first (section 1).", "warning")
             return
+        if not self.model:
+            self._say("Pick a model first.", "warning")
+            return
+        name = {m.id: m.name for m in self.platform.models()}.get(self.model, self.model)
         try:
             run = await asyncio.to_thread(
-                self._platform.runs.submit, self._picker.application, model.id, query, self.reference or None,
+                self.platform.runs.submit, self.application, self.model, self.dataset, self.reference or None,
                 self.label_column, None if self.truth_column in (None, NO_TRUTH) else self.truth_column,
                 {"confidence_threshold": self.confidence})
         except (InvalidRun, NotFound, ValueError) as exc:
             self._say(md(exc), "danger")
             return
-        self._say(f"Submitted run {run.id[:8]} with {md(model.name)}.", "success")
+        self._say(f"Submitted run {run.id[:8]} with {md(name)}.", "success")
         bar = pn.indicators.Progress(value=0, max=100, bar_color="primary", sizing_mode="stretch_width",
                                      css_classes=["run-progress"])
-        text = pn.pane.Markdown(f"**{md(model.name)}** — queued", css_classes=["run-progress-text"])
+        text = pn.pane.Markdown(f"**{md(name)}** — queued", css_classes=["run-progress-text"])
         self._mine[run.id] = (bar, text)
         self.in_flight.append(pn.Column(text, bar, sizing_mode="stretch_width"))
         self.refresh_history()
@@ -111,13 +123,13 @@ class RunPanel(pn.viewable.Viewer):
 
     def snapshot(self) -> dict:
         """Everything a poll shows, read from the database; safe to run off the event loop."""
-        names = {m.id: m.name for m in self._platform.models()}
-        statuses = {run_id: self._platform.runs.status(run_id) for run_id in list(self._mine)}
+        names = {m.id: m.name for m in self.platform.models()}
+        statuses = {run_id: self.platform.runs.status(run_id) for run_id in list(self._mine)}
         return {"names": names, "statuses": statuses, "history": self._history(names)}
 
     def _history(self, names: dict[str, str]) -> pd.DataFrame:
-        datasets = {d.id: d.file_name for d in self._platform.datasets.list()}
-        return history_frame(self._platform.runs.list(), names, datasets)
+        datasets = {d.id: d.file_name for d in self.platform.datasets.list()}
+        return history_frame(self.platform.runs.list(), names, datasets)
 
     def apply(self, snap: dict) -> None:
         """Show a snapshot: widget updates only, on the session's event loop."""
@@ -154,7 +166,7 @@ class RunPanel(pn.viewable.Viewer):
             self.history.patch(changes, as_index=False)
 
     def refresh_history(self) -> None:
-        self._show_history(self._history({m.id: m.name for m in self._platform.models()}))
+        self._show_history(self._history({m.id: m.name for m in self.platform.models()}))
 
     def __panel__(self) -> pn.viewable.Viewable:
         reference = pn.widgets.Select.from_param(self.param.reference, name="Reference (labelled)",

@@ -8,7 +8,7 @@ import pandas as pd
 
 from dashboards.catalog import ModelPicker, model_card, model_label
 from dashboards.data import report_markdown
-from dashboards.plots import color_key, confusion_heatmap, disagreement, umap_plot
+from dashboards.plots import color_key, color_range, confusion_heatmap, disagreement, is_continuous, umap_plot
 from dashboards.results import UNTRAINED_BANNER, top_probabilities
 from dashboards.runs import history_frame, progress_text
 from inference.checks import check_file
@@ -100,8 +100,9 @@ def test_plots_build_from_result_data_alone():
     assert table["top1"].str.match(r"^(B|T) \(\d\.\d\d\)$").all()
 
 
-def _done_run_with_cells(platform, n: int) -> str:
-    """A finished run whose predictions file has n cells in row groups of 10,000 (as the pipeline writes)."""
+def _done_run_with_cells(platform, n: int, extra: dict | None = None) -> str:
+    """A finished run whose predictions file has n cells in row groups of 10,000 (as the pipeline writes), plus
+    the per-cell ``extra`` columns (name -> values)."""
     from inference.pipeline import PARQUET_ROW_GROUP
     from store.artifacts import new_id
     from store.tables import Run
@@ -110,7 +111,8 @@ def _done_run_with_cells(platform, n: int) -> str:
     probs = rng.dirichlet([1, 1], n).astype(np.float32)
     table = pd.DataFrame({"cell_id": [f"cell-{i}" for i in range(n)], "predicted_label": np.where(
         probs[:, 0] > 0.5, "B", "T"), "confidence": probs.max(axis=1), "assigned": True,
-        "umap_1": rng.normal(size=n), "umap_2": rng.normal(size=n), "prob:B": probs[:, 0], "prob:T": probs[:, 1]})
+        "umap_1": rng.normal(size=n), "umap_2": rng.normal(size=n), "prob:B": probs[:, 0], "prob:T": probs[:, 1],
+        **(extra or {})})
     with open(PBMC, "rb") as fh:
         ds = platform.datasets.ingest(fh, "pbmc.h5ad")
     run_id = new_id()
@@ -170,3 +172,128 @@ def test_hover_names_the_cell_up_to_a_size_and_the_labels_under_the_cursor_beyon
     monkeypatch.setattr(plots, "HOVER_CELL_MAX", len(cells) - 1)  # as if the run held 10 million cells
     shown = tooltips(cells)
     assert "cell_id" not in shown and shown  # still a hover, from the image's own per-label counts
+
+
+def test_umaps_colour_by_any_numeric_column_with_its_mean_and_by_anything_else_per_value():
+    cells = _cells().assign(novelty=np.linspace(-3, 5, 200), n_genes=np.arange(200),
+                            split=np.where(np.arange(200) % 3, "train", "held-out"), assigned=np.arange(200) % 2 == 0)
+    for color in ("novelty", "n_genes", "split", "assigned"):
+        for hover in (True, False):
+            hv.render(umap_plot(cells, color, hover=hover), backend="bokeh")
+    assert is_continuous(cells["novelty"]) and is_continuous(cells["n_genes"]) and is_continuous(cells["confidence"])
+    assert not is_continuous(cells["split"]) and not is_continuous(cells["assigned"])
+    assert color_range(cells["confidence"]) == (0.0, 1.0)  # probabilities keep one scale across runs
+    assert color_range(cells["novelty"]) == (-3.0, 5.0)
+
+
+def test_colour_options_come_from_the_runs_own_columns_by_kind(platform):
+    from app.result_columns import run_columns
+    from dashboards.results import ResultsView
+
+    n = 300
+    rng = np.random.default_rng(1)
+    bare = _done_run_with_cells(platform, n)
+    rich = _done_run_with_cells(platform, n, {
+        "true_label": pd.Categorical(rng.choice(["B", "T"], n)), "split": rng.choice(["train", "held-out"], n),
+        "novelty": rng.random(n) * 7, "cluster": rng.integers(0, 5, n)})
+    assert run_columns(platform, rich) == {
+        "predicted_label": "categorical", "confidence": "continuous", "assigned": "categorical",
+        "prob:B": "continuous", "prob:T": "continuous", "true_label": "categorical", "split": "categorical",
+        "novelty": "continuous", "cluster": "continuous"}  # no cell id, no coordinates
+
+    view = ResultsView(platform=platform)
+    view.run = rich
+    assert view.param.color_by.objects == ["predicted_label", "confidence", "assigned", "true_label", "split",
+                                           "novelty", "cluster"]  # per-class probabilities stay in the table
+    assert view.color_by == "predicted_label"
+    for color in ("novelty", "split", "true_label"):
+        view.color_by = color
+        plot = view._umaps().objects[0].objects[0].object
+        hv.render(plot, backend="bokeh")
+        assert color in view._cache[rich].columns
+    view.color_by = "novelty"
+    view.run = bare  # a run without that column: its own options, back to the predicted label
+    assert "novelty" not in view.param.color_by.objects and "true_label" not in view.param.color_by.objects
+    assert view.color_by == "predicted_label"
+    hv.render(view._umaps().objects[0].objects[0].object, backend="bokeh")
+
+
+def test_the_results_cache_keeps_only_the_runs_drawn_last(platform):
+    from dashboards.results import MAX_CACHED_RUNS, ResultsView
+
+    runs = [_done_run_with_cells(platform, 50) for _ in range(MAX_CACHED_RUNS + 2)]
+    view = ResultsView(platform)
+    for run_id in runs:
+        view.run = run_id
+        view._umaps()
+        assert len(view._cache) <= MAX_CACHED_RUNS
+    assert list(view._cache) == runs[-MAX_CACHED_RUNS:]
+    oldest, second = runs[-MAX_CACHED_RUNS], runs[-MAX_CACHED_RUNS + 1]
+    view.run = oldest  # drawn again: the most recent now, so the next new run evicts the second oldest instead
+    view._umaps()
+    view.run = runs[0]
+    view._umaps()
+    assert second not in view._cache and list(view._cache)[-2:] == [oldest, runs[0]]
+    assert len(view._cache) == MAX_CACHED_RUNS
+
+
+def test_the_dashboards_views_are_linked_by_parameters_and_take_the_platform_as_one(platform):
+    import param
+
+    from dashboards.dashboard import Dashboard
+    from dashboards.data import DataPanel
+
+    dash = Dashboard(platform)
+    assert dash.platform is platform and Dashboard(platform=platform).runs.platform is platform
+    for view in (dash.picker, dash.data, dash.runs, dash.results):
+        assert view.platform is platform and isinstance(view.param.platform, param.ClassSelector)
+    try:
+        DataPanel("not a platform")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a view took something that is not a Platform")
+
+    assert (dash.runs.application, dash.runs.model) == ("cell-type-annotation", "baseline")
+    dash.picker.model = "geneformer"
+    assert dash.runs.model == "geneformer"
+
+    with open(PBMC, "rb") as fh:
+        ds = platform.datasets.ingest(fh, "pbmc.h5ad")
+    dash.data.refresh()
+    dash.data.dataset = ds.id
+    assert dash.runs.dataset == ds.id and dash.runs.label_column == "celltype"
+    assert ds.id in dash.runs.param.reference.objects.values()  # offered as a reference: it has labels
+
+    assert dash.results.param.run.objects == {"(none)": ""}
+    run_id = _done_run_with_cells(platform, 50)
+    dash.runs.finished += 1  # what the run panel does when one of its runs ends
+    assert dash.results.run == run_id
+
+
+def test_download_links_come_from_the_service_signed_when_a_token_is_set():
+    import hmac
+    from types import SimpleNamespace
+
+    from app.downloads import download_signature, download_url
+
+    open_server = SimpleNamespace(settings=SimpleNamespace(api_token=None))
+    assert download_url(open_server, "r1", "csv") == "/api/download/r1?format=csv"
+    locked = SimpleNamespace(settings=SimpleNamespace(api_token="secret"))
+    sig = hmac.new(b"secret", b"r1:h5ad", "sha256").hexdigest()
+    assert download_signature(locked, "r1", "h5ad") == sig
+    assert download_url(locked, "r1", "h5ad") == f"/api/download/r1?format=h5ad&sig={sig}"
+
+
+def test_dashboards_import_only_the_app_layer_and_never_its_rest_module():
+    import ast
+
+    from tests.conftest import REPO
+
+    for path in sorted((REPO / "dashboards").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] not in ("store", "inference"), (path.name, name)
+                assert name != "app.rest", (path.name, name)
