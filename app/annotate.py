@@ -9,11 +9,12 @@ import tempfile
 from pathlib import Path
 
 from app.settings import Settings
-from inference.backends import Backend, create_backend
+from inference.backends import BACKENDS, Backend, create_backend
 from inference.checks import Vocabulary
 from inference.pipeline import AnnotationJob, DataInput, run_annotation
+from inference.run_files import ANNOTATED, CSV, atomic_path
 from inference.weights import WeightsError, WeightsLocations, vocabulary_genes
-from store.artifacts import ArtifactStore, atomic_path
+from store.artifacts import ArtifactStore
 
 
 def sha256_of(path: Path) -> str:
@@ -32,8 +33,8 @@ def sha256_of(path: Path) -> str:
 def parse_model(model: str) -> tuple[str, str | None]:
     """``geneformer``, ``geneformer:gf-12L-38M-i4096``, ``scgpt`` or ``baseline`` -> (backend, variant)."""
     backend, _, variant = model.partition(":")
-    if backend not in ("geneformer", "scgpt", "baseline"):
-        raise ValueError(f"Unknown model {model!r}: choose baseline, geneformer[:VARIANT] or scgpt.")
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown model {model!r}: choose {', '.join(BACKENDS)} (geneformer[:VARIANT]).")
     return backend, variant or None
 
 
@@ -42,13 +43,7 @@ def build_backend(backend: str, variant: str | None, locations: WeightsLocations
     """A loaded backend and what a result must record about it (checksum, trained or generated)."""
     b = create_backend(backend, variant, locations, device=device)
     b.load()
-    if backend == "baseline":
-        info = {"backend": "baseline", "checksum": "baseline:v1", "trained": True, "weights": "none"}
-    else:
-        w = b.weights
-        info = {"backend": backend, "variant": b.variant, "checksum": w.checksum, "trained": w.trained,
-                "weights": w.origin, "weights_root": str(w.root)}
-    return b, info
+    return b, b.provenance()
 
 
 def vocabularies(locations: WeightsLocations) -> dict[str, Vocabulary]:
@@ -90,8 +85,8 @@ def annotate_files(settings: Settings, model: str, query: Path, out: Path, label
             heads_dir=str(heads), confidence_threshold=confidence_threshold, seed=seed, write_csv=write_csv)
         result = run_annotation(job, backend, info, progress=progress)
         with atomic_path(out) as tmp_out:
-            shutil.copyfile(Path(tmp) / "result" / "annotated.h5ad", tmp_out)
+            shutil.copyfile(Path(tmp) / "result" / ANNOTATED, tmp_out)
         if write_csv:
             with atomic_path(out.with_suffix(".csv")) as tmp_csv:
-                shutil.copyfile(Path(tmp) / "result" / "predictions.csv", tmp_csv)
+                shutil.copyfile(Path(tmp) / "result" / CSV, tmp_csv)
     return result

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from inference.run_files import PREDICTIONS
+
 CATEGORICAL, CONTINUOUS = "categorical", "continuous"
 # what identifies a cell and where it is drawn, not a value of the cell
 NOT_VALUES = ("cell_id", "umap_1", "umap_2")
@@ -28,6 +30,6 @@ def run_columns(platform, run_id: str) -> dict[str, str]:  # noqa: ANN001 - app.
     """Column name -> ``"categorical"`` or ``"continuous"`` for the per-cell values of a finished run, in file order.
 
     Raises what ``platform.runs.result_dir`` raises for an unknown or unfinished run."""
-    schema = pq.read_schema(platform.runs.result_dir(run_id) / "predictions.parquet")
+    schema = pq.read_schema(platform.runs.result_dir(run_id) / PREDICTIONS)
     kinds = {f.name: column_kind(f.type) for f in schema if f.name not in NOT_VALUES}
     return {name: kind for name, kind in kinds.items() if kind}

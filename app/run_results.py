@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from store.artifacts import ArtifactStore, atomic_path
+from inference.run_files import ANNOTATED, CSV, PREDICTIONS, atomic_path
+from store.artifacts import ArtifactStore
 from store.tables import Run, RunStatus
 
 LABEL_COLUMNS = ("predicted_label", "true_label", "split")
-PREDICTIONS = "predictions.parquet"
 
 
 class RunNotFinished(RuntimeError):
@@ -79,10 +79,10 @@ class ResultsReader:
         """The annotated .h5ad, or the per-cell CSV (written once, atomically, from the predictions)."""
         folder = self.result_dir(run_id)
         if fmt == "h5ad":
-            return folder / "annotated.h5ad"
+            return folder / ANNOTATED
         if fmt != "csv":
             raise ValueError(f"Unknown format {fmt!r}: choose h5ad or csv.")
-        csv = folder / "predictions.csv"
+        csv = folder / CSV
         if not csv.exists():
             with atomic_path(csv) as tmp:
                 pd.read_parquet(folder / PREDICTIONS).to_csv(tmp, index=False)

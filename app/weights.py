@@ -8,6 +8,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from app.settings import Settings
+from inference.backends import needs_weights
 from inference.weights import WeightsError, WeightsLocations
 from store.engine import write_session
 from store.tables import ModelEntry
@@ -24,7 +25,7 @@ def refresh_weights_status(engine: Engine, locations: WeightsLocations) -> None:
     """Write each model's weights status (installed / generated / missing) and how to fix it into the catalog."""
     with write_session(engine) as s:
         for model in s.exec(select(ModelEntry)).all():
-            if model.backend == "baseline":
+            if not needs_weights(model.backend):
                 continue
             status, detail = locations.status(model.backend, model.variant)
             model.weights_status, model.weights_detail = status, detail
@@ -40,7 +41,7 @@ def ensure_generated_weights(settings: Settings, engine: Engine) -> list[str]:
     locations = weights_locations(settings)
     written: list[str] = []
     with write_session(engine) as s:
-        models = [(m.backend, m.variant) for m in s.exec(select(ModelEntry)).all() if m.backend != "baseline"]
+        models = [(m.backend, m.variant) for m in s.exec(select(ModelEntry)).all() if needs_weights(m.backend)]
     missing_gf = [v for b, v in models if b == "geneformer" and locations.status(b, v)[0] == "missing"]
     missing_scgpt = any(b == "scgpt" and locations.status(b, v)[0] == "missing" for b, v in models)
     if missing_gf or missing_scgpt:

@@ -96,13 +96,7 @@ class ModelActor:
     def _load(self) -> None:
         backend = create_backend(self.spec.backend, self.spec.variant, self.spec.locations(), device=self.spec.device)
         backend.load()
-        if backend.backend == "baseline":
-            info = {"backend": "baseline", "checksum": "baseline:v1", "trained": True, "weights": "none"}
-        else:
-            w = backend.weights
-            info = {"backend": backend.backend, "variant": backend.variant, "checksum": w.checksum,
-                    "trained": w.trained, "weights": w.origin}
-        self._backend, self._info = backend, info
+        self._backend, self._info = backend, backend.provenance()
         self.loads += 1
 
     def run(self, application_id: str, job: object, run_id: str, staging: str) -> dict:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.run_files import atomic_path
+
 DEFAULT_HEAD = {"kind": "logistic_regression", "C": 1.0, "max_iter": 2000, "class_weight": None}
 
 
@@ -49,11 +51,9 @@ class Head:
         return e / e.sum(axis=1, keepdims=True)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".partial-{path.name}")
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, classes=self.classes, coef=self.coef, intercept=self.intercept,
                      **{f"extra__{k}": v for k, v in self.extra.items()})
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> Head:

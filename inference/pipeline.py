@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -26,12 +25,22 @@ from inference.counts import AnnotationError, Counts, DataInput, load_counts
 from inference.heads import DEFAULT_HEAD, Head, head_cache_key
 from inference.layout import umap_layout
 from inference.metrics import UNASSIGNED, annotation_metrics
+from inference.run_files import (
+    ANNOTATED,
+    CSV,
+    EMBEDDINGS,
+    METRICS,
+    PREDICTIONS,
+    PROVENANCE,
+    atomic_folder,
+    head_file,
+    write_text,
+)
 
 StageProgress = Callable[[str, int, int], None]
 STAGES = ("checking", "embedding reference", "training head", "embedding query", "predicting", "UMAP",
           "writing")
 PARQUET_ROW_GROUP = 10_000
-EMBEDDINGS = "embeddings.npy"
 QUERY_BLOCK = 10_000  # cells read, embedded and classified at a time: memory follows the block, not the file
 PACKAGES = ("helical", "torch", "transformers", "scanpy", "anndata", "scikit-learn", "umap-learn", "numpy",
             "helical-platform")
@@ -213,13 +222,13 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
                               "a classifier needs at least two cell types.")
     check_stop(should_stop)
 
-    settings = {**job.head, "backend_state": backend.backend == "baseline"}
+    settings = {**job.head, "backend_state": backend.has_state}
     key = head_cache_key(model_info.get("checksum", backend.key), ref_key, job.label_column, settings)
-    head_path = Path(job.heads_dir) / f"{key}.npz" if job.heads_dir else None
+    head_path = head_file(job.heads_dir, key) if job.heads_dir else None
     head_reused = bool(head_path and head_path.is_file())
     if head_reused:
         head = Head.load(head_path)
-        if backend.backend == "baseline":
+        if backend.has_state:
             backend.set_state(head.extra)
     else:
         timer.stage("embedding reference", 0, reference.n_obs)
@@ -227,7 +236,7 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
         ref_emb = backend.embed(reference, progress=timer.report, should_stop=should_stop)
         timer.stage("training head")
         head = Head.train(ref_emb.features, ref_labels, job.head, seed=job.seed)
-        if backend.backend == "baseline":
+        if backend.has_state:
             head.extra = backend.state()
         if head_path:
             head_path.parent.mkdir(parents=True, exist_ok=True)
@@ -327,13 +336,8 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
     files = _write_results(job, p, coords, provenance)
     timer.finish()
     provenance["stage_timings"] = timer.timings
-    final = Path(job.out_dir) / "provenance.json"  # the published folder is complete: replace, never truncate
-    tmp = final.with_name(f".partial-provenance-{uuid.uuid4().hex[:8]}.json")
-    try:
-        tmp.write_text(json.dumps(provenance, indent=2, default=str))
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # the published folder is complete: its provenance is replaced at once, never truncated
+    write_text(Path(job.out_dir) / PROVENANCE, json.dumps(provenance, indent=2, default=str))
     counts = pd.Series(p.predicted).value_counts()
     return {"metrics": p.metrics, "provenance": provenance, "files": files, "n_cells": int(len(p.cell_ids)),
             "predicted_counts": {str(k): int(v) for k, v in counts.items()}, "stage_timings": timer.timings}
@@ -341,9 +345,7 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
 
 def _write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, provenance: dict) -> dict[str, str]:
     final = Path(job.out_dir)
-    staging = final.parent / f".partial-{final.name}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    try:
+    with atomic_folder(final) as staging:
         table = pd.DataFrame({"cell_id": p.cell_ids, "predicted_label": p.predicted, "confidence": p.confidence,
                               "assigned": p.assigned, "umap_1": coords[:, 0], "umap_2": coords[:, 1]})
         if p.truth is not None:
@@ -353,19 +355,13 @@ def _write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, proven
         for i, cls in enumerate(p.classes):
             table[f"prob:{cls}"] = p.proba[:, i]
         # row groups of 10,000 cells: a page of the table reads one group, not the whole file
-        table.to_parquet(staging / "predictions.parquet", index=False, row_group_size=PARQUET_ROW_GROUP)
+        table.to_parquet(staging / PREDICTIONS, index=False, row_group_size=PARQUET_ROW_GROUP)
         _store_embeddings(p.features, staging / EMBEDDINGS)
-        (staging / "metrics.json").write_text(json.dumps(p.metrics, indent=2))
-        (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
-        _annotated_h5ad(job, table, p.features, coords, provenance, staging / "annotated.h5ad")
+        (staging / METRICS).write_text(json.dumps(p.metrics, indent=2))
+        (staging / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=str))
+        _annotated_h5ad(job, table, p.features, coords, provenance, staging / ANNOTATED)
         if job.write_csv:
-            table.to_csv(staging / "predictions.csv", index=False)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            table.to_csv(staging / CSV, index=False)
     return {p.name: str(final / p.name) for p in sorted(final.iterdir())}
 
 

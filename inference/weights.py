@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from inference.run_files import atomic_path, write_text
+
 MANIFEST = "manifest.json"
 STAGE_HINT = "helical-platform weights stage SRC"
 
@@ -94,13 +96,7 @@ def read_manifest(root: Path) -> dict:
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-manifest.", dir=root)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / MANIFEST)
+    write_text(root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
 
 
 @dataclass
@@ -210,11 +206,8 @@ def _copy_into(src_root: Path, rels: list[str], dest_root: Path) -> dict[str, di
     entries = {}
     for rel in rels:
         dest = dest_root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=dest.parent)
-        os.close(fd)
-        shutil.copyfile(src_root / rel, tmp)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src_root / rel, tmp)
         entries[rel] = {"sha256": sha256_file(dest), "size": dest.stat().st_size}
     return entries
 

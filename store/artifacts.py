@@ -4,12 +4,13 @@ Layout under the data home::
 
     datasets/<sha256[:2]>/<sha256><suffix>   uploaded files, content-addressed
     runs/<run_id>/                           one folder per run (result files)
-    heads/<cache_key>.joblib                 cached classifier heads
+    heads/<cache_key>.npz                    cached classifier heads (plain arrays)
     weights/                                 staged model weights (see inference.weights)
     tmp/                                     uploads in progress
 
 Every write goes to a temporary file in the destination folder and is renamed into place, so a reader never
-sees a half-written file; a crash leaves only ``.partial-*`` files, removed by ``remove_partials``.
+sees a half-written file; a crash leaves only ``.partial-*`` files, removed by ``remove_partials``. The writers
+for results live with the run folder's layout in ``inference/run_files.py``; the store only ingests uploads.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,7 +115,7 @@ class ArtifactStore:
     def head_path(self, cache_key: str) -> Path:
         if not _CACHE_KEY.match(cache_key or ""):
             raise InvalidIdError(f"{cache_key!r} is not a classifier-head cache key.")
-        return self.inside("heads", cache_key + ".joblib")
+        return self.inside("heads", cache_key + ".npz")  # the name inference/run_files.py head_file() gives
 
     def ingest(self, source: BinaryIO, file_name: str, chunk_size: int = 1 << 20,
                max_bytes: int | None = None) -> tuple[str, Path, int]:
@@ -175,47 +174,3 @@ class UploadTooLargeError(ValueError):
             "(HELICAL_PLATFORM_FILES_ROOT) and pick it there."
         )
         self.limit = limit
-
-
-@contextmanager
-def atomic_writer(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[BinaryIO]:
-    """Write to a temporary sibling of ``path``; rename it into place only if the block finishes."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=PARTIAL_PREFIX + dest.name + ".", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    with atomic_writer(path) as fh:
-        fh.write(data)
-    return Path(path)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """For libraries that write by file name (anndata, pandas): yield a temporary path, rename on success."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:8]}-{dest.name}")
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

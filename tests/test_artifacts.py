@@ -11,14 +11,13 @@ import time
 
 import pytest
 
+from inference import run_files
+from inference.run_files import atomic_folder, atomic_path, write_text
 from store.artifacts import (
     PARTIAL_PREFIX,
     ArtifactStore,
     InvalidIdError,
     UploadTooLargeError,
-    atomic_path,
-    atomic_write_bytes,
-    atomic_writer,
     new_id,
     validate_file_name,
     validate_uuid4,
@@ -32,22 +31,32 @@ def _partials(root):
 def test_an_exception_mid_write_leaves_neither_the_file_nor_a_partial(tmp_path):
     dest = tmp_path / "runs" / "metrics.json"
     with pytest.raises(RuntimeError):
-        with atomic_writer(dest) as fh:
-            fh.write(b"{\"macro_f1\": ")
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(b"{\"macro_f1\": ")
             raise RuntimeError("disk full")
     assert not dest.exists()
     assert _partials(tmp_path) == []
+    folder = tmp_path / "runs" / "r1"
+    write_text(folder / "old.json", "{}")
+    with pytest.raises(RuntimeError), atomic_folder(folder) as staging:
+        (staging / "half.parquet").write_bytes(b"PAR1")
+        raise RuntimeError("killed")
+    assert [p.name for p in folder.iterdir()] == ["old.json"] and _partials(tmp_path) == []
+
+
+def test_store_and_run_files_agree_on_what_a_partial_is():
+    assert run_files.PARTIAL_PREFIX == PARTIAL_PREFIX
 
 
 def test_a_rewrite_replaces_the_old_content_whole(tmp_path):
     dest = tmp_path / "a.txt"
-    atomic_write_bytes(dest, b"old")
+    write_text(dest, "old")
     with pytest.raises(RuntimeError):
         with atomic_path(dest) as tmp:
             tmp.write_bytes(b"new but interrupted")
             raise RuntimeError
     assert dest.read_bytes() == b"old"
-    atomic_write_bytes(dest, b"new")
+    write_text(dest, "new")
     assert dest.read_bytes() == b"new"
 
 
@@ -57,8 +66,8 @@ def test_a_process_killed_mid_write_leaves_no_file_and_its_partial_is_removed(tm
     code = f"""
 import time
 from pathlib import Path
-from store.artifacts import atomic_writer
-with atomic_writer({str(dest)!r}) as fh:
+from inference.run_files import atomic_path
+with atomic_path({str(dest)!r}) as tmp, open(tmp, "wb") as fh:
     fh.write(b"x" * 1_000_000)
     fh.flush()
     Path({str(ready)!r}).touch()

@@ -1,29 +1,44 @@
-"""Backends: Geneformer and scGPT through helical, and the baseline."""
+"""Backends: Geneformer and scGPT through helical, and the baseline. One line each in ``BACKENDS``."""
 
 from __future__ import annotations
 
+import importlib
+
 from inference.backends.base import Backend, Cancelled, Embedding
 from inference.weights import DEFAULT_GENEFORMER, SCGPT_VARIANT, WeightsLocations
+
+# name -> (module, class, the weights variant it loads when none is asked for (None: it needs no weights),
+#          whether a run may ask for another variant)
+BACKENDS: dict[str, tuple[str, str, str | None, bool]] = {
+    "geneformer": ("inference.backends.geneformer", "GeneformerBackend", DEFAULT_GENEFORMER, True),
+    "scgpt": ("inference.backends.scgpt", "ScGPTBackend", SCGPT_VARIANT, False),
+    "baseline": ("inference.backends.baseline", "BaselineBackend", None, False),
+}
+
+
+def backend_class(backend: str) -> type[Backend]:
+    """The class of a backend by name (imported only when asked: helical is slow to import)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}: choose {', '.join(BACKENDS)}.")
+    module, name, _, _ = BACKENDS[backend]
+    return getattr(importlib.import_module(module), name)
+
+
+def needs_weights(backend: str) -> bool:
+    """Whether the catalog tracks (and generates) weights for this backend, without importing it."""
+    return BACKENDS[backend][2] is not None
 
 
 def create_backend(backend: str, variant: str | None, locations: WeightsLocations | None,
                    device: str | None = None, **options: object) -> Backend:
     """A backend for ``backend``/``variant``, its weights resolved (and verified) but not yet loaded."""
-    if backend == "baseline":
-        from inference.backends.baseline import BaselineBackend
-
-        return BaselineBackend(**options)
+    cls = backend_class(backend)
+    _, _, default_variant, selectable = BACKENDS[backend]
+    if default_variant is None:
+        return cls(**options)
     if locations is None:
         raise ValueError(f"{backend} needs a weights location.")
-    if backend == "geneformer":
-        from inference.backends.geneformer import GeneformerBackend
-
-        return GeneformerBackend(locations.resolve("geneformer", variant or DEFAULT_GENEFORMER), device, **options)
-    if backend == "scgpt":
-        from inference.backends.scgpt import ScGPTBackend
-
-        return ScGPTBackend(locations.resolve("scgpt", SCGPT_VARIANT), device, **options)
-    raise ValueError(f"Unknown backend {backend!r}: choose geneformer, scgpt or baseline.")
+    return cls(locations.resolve(backend, (variant if selectable else None) or default_variant), device, **options)
 
 
-__all__ = ["Backend", "Cancelled", "Embedding", "create_backend"]
+__all__ = ["BACKENDS", "Backend", "Cancelled", "Embedding", "backend_class", "create_backend", "needs_weights"]

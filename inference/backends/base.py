@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from anndata import AnnData
@@ -28,11 +29,18 @@ class Embedding:
 
 
 class Backend(ABC):
-    """A model that turns cells into vectors. ``load`` once; ``embed`` many times."""
+    """A model that turns cells into vectors. ``load`` once; ``embed`` many times.
+
+    It describes itself, so nothing outside a backend asks which one it is: ``provenance()`` is what a result
+    records about it, ``state()``/``set_state()`` what it learnt from a reference (kept with a cached head), and
+    ``needs_weights`` whether the catalog tracks weights for it.
+    """
 
     backend: str = ""
     variant: str = ""
     loads: int = 0
+    needs_weights: ClassVar[bool] = True
+    weights = None  # inference.weights.ResolvedWeights, for backends that need them
 
     @property
     def key(self) -> str:
@@ -50,6 +58,23 @@ class Backend(ABC):
 
     @abstractmethod
     def describe(self) -> dict[str, object]: ...
+
+    def provenance(self) -> dict[str, object]:
+        """What a result records about the model: its weights' checksum, trained or generated, where from."""
+        w = self.weights
+        return {"backend": self.backend, "variant": self.variant, "checksum": w.checksum, "trained": w.trained,
+                "weights": w.origin, "weights_root": str(w.root)}
+
+    @property
+    def has_state(self) -> bool:
+        """Whether ``fit`` learns something the head needs again (then kept with the cached head)."""
+        return False
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027 - nothing to restore by default
+        """Restore what ``state()`` returned."""
 
 
 def check_stop(should_stop: ShouldStop | None) -> None:

@@ -88,6 +88,15 @@ class BaselineBackend(Backend):
         present = len(set(self.genes) & set(gene_keys(adata)))
         return Embedding(features=feats, basis=self.pca.transform(feats).astype(np.float32), genes_used=present)
 
+    needs_weights = False
+
+    @property
+    def has_state(self) -> bool:
+        return True
+
+    def provenance(self) -> dict[str, object]:
+        return {"backend": self.backend, "checksum": "baseline:v1", "trained": True, "weights": "none"}
+
     def state(self) -> dict[str, np.ndarray]:
         """What ``fit`` learnt, as plain arrays (kept with the cached head)."""
         return {"genes": np.array(self.genes), "scaler_mean": self.scaler.mean_, "scaler_scale": self.scaler.scale_,
