@@ -1,0 +1,148 @@
+"""What every REST handler shares: the JSON error contract, the service exceptions as status codes, access
+(bearer token, login cookie, the cross-site rule) and running slow calls off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import json
+import logging
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import tornado.web
+
+from app.cross_site import cross_site_refusal, is_json
+from app.datasets import DatasetRejected, NotFound
+from app.loopwatch import WATCH
+from app.platform import Platform
+from app.runs import InvalidRun, ModelCannotUse, RunNotFinished
+from store.artifacts import InvalidIdError, UploadTooLargeError
+
+log = logging.getLogger(__name__)
+
+
+def _default(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (dt.datetime, dt.date)):
+        return obj.isoformat()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: object = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def translate(exc: BaseException) -> ApiError:
+    """The service's exceptions, as the contract's status codes."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, InvalidIdError):
+        return ApiError(400, "invalid_id", str(exc))
+    if isinstance(exc, NotFound):
+        return ApiError(404, "not_found", str(exc))
+    if isinstance(exc, RunNotFinished):
+        return ApiError(409, "not_finished", str(exc))
+    if isinstance(exc, UploadTooLargeError):
+        return ApiError(413, "too_large", str(exc))
+    if isinstance(exc, DatasetRejected):
+        if exc.unreadable:
+            return ApiError(415, "unreadable_file", str(exc), exc.report)
+        return ApiError(400, "invalid_file", str(exc), exc.report)
+    if isinstance(exc, ModelCannotUse):
+        return ApiError(422, "model_cannot_use", str(exc))
+    if isinstance(exc, (InvalidRun, ValueError)):
+        return ApiError(400, "invalid_request", str(exc))
+    return ApiError(500, "internal", "Something went wrong on the server; the error is in its log.")
+
+
+def platform() -> Platform:
+    return Platform.shared()
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    def prepare(self) -> None:
+        WATCH.start()
+        self.authorize()
+
+    def authorize(self) -> None:
+        """A bearer token when ``HELICAL_PLATFORM_API_TOKEN`` is set; or the dashboard's own login cookie.
+
+        Anything but the token (the login cookie, or no credentials on an open server) is what another site's page
+        can make a browser send, so state-changing calls must then come from this server's own pages
+        (app/cross_site.py): checked first, so that such a call is refused whatever it carries.
+        """
+        settings = platform().settings
+        token = settings.api_token
+        header = self.request.headers.get("Authorization", "")
+        if token and header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip(), token):
+            return  # no other site's page can hold the token
+        refusal = cross_site_refusal(self.request.method, self.request.headers, self.request.protocol,
+                                     self.request.host, settings.allowed_origins)
+        if refusal is not None:
+            raise ApiError(403, "cross_origin", refusal.message, refusal.details)
+        if not token:
+            return
+        if self.application.settings.get("cookie_secret") and self.get_secure_cookie("user"):
+            return  # logged in to the dashboard through Panel's authentication
+        raise ApiError(401, "unauthorized", "Send 'Authorization: Bearer <token>' (HELICAL_PLATFORM_API_TOKEN).")
+
+    def send(self, obj: object, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(obj, default=_default))
+
+    def send_error_json(self, err: ApiError) -> None:
+        if err.status == 500:
+            log.error("API error on %s %s", self.request.method, self.request.path)
+        self.send({"error": {"code": err.code, "message": err.message, "details": err.details}}, err.status)
+
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, tornado.web.HTTPError):
+            err = ApiError(status_code, "http_error", exc.log_message or self._reason)
+        else:
+            err = translate(exc) if exc else ApiError(status_code, "http_error", self._reason)
+            if err.status == 500 and exc is not None:
+                log.error("API error", exc_info=kwargs.get("exc_info"))
+        self.send_error_json(err)
+
+    def _handle_request_exception(self, e: BaseException) -> None:  # one place for every handler's errors
+        if isinstance(e, tornado.web.Finish) or self._finished:
+            return super()._handle_request_exception(e)
+        if isinstance(e, tornado.web.HTTPError):  # e.g. 405 for a method no route answers
+            code = {405: "method_not_allowed", 404: "not_found"}.get(e.status_code, "http_error")
+            self.send_error_json(ApiError(e.status_code, code, e.log_message or self._reason or code))
+            return
+        err = translate(e)
+        if err.status == 500:
+            log.exception("API error on %s %s", self.request.method, self.request.path)
+        self.send_error_json(err)
+
+    async def call(self, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args, **kwargs))
+
+    def body_json(self) -> dict:
+        """The body as a JSON object; only sent as application/json, which no other site's form can send."""
+        ctype = self.request.headers.get("Content-Type")
+        if not is_json(ctype):
+            raise ApiError(415, "unsupported_media_type", "Send the body as JSON with 'Content-Type: "
+                           "application/json'.", {"content_type": ctype})
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except json.JSONDecodeError as exc:
+            raise ApiError(400, "invalid_json", f"The body is not JSON: {exc}.") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_json", "The body must be a JSON object.")
+        return data

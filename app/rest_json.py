@@ -1,0 +1,28 @@
+"""The JSON shapes of the API's objects (applications, models, datasets, runs), in one place for every handler
+and for the OpenAPI document."""
+
+from __future__ import annotations
+
+
+def application_json(a) -> dict:  # noqa: ANN001
+    return {"id": a.id, "name": a.name, "description": a.description}
+
+
+def model_json(m, device: str) -> dict:  # noqa: ANN001
+    return {"id": m.id, "name": m.name, "speed": m.speed, "accuracy": m.accuracy,
+            "accuracy_source": m.accuracy_source, "description": m.description, "applications": m.applications,
+            "weights": m.weights_status, "weights_detail": m.weights_detail,
+            "untrained": m.weights_status == "generated", "variant": m.variant, "device": device}
+
+
+def dataset_json(d) -> dict:  # noqa: ANN001
+    return {"dataset_id": d.id, "file_name": d.file_name, "sha256": d.sha256, "size_bytes": d.size_bytes,
+            "n_cells": d.n_cells, "n_genes": d.n_genes, "created_at": d.created_at, "check": d.check_report}
+
+
+def run_json(r) -> dict:  # noqa: ANN001
+    return {"run_id": r.id, "status": r.status, "application": r.application_id, "model": r.model_id,
+            "dataset": r.dataset_id, "reference": r.reference_dataset_id, "label_column": r.label_column,
+            "truth_column": r.truth_column, "stage": r.stage, "progress": r.progress, "error": r.error,
+            "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
+            "macro_f1": r.metrics.get("macro_f1"), "parameters": r.parameters}
