@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from inference.actors import PROGRESS_TOPIC, ModelActor, ModelSpec
+from inference.devices import choose_device
 from inference.weights import helical_cache_dir
 from store.tables import ModelEntry
 
@@ -28,11 +29,9 @@ class ActorPool:
         self._subscribed_client = None
 
     def device_and_resources(self) -> tuple[str, dict | None]:
-        """The one place the device is chosen: a GPU when the cluster has one and the setting allows it."""
-        setting = self.platform.settings.device
-        if setting != "cpu" and self.platform.compute().describe()["gpus"]:
-            return "cuda", {"GPU": 1}
-        return "cpu", None  # `cuda` asked for without a GPU worker: the CPU, said on the run (its device)
+        """The device (``choose_device`` with the cluster's GPU workers) and the Dask resources to ask for."""
+        device = choose_device(self.platform.settings.device, int(self.platform.compute().describe()["gpus"]))
+        return device, ({"GPU": 1} if device.startswith("cuda") else None)
 
     def spec(self, model: ModelEntry, variant: str | None, device: str) -> ModelSpec:
         s = self.platform.settings

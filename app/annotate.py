@@ -6,12 +6,15 @@ import hashlib
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
+from app.catalog import CELL_TYPE_ANNOTATION
 from app.settings import Settings
+from inference import applications
+from inference.applications.base import DatasetInfo, ModelInfo, RunRequest
 from inference.backends import BACKENDS, Backend, create_backend
-from inference.checks import Vocabulary
-from inference.pipeline import AnnotationJob, DataInput, run_annotation
+from inference.checks import Vocabulary, check_file
 from inference.run_files import ANNOTATED, CSV, atomic_path
 from inference.weights import WeightsError, WeightsLocations, vocabulary_genes
 from store.artifacts import ArtifactStore
@@ -49,12 +52,11 @@ def build_backend(backend: str, variant: str | None, locations: WeightsLocations
 def vocabularies(locations: WeightsLocations) -> dict[str, Vocabulary]:
     """Vocabularies of the models whose weights are present (for the overlap part of the check)."""
     out = {}
-    for backend, variant in (("geneformer", None), ("scgpt", None)):
+    for backend, (_, _, default_variant, _) in BACKENDS.items():
+        if default_variant is None:  # no weights, no vocabulary of its own
+            continue
         try:
-            from inference.weights import DEFAULT_GENEFORMER, SCGPT_VARIANT
-
-            w = locations.resolve(backend, variant or (DEFAULT_GENEFORMER if backend == "geneformer"
-                                                       else SCGPT_VARIANT), verify=False)
+            w = locations.resolve(backend, default_variant, verify=False)
         except WeightsError:
             continue
         kind, genes = vocabulary_genes(w)
@@ -62,9 +64,20 @@ def vocabularies(locations: WeightsLocations) -> dict[str, Vocabulary]:
     return out
 
 
+def _dataset(path: Path, vocab: dict[str, Vocabulary]) -> DatasetInfo:
+    """A file given on the command line, checked as an upload is, and described as a stored dataset is."""
+    report = check_file(path, path.name, vocab)
+    if not report.get("ok"):
+        problems = "; ".join(e["message"] for e in report.get("errors", []))
+        raise ValueError(f"{path.name} cannot be used: {problems}")
+    return DatasetInfo(id="", file_name=path.name, path=str(path), sha256=sha256_of(path),
+                       n_cells=int(report.get("n_cells") or 0), check_report=report)
+
+
 def annotate_files(settings: Settings, model: str, query: Path, out: Path, label_column: str,
                    reference: Path | None = None, truth_column: str | None = None, write_csv: bool = False,
                    confidence_threshold: float = 0.5, seed: int = 0) -> dict[str, object]:
+    """The same application, checks and job as a served run, in this process (no Dask, no database)."""
     from app.weights import weights_locations
 
     backend_name, variant = parse_model(model)
@@ -74,19 +87,23 @@ def annotate_files(settings: Settings, model: str, query: Path, out: Path, label
         counted = f" {done}/{total} cells" if total else ""
         print(f"[{stage}]{counted}", file=sys.stderr, flush=True)
 
+    application = applications.get(CELL_TYPE_ANNOTATION)
+    vocab = vocabularies(locations)
+    request = RunRequest(ModelInfo(backend_name, model, backend_name), _dataset(query, vocab),
+                         _dataset(reference, vocab) if reference else None, label_column, truth_column,
+                         {"confidence_threshold": confidence_threshold, "seed": seed})
+    accepted = application.validate(request)
     backend, info = build_backend(backend_name, variant, locations, settings.device)
     store = ArtifactStore(settings.home)
-    heads = store.home / "heads"
     with tempfile.TemporaryDirectory(prefix="annotate-", dir=store.home / "tmp") as tmp:
-        job = AnnotationJob(
-            model_id=backend_name, query=DataInput(str(query), query.name, sha256_of(query)),
-            label_column=label_column, out_dir=str(Path(tmp) / "result"), truth_column=truth_column,
-            reference=DataInput(str(reference), reference.name, sha256_of(reference)) if reference else None,
-            heads_dir=str(heads), confidence_threshold=confidence_threshold, seed=seed, write_csv=write_csv)
-        result = run_annotation(job, backend, info, progress=progress)
+        result_dir, work = Path(tmp) / "result", Path(tmp) / "work"
+        work.mkdir()
+        job = replace(application.job(request, accepted, result_dir, store.home / "heads"), write_csv=write_csv)
+        application.model_phase(job, backend, info, work, progress, lambda: False)
+        outcome = application.cpu_phase(job, work, progress, lambda: False)
         with atomic_path(out) as tmp_out:
-            shutil.copyfile(Path(tmp) / "result" / ANNOTATED, tmp_out)
+            shutil.copyfile(result_dir / ANNOTATED, tmp_out)
         if write_csv:
             with atomic_path(out.with_suffix(".csv")) as tmp_csv:
-                shutil.copyfile(Path(tmp) / "result" / CSV, tmp_csv)
-    return result
+                shutil.copyfile(result_dir / CSV, tmp_csv)
+    return {"metrics": outcome.metrics, "provenance": outcome.provenance, **outcome.summary}

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from inference.applications.base import SubmissionError
 from inference.backends.base import Cancelled
+from inference.devices import DeviceUnavailable
 from inference.pipeline import AnnotationError
 from inference.weights import WeightsError
 
@@ -28,7 +29,7 @@ def classify(exc: BaseException, scheduler_gone: bool) -> FailureKind:
     """The kind of a run's failure, from the exception's type first; Dask's own errors carry no type of ours."""
     if isinstance(exc, Cancelled):
         return FailureKind.CANCELLED
-    if isinstance(exc, (AnnotationError, WeightsError, SubmissionError)):
+    if isinstance(exc, (AnnotationError, WeightsError, SubmissionError, DeviceUnavailable)):
         return FailureKind.USER_ERROR
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return FailureKind.DISK_FULL

@@ -20,6 +20,7 @@ from app.loopwatch import WATCH
 from app.rest_base import ApiError, ApiHandler, platform
 from app.rest_json import application_json, dataset_json, model_json, run_json
 from app.rest_upload import UploadHandler
+from inference.devices import DeviceUnavailable, choose_device
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -29,8 +30,10 @@ harden_cookies()  # SameSite, Secure over HTTPS, HttpOnly on the login cookie (P
 
 def _device() -> str:
     p = platform()
-    status = p.compute_status()
-    return "cuda" if status.get("gpus") and p.settings.device != "cpu" else "cpu"
+    try:
+        return choose_device(p.settings.device, int(p.compute_status().get("gpus") or 0))
+    except DeviceUnavailable:
+        return "cuda (no GPU available)"
 
 
 class ApplicationsHandler(ApiHandler):

@@ -12,22 +12,16 @@ from anndata import AnnData
 
 from inference.backends.base import Progress, ShouldStop, check_stop
 from inference.batching import length_batches, run_with_oom_retry
+from inference.devices import choose_device
 from inference.genes import resolve_gene_ids
 from inference.weights import WeightsError
 
 
 def resolve_device(requested: str | None = None) -> str:
-    """``cuda`` when a GPU is present and wanted (``auto``/``cuda``/None), else ``cpu``."""
+    """Where this worker runs the model: ``choose_device`` with the GPUs torch sees here."""
     import torch
 
-    wanted = (requested or "auto").lower()
-    if wanted == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda" if wanted in ("auto", "cuda") else wanted
-    if wanted.startswith("cuda"):
-        raise RuntimeError("A GPU was asked for (device=cuda) but torch sees none on this worker.")
-    return "cpu"
+    return choose_device(requested, torch.cuda.device_count())
 
 
 def helical_input(adata: AnnData) -> AnnData:
