@@ -14,7 +14,7 @@ from app.settings import Settings
 from inference import applications
 from inference.applications.base import DatasetInfo, ModelInfo, RunRequest
 from inference.backends import BACKENDS, Backend, create_backend
-from inference.checks import Vocabulary, check_file
+from inference.checks import CheckReport, Vocabulary, check_file
 from inference.run_files import ANNOTATED, CSV, atomic_path
 from inference.weights import WeightsError, WeightsLocations, vocabulary_genes
 from store.artifacts import ArtifactStore
@@ -67,11 +67,11 @@ def vocabularies(locations: WeightsLocations) -> dict[str, Vocabulary]:
 def _dataset(path: Path, vocab: dict[str, Vocabulary]) -> DatasetInfo:
     """A file given on the command line, checked as an upload is, and described as a stored dataset is."""
     report = check_file(path, path.name, vocab)
-    if not report.get("ok"):
-        problems = "; ".join(e["message"] for e in report.get("errors", []))
-        raise ValueError(f"{path.name} cannot be used: {problems}")
+    checked = CheckReport(report)
+    if not checked.ok:
+        raise ValueError(f"{path.name} cannot be used: {checked.problems()}")
     return DatasetInfo(id="", file_name=path.name, path=str(path), sha256=sha256_of(path),
-                       n_cells=int(report.get("n_cells") or 0), check_report=report)
+                       n_cells=checked.n_cells, check_report=report)
 
 
 def annotate_files(settings: Settings, model: str, query: Path, out: Path, label_column: str,

@@ -118,41 +118,44 @@ def _refresh(settings: Settings) -> None:
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from app.annotate import vocabularies
     from app.weights import weights_locations
-    from inference.checks import check_file
+    from inference.checks import CheckReport, check_file
 
     report = check_file(Path(args.file), vocabularies=vocabularies(weights_locations(settings)))
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         print(format_report(report))
-    return 0 if report["ok"] else 1
+    return 0 if CheckReport(report).ok else 1
 
 
-def format_report(report: dict) -> str:
+def format_report(data: dict) -> str:
     """The check report in words a biologist reads top to bottom."""
-    lines = [f"{report.get('file')}: {'OK' if report['ok'] else 'NOT USABLE'}"
-             + (f" ({report['format']})" if report.get("format") else "")]
-    if "n_cells" in report:
-        lines.append(f"  {report['n_cells']:,} cells x {report['n_genes']:,} genes")
-    values = report.get("values") or {}
+    from inference.checks import CheckReport
+
+    report = CheckReport(data)
+    lines = [f"{report.file}: {'OK' if report.ok else 'NOT USABLE'}"
+             + (f" ({report.format})" if report.format else "")]
+    if "n_cells" in data:
+        lines.append(f"  {report.n_cells:,} cells x {report.n_genes:,} genes")
+    values = report.values
     if values.get("source"):
         how = "recovered from log-normalised values" if values.get("recovered") else values.get("detail", "")
         lines.append(f"  counts: {values['source']} ({how})")
-    genes = report.get("genes")
+    genes = report.genes
     if genes:
         lines.append(f"  gene ids: {genes['source']}; {genes['ensembl_given']:,} Ensembl, "
                      f"{genes['mapped_from_symbols']:,} mapped from symbols, {genes['unmapped']:,} unmapped, "
                      f"{genes['duplicated_ensembl_ids']:,} duplicated")
-    for model, o in (report.get("overlap") or {}).items():
+    for model, o in report.overlap.items():
         lines.append(f"  {model}: {o['genes']:,} genes in vocabulary, {o['count_share']:.0%} of counts "
                      f"[{o['level']}] {o['message']}")
-    for col, classes in (report.get("label_columns") or {}).items():
+    for col, classes in report.label_columns.items():
         shown = ", ".join(f"{k} {v}" for k, v in list(classes.items())[:8])
         more = f", … ({len(classes)} classes)" if len(classes) > 8 else ""
         lines.append(f"  label column {col!r}: {shown}{more}")
-    for e in report.get("errors", []):
+    for e in report.errors:
         lines.append(f"  ERROR [{e['code']}]: {e['message']}")
-    for w in report.get("warnings", []):
+    for w in report.warnings:
         lines.append(f"  warning [{w['code']}]: {w['message']}")
     return "\n".join(lines)
 

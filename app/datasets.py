@@ -9,12 +9,13 @@ from typing import BinaryIO
 from sqlmodel import select
 
 from app.annotate import vocabularies
-from inference.checks import check_file
+from inference.checks import CheckReport, check_file
 from store.artifacts import InvalidIdError, file_suffix, new_id, validate_file_name, validate_uuid4
 from store.engine import read_session, write_session
 from store.tables import Dataset
 
 log = logging.getLogger(__name__)
+__all__ = ["CheckReport", "DatasetRejected", "DatasetService", "NotFound"]  # CheckReport: for the views
 
 
 class DatasetRejected(ValueError):
@@ -22,11 +23,11 @@ class DatasetRejected(ValueError):
 
     def __init__(self, report: dict) -> None:
         self.report = report
-        super().__init__(" ".join(e["message"] for e in report.get("errors", [])) or "The file is not usable.")
+        super().__init__(CheckReport(report).problems())
 
     @property
     def unreadable(self) -> bool:
-        return any(e["code"] == "unreadable" for e in self.report.get("errors", []))
+        return CheckReport(self.report).unreadable
 
 
 class NotFound(LookupError):
@@ -63,11 +64,12 @@ class DatasetService:
         if existing is not None:
             return existing
         report = check_file(path, file_name, vocabularies(self.platform.weights))
-        if not report["ok"]:
+        checked = CheckReport(report)
+        if not checked.ok:
             path.unlink(missing_ok=True)  # no other dataset has these bytes (checked above)
             raise DatasetRejected(report)
-        ds = Dataset(id=new_id(), file_name=file_name, sha256=sha, size_bytes=size, n_cells=report.get("n_cells"),
-                     n_genes=report.get("n_genes"), check_report=report)
+        ds = Dataset(id=new_id(), file_name=file_name, sha256=sha, size_bytes=size, n_cells=checked.n_cells,
+                     n_genes=checked.n_genes, check_report=report)
         with write_session(self.platform.engine) as s:
             s.add(ds)
         return ds

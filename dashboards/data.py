@@ -8,6 +8,7 @@ import io
 import panel as pn
 import param
 
+from app.datasets import CheckReport
 from dashboards.safe_text import code, md
 from dashboards.view import PlatformView
 
@@ -17,26 +18,27 @@ LEVEL_ICON = {level: f'<span style="color:{color}">●</span>' for level, color 
 
 def report_markdown(report: dict, file_name: str = "") -> str:
     """The check report as a biologist reads it: what was found, then what to do about problems."""
-    name = md(report.get("file") or file_name)
-    if not report.get("ok"):
+    report = CheckReport(report)
+    name = md(report.file or file_name)
+    if not report.ok:
         lines = [f"#### ✗ {name} cannot be used"]
-        lines += [f"- **{md(e['code'].replace('_', ' '))}**: {md(e['message'])}" for e in report.get("errors", [])]
+        lines += [f"- **{md(e['code'].replace('_', ' '))}**: {md(e['message'])}" for e in report.errors]
         return "\n".join(lines)
-    lines = [f"#### ✓ {name}", f"**{report['n_cells']:,} cells × {report['n_genes']:,} genes**"]
-    values = report.get("values") or {}
+    lines = [f"#### ✓ {name}", f"**{report.n_cells:,} cells × {report.n_genes:,} genes**"]
+    values = report.values
     if values.get("source"):
         how = ("counts recovered from log-normalised values" if values.get("recovered")
                else values.get("detail", ""))
         lines.append(f"- **Values**: raw counts in {code(values['source'])} ({md(how)})")
-    genes = report.get("genes") or {}
+    genes = report.genes
     if genes:
         lines.append(f"- **Gene identifiers**: {md(genes['source'])} — {genes['ensembl_given']:,} Ensembl, "
                      f"{genes['mapped_from_symbols']:,} mapped from symbols, {genes['unmapped']:,} unmapped, "
                      f"{genes['duplicated_ensembl_ids']:,} duplicated")
-    for model, o in (report.get("overlap") or {}).items():
+    for model, o in report.overlap.items():
         lines.append(f"- {LEVEL_ICON.get(o['level'], '')} **{md(model)}**: {o['genes']:,} genes in its vocabulary, "
                      f"{o['count_share']:.0%} of the counts" + (f" — {md(o['message'])}" if o["message"] else ""))
-    columns = report.get("label_columns") or {}
+    columns = report.label_columns
     if columns:
         for col, classes in columns.items():
             shown = ", ".join(f"{md(k)} ({v})" for k, v in list(classes.items())[:6])
@@ -44,11 +46,11 @@ def report_markdown(report: dict, file_name: str = "") -> str:
             lines.append(f"- **Label column {code(col)}**: {shown}{more}")
     else:
         lines.append("- No label column (categorical `obs` column with 2–500 classes): usable as a query only.")
-    rejected = report.get("rejected_label_columns") or {}
+    rejected = report.rejected_label_columns
     if rejected:
         lines.append("- **Not offered as labels**: "
                      + "; ".join(f"{code(c)} ({md(why)})" for c, why in rejected.items()))
-    lines += [f"- **Note**: {md(w['message'])}" for w in report.get("warnings", [])]
+    lines += [f"- **Note**: {md(w['message'])}" for w in report.warnings]
     return "\n".join(lines)
 
 
@@ -59,7 +61,7 @@ def dataset_label(d) -> str:  # noqa: ANN001 - store.tables.Dataset
 
 def labelled_datasets(datasets: list) -> dict[str, str]:
     """Picker label -> id of the datasets with at least one label column (candidates for a reference)."""
-    return {dataset_label(d): d.id for d in datasets if d.check_report.get("label_columns")}
+    return {dataset_label(d): d.id for d in datasets if CheckReport(d.check_report).label_columns}
 
 
 class DataPanel(PlatformView):

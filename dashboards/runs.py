@@ -8,6 +8,7 @@ import pandas as pd
 import panel as pn
 import param
 
+from app.datasets import CheckReport
 from dashboards.data import labelled_datasets
 from dashboards.safe_text import md, plain_formatters
 from dashboards.view import PlatformView
@@ -79,11 +80,11 @@ class RunPanel(PlatformView):
         if self.reference not in refs.values():
             self.reference = ""
         source = self._dataset(self.reference) or self._dataset(self.dataset)
-        labels = list((source.check_report.get("label_columns") if source else {}) or {})
+        labels = list(CheckReport(source.check_report).label_columns if source else {})
         self.param.label_column.objects = labels or [None]
         self.label_column = labels[0] if labels else None
         query = self._dataset(self.dataset)
-        truths = [NO_TRUTH, *((query.check_report.get("label_columns") or {}) if query else {})]
+        truths = [NO_TRUTH, *(CheckReport(query.check_report).label_columns if query else {})]
         self.param.truth_column.objects = truths
         self.truth_column = self.label_column if self.reference and self.label_column in truths else NO_TRUTH
 

@@ -70,7 +70,7 @@ def _reporter(run_id: str):  # noqa: ANN202 - a progress callback
     started = time.monotonic()
 
     def report(stage: str, done: int, total: int) -> None:
-        worker.log_event(PROGRESS_TOPIC, {"run_id": run_id, "stage": stage, "done": done, "total": total,
+        worker.log_event(PROGRESS_TOPIC, {"run_id": run_id, "stage": str(stage), "done": done, "total": total,
                                           "elapsed_s": round(time.monotonic() - started, 2),
                                           "worker": worker.address, "pid": os.getpid()})
 

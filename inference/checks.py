@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -261,3 +262,71 @@ def check_file(path: Path, name: str | None = None,
     finally:
         if getattr(adata, "isbacked", False):
             adata.file.close()
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The typed reading of a check report. The report itself stays the plain dict ``check_file`` returns (it is
+    stored as JSON and served by the API as is); every consumer reads it through this, not by its keys."""
+
+    data: Mapping[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.data.get("ok"))
+
+    @property
+    def file(self) -> str:
+        return str(self.data.get("file") or "")
+
+    @property
+    def format(self) -> str | None:
+        return self.data.get("format")
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.data.get("n_cells") or 0)
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.data.get("n_genes") or 0)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Where the raw counts are and how they were found (``source``, ``recovered``, ``detail``)."""
+        return dict(self.data.get("values") or {})
+
+    @property
+    def genes(self) -> dict[str, Any]:
+        return dict(self.data.get("genes") or {})
+
+    @property
+    def overlap(self) -> dict[str, dict[str, Any]]:
+        """Per backend: genes in its vocabulary, share of the counts, ``ok``, level and message."""
+        return dict(self.data.get("overlap") or {})
+
+    @property
+    def label_columns(self) -> dict[str, dict[str, int]]:
+        """Usable label columns: name -> {class: cells}."""
+        return dict(self.data.get("label_columns") or {})
+
+    @property
+    def rejected_label_columns(self) -> dict[str, str]:
+        """Columns not offered as labels, with why."""
+        return dict(self.data.get("rejected_label_columns") or {})
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return list(self.data.get("errors") or [])
+
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        return list(self.data.get("warnings") or [])
+
+    @property
+    def unreadable(self) -> bool:
+        return any(e.get("code") == "unreadable" for e in self.errors)
+
+    def problems(self) -> str:
+        """The errors in one sentence, for an exception's message."""
+        return " ".join(e["message"] for e in self.errors) or "The file is not usable."

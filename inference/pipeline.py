@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
 
@@ -38,8 +39,20 @@ from inference.run_files import (
 )
 
 StageProgress = Callable[[str, int, int], None]
-STAGES = ("checking", "embedding reference", "training head", "embedding query", "predicting", "UMAP",
-          "writing")
+
+
+class Stage(StrEnum):
+    """The stages of an annotation run, in order: the words progress shows, the keys of its stage timings."""
+
+    CHECKING = "checking"
+    EMBEDDING_REFERENCE = "embedding reference"
+    TRAINING_HEAD = "training head"
+    EMBEDDING_QUERY = "embedding query"
+    PREDICTING = "predicting"
+    UMAP = "UMAP"
+    WRITING = "writing"
+
+
 PARQUET_ROW_GROUP = 10_000
 QUERY_BLOCK = 10_000  # cells read, embedded and classified at a time: memory follows the block, not the file
 PACKAGES = ("helical", "torch", "transformers", "scanpy", "anndata", "scikit-learn", "umap-learn", "numpy",
@@ -106,7 +119,7 @@ class _Timer:
 
     def stage(self, name: str, done: int = 0, total: int = 0) -> None:
         self.finish()
-        self._stage, self._start = name, time.perf_counter()
+        self._stage, self._start = str(name), time.perf_counter()  # plain text in timings and events
         self.report(done, total)
 
     def report(self, done: int, total: int) -> None:
@@ -190,7 +203,7 @@ def predict(job: AnnotationJob, backend: Backend, model_info: dict, progress: St
     query block by block, and score against the truth. With ``workdir``, the query's embeddings go to
     ``workdir/embeddings.npy`` as they are produced."""
     timer = _Timer(progress)
-    timer.stage("checking")
+    timer.stage(Stage.CHECKING)
     with Counts(job.query) as query:
         return _predict(job, backend, model_info, query, timer, should_stop, workdir)
 
@@ -231,10 +244,10 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
         if backend.has_state:
             backend.set_state(head.extra)
     else:
-        timer.stage("embedding reference", 0, reference.n_obs)
+        timer.stage(Stage.EMBEDDING_REFERENCE, 0, reference.n_obs)
         backend.fit(reference)
         ref_emb = backend.embed(reference, progress=timer.report, should_stop=should_stop)
-        timer.stage("training head")
+        timer.stage(Stage.TRAINING_HEAD)
         head = Head.train(ref_emb.features, ref_labels, job.head, seed=job.seed)
         if backend.has_state:
             head.extra = backend.state()
@@ -244,10 +257,10 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
         del ref_emb
     check_stop(should_stop)
 
-    timer.stage("embedding query", 0, query.n_obs)
+    timer.stage(Stage.EMBEDDING_QUERY, 0, query.n_obs)
     features, basis, proba, genes_used, classifying = _embed_query(cells, backend, head, timer, should_stop,
                                                                    workdir)
-    timer.stage("predicting")
+    timer.stage(Stage.PREDICTING)
     timer.timings["embedding query"] = round(timer.timings["embedding query"] - classifying, 3)
     timer.timings["predicting"] = round(classifying, 3)
     best = proba.argmax(axis=1)
@@ -328,10 +341,10 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
     timer = _Timer(progress)
     timer.timings.update(p.timings)
     check_stop(should_stop)
-    timer.stage("UMAP")
+    timer.stage(Stage.UMAP)
     coords, umap_info = umap_layout(p.basis, seed=job.seed, params=job.umap)
     check_stop(should_stop)
-    timer.stage("writing")
+    timer.stage(Stage.WRITING)
     provenance = {**p.provenance, "umap": umap_info}
     files = _write_results(job, p, coords, provenance)
     timer.finish()

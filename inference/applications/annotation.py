@@ -20,26 +20,26 @@ from inference.applications.base import (
     StageProgress,
     SubmissionError,
 )
-from inference.checks import LABEL_MAX_CLASSES, LABEL_MIN_CLASSES
-from inference.pipeline import AnnotationJob, DataInput, Prediction, finish, predict
+from inference.checks import LABEL_MAX_CLASSES, LABEL_MIN_CLASSES, CheckReport
+from inference.pipeline import AnnotationJob, DataInput, Prediction, Stage, finish, predict
 
 
 class CellTypeAnnotation(Application):
     id = "cell-type-annotation"
     name = "Cell type annotation"
     description = "Label every cell of a query dataset with a cell type learned from a labelled reference."
-    stages = {"checking": 0.02, "embedding reference": 0.33, "training head": 0.05, "embedding query": 0.35,
-              "predicting": 0.02, "UMAP": 0.12, "writing": 0.06}
+    stages = {Stage.CHECKING: 0.02, Stage.EMBEDDING_REFERENCE: 0.33, Stage.TRAINING_HEAD: 0.05,
+              Stage.EMBEDDING_QUERY: 0.35, Stage.PREDICTING: 0.02, Stage.UMAP: 0.12, Stage.WRITING: 0.06}
 
     def validate(self, request: RunRequest) -> Accepted:
         query, reference, label_column = request.query, request.reference, request.label_column
         labels_from = reference or query
-        columns = labels_from.check_report.get("label_columns", {})
+        columns = CheckReport(labels_from.check_report).label_columns
         if not label_column:
             raise SubmissionError("Give the label column of the " + (
                 "reference." if reference else
                 "query (evaluation mode: without a reference, the query's own labels are split 70/30)."))
-        why = labels_from.check_report.get("rejected_label_columns", {}).get(label_column)
+        why = CheckReport(labels_from.check_report).rejected_label_columns.get(label_column)
         if label_column not in columns and why:
             raise SubmissionError(
                 f"{label_column!r} in {labels_from.file_name} cannot be used as labels: {why}. Label columns need "
@@ -48,10 +48,10 @@ class CellTypeAnnotation(Application):
             raise SubmissionError(f"{label_column!r} is not a label column of {labels_from.file_name}; its label "
                                   f"columns are: {', '.join(columns) or 'none'}.")
         truth = request.truth_column
-        if truth and truth not in query.check_report.get("label_columns", {}):
+        if truth and truth not in CheckReport(query.check_report).label_columns:
             raise SubmissionError(f"{truth!r} is not a label column of the query {query.file_name}.")
         for ds in filter(None, (query, reference)):
-            overlap = ds.check_report.get("overlap", {}).get(request.model.backend)
+            overlap = CheckReport(ds.check_report).overlap.get(request.model.backend)
             if overlap and not overlap["ok"]:
                 raise ModelCannotUse(f"{request.model.name} cannot use {ds.file_name}: {overlap['message']}")
         options = request.options
