@@ -68,14 +68,18 @@ class Lease:
         if reconcile:
             self.reconcile()
 
+    def _stamp(self, field: str) -> None:
+        """This instance's ``heartbeat_at`` or ``stopped_at``, now."""
+        with write_session(self.engine) as s:
+            me = s.get(ServerInstance, self.instance_id)
+            if me is not None:
+                setattr(me, field, datetime.now(UTC))
+                s.add(me)
+
     def _beat(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
             try:
-                with write_session(self.engine) as s:
-                    me = s.get(ServerInstance, self.instance_id)
-                    if me is not None:
-                        me.heartbeat_at = datetime.now(UTC)
-                        s.add(me)
+                self._stamp("heartbeat_at")
                 if self._reconciles:
                     self.reconcile()
             except Exception:  # a missed beat is retried at the next; the lease allows three
@@ -130,10 +134,6 @@ class Lease:
         if self._thread is None:
             return
         try:
-            with write_session(self.engine) as s:
-                me = s.get(ServerInstance, self.instance_id)
-                if me is not None:
-                    me.stopped_at = datetime.now(UTC)
-                    s.add(me)
+            self._stamp("stopped_at")
         except Exception:  # the database may be gone at exit; the lease then expires by itself
             log.debug("could not record this instance's stop", exc_info=True)
