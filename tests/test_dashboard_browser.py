@@ -54,6 +54,8 @@ def test_the_whole_flow_in_a_browser(tmp_path):
         page.locator(".run-progress-text").get_by_text("Geneformer").first.wait_for(timeout=30_000)
         _shot(page, "4-geneformer-running")
         _wait_done(page, "Geneformer", 1)
+        # the results list learns of a finished run at the next poll: wait until it holds both runs
+        page.locator(".result-run-picker select option").nth(2).wait_for(state="attached", timeout=60_000)
         page.locator(".result-run-picker select").select_option(index=1)  # newest finished run first
         page.locator(".untrained-banner").wait_for(timeout=60_000)
         page.locator(".compare-picker select").select_option(index=2)

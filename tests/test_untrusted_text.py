@@ -142,6 +142,8 @@ def test_no_payload_runs_in_any_view_and_each_shows_as_typed(server, hostile_fil
         page.locator(".run-button button").click()  # the file as its own reference, truth column set
         rows.nth(1).wait_for(timeout=300_000)
 
+        # the results list learns of a finished run at the next poll: wait until it holds both runs
+        page.locator(".result-run-picker select option").nth(2).wait_for(state="attached", timeout=60_000)
         page.locator(".result-run-picker select").select_option(index=1)
         page.locator(".umap-plot canvas").first.wait_for(timeout=60_000)
         page.locator(".confusion-matrix canvas").first.wait_for(timeout=60_000)
