@@ -28,7 +28,16 @@ from app.failures import FailureKind, classify, message
 from app.run_results import ResultsReader, RunNotFinished
 from inference import applications
 from inference.actors import cancel_event_name, finish_run
-from inference.applications.base import DatasetInfo, ModelCannotUse, ModelInfo, Outcome, RunRequest, SubmissionError
+from inference.applications.base import (
+    Accepted,
+    DatasetInfo,
+    ModelCannotUse,
+    ModelInfo,
+    Outcome,
+    RunRequest,
+    SubmissionError,
+)
+from inference.backends.base import Cancelled
 from store.artifacts import new_id, validate_uuid4
 from store.engine import TerminalStatusError, read_session, write_session
 from store.tables import ACTIVE, Application, Dataset, ModelEntry, Run, RunStatus
@@ -124,8 +133,6 @@ class RunsService:
         reference = self.datasets.get(run.reference_dataset_id) if run.reference_dataset_id else None
         request = self._request(model, query, reference, run.label_column, run.truth_column, run.parameters)
         app = applications.get(run.application_id)
-        from inference.applications.base import Accepted
-
         accepted = Accepted(run.parameters, run.label_column, run.truth_column, run.cells_total)
         return app.job(request, accepted, run_dir, self.platform.artifacts.home / "heads")
 
@@ -148,8 +155,6 @@ class RunsService:
             actor_key, actor = self.actors.actor_for(model, run.parameters.get("variant"))
             summary = _result(actor.run(run.application_id, job, run_id, str(staging)), compute.client)
             if self._cancel_requested(run_id):
-                from inference.backends.base import Cancelled
-
                 raise Cancelled("cancelled by the user")
             outcome = _result(compute.client.submit(finish_run, run.application_id, job, run_id, str(staging),
                                                     pure=False), compute.client)

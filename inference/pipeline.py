@@ -26,6 +26,7 @@ from inference.counts import AnnotationError, Counts, DataInput, load_counts
 from inference.heads import DEFAULT_HEAD, Head, head_cache_key
 from inference.layout import umap_layout
 from inference.metrics import UNASSIGNED, annotation_metrics
+from inference.prediction import Prediction, file_of
 from inference.run_files import (
     ANNOTATED,
     CSV,
@@ -130,64 +131,6 @@ class _Timer:
         if self._stage:
             self.timings[self._stage] = round(self.timings.get(self._stage, 0) + time.perf_counter() - self._start, 3)
             self._stage = None
-
-
-@dataclass
-class Prediction:
-    """What the model phase hands to the CPU phase (UMAP, files): arrays per cell and what was done."""
-
-    cell_ids: np.ndarray
-    predicted: np.ndarray
-    confidence: np.ndarray
-    assigned: np.ndarray
-    proba: np.ndarray
-    classes: np.ndarray
-    features: np.ndarray
-    basis: np.ndarray
-    truth: np.ndarray | None
-    held_out: np.ndarray | None
-    metrics: dict
-    provenance: dict
-    timings: dict
-
-    ARRAYS = ("cell_ids", "predicted", "confidence", "assigned", "proba", "classes", "features", "basis", "truth",
-              "held_out")
-
-    def save(self, folder: Path) -> None:
-        """Into ``folder`` (on the shared data home), so another worker can finish the run. Embeddings already
-        written there as they were produced stay where they are."""
-        folder.mkdir(parents=True, exist_ok=True)
-        in_place = _file_of(self.features) == (folder / EMBEDDINGS).resolve()
-        basis_is_features = self.basis is self.features
-        skip = {"features"} if in_place else set()
-        if basis_is_features:
-            skip.add("basis")
-        arrays = {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None and k not in skip}
-        arrays = {k: v.astype(str) if v.dtype == object else v for k, v in arrays.items()}
-        np.savez(folder / "prediction.npz", **arrays)
-        if not in_place:
-            (folder / EMBEDDINGS).unlink(missing_ok=True)
-            np.save(folder / EMBEDDINGS, np.asarray(self.features, dtype=np.float32))
-        (folder / "prediction.json").write_text(json.dumps(
-            {"metrics": self.metrics, "provenance": self.provenance, "timings": self.timings,
-             "basis_is_features": basis_is_features}, default=str))
-
-    @classmethod
-    def load(cls, folder: Path) -> Prediction:
-        with np.load(folder / "prediction.npz", allow_pickle=False) as z:
-            arrays = {k: (z[k] if k in z.files else None) for k in cls.ARRAYS}
-        meta = json.loads((folder / "prediction.json").read_text())
-        arrays["features"] = np.load(folder / EMBEDDINGS, mmap_mode="r")
-        if meta.get("basis_is_features"):
-            arrays["basis"] = arrays["features"]
-        return cls(**arrays, metrics=meta["metrics"], provenance=meta["provenance"], timings=meta["timings"])
-
-
-def _file_of(array: np.ndarray) -> Path | None:
-    """The file behind a memory-mapped array (None for one in memory)."""
-    while array is not None and not isinstance(array, np.memmap):
-        array = getattr(array, "base", None)
-    return Path(array.filename).resolve() if array is not None and array.filename else None
 
 
 def run_annotation(job: AnnotationJob, backend: Backend, model_info: dict,
@@ -381,7 +324,7 @@ def _write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, proven
 def _store_embeddings(features: np.ndarray, path: Path) -> None:
     """A hard link to the file the embeddings were written to as they were produced (a copy across file systems);
     an array in memory is saved."""
-    source = _file_of(features)
+    source = file_of(features)
     if source is None:
         np.save(path, np.asarray(features, dtype=np.float32))
         return
