@@ -9,7 +9,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from inference.run_files import PREDICTIONS
+from inference.run_files import PREDICTIONS, PROBABILITY_PREFIX
+
+__all__ = ["PROBABILITY_PREFIX", "column_kind", "run_columns"]
 
 CATEGORICAL, CONTINUOUS = "categorical", "continuous"
 # what identifies a cell and where it is drawn, not a value of the cell

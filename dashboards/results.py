@@ -9,7 +9,7 @@ import panel as pn
 import param
 
 from app.downloads import download_url
-from app.result_columns import run_columns
+from app.result_columns import PROBABILITY_PREFIX, run_columns
 from dashboards.plots import confusion_heatmap, disagreement, f1_bars, umap_plot
 from dashboards.safe_text import html, md, plain_formatters
 from dashboards.view import PlatformView
@@ -20,7 +20,7 @@ DEFAULT_COLOR = "predicted_label"
 # predicted and true labels share one vocabulary: a type gets the same colour in both (and in both runs compared)
 LABEL_COLORS = ("predicted_label", "true_label")
 # one column per class: paged in the cell table (top probabilities), not offered as colours
-PER_CLASS_PREFIX = "prob:"
+PER_CLASS_PREFIX = PROBABILITY_PREFIX
 # per session, the UMAP columns of this many runs stay in memory (the one shown, the one compared with it, and the
 # last two looked at); the least recently drawn goes first. A million cells cost ~50 MB.
 MAX_CACHED_RUNS = 4
@@ -65,12 +65,12 @@ def umap_caption(info: dict | None, n_cells: int) -> str:
 
 def top_probabilities(cells: pd.DataFrame, k: int = 3) -> pd.DataFrame:
     """Per cell, the k most probable classes with their probabilities (for the table)."""
-    prob_cols = [c for c in cells.columns if c.startswith("prob:")]
+    prob_cols = [c for c in cells.columns if c.startswith(PER_CLASS_PREFIX)]
     out = cells[[c for c in CELL_COLUMNS if c in cells.columns and not c.startswith("umap")]].copy()
     if not prob_cols:
         return out
     probs = cells[prob_cols].to_numpy()
-    names = [c[len("prob:"):] for c in prob_cols]
+    names = [c[len(PER_CLASS_PREFIX):] for c in prob_cols]
     order = (-probs).argsort(axis=1)[:, :k]
     for i in range(min(k, len(names))):
         out[f"top{i + 1}"] = [f"{names[j]} ({probs[r, j]:.2f})" for r, j in enumerate(order[:, i])]

@@ -38,8 +38,8 @@ def write_annotated(source: Path, name: str, path: Path, obs: dict[str, object],
         adata.obs[key] = values
     if "X_umap" in adata.obsm and "X_umap" in obsm:
         adata.obsm["X_umap_input"] = adata.obsm["X_umap"]
-    for key, values in obsm.items():
-        adata.obsm[key] = np.asarray(values)  # a plain view of a memory map: no copy
+    for key, values in obsm.items():  # a plain view of a memory map: no copy; a DataFrame stays one
+        adata.obsm[key] = values if isinstance(values, pd.DataFrame) else np.asarray(values)
     adata.uns.update(uns)
     adata.write_h5ad(path)
     return "rewrite"
@@ -67,7 +67,7 @@ def _edit_copy(source: Path, path: Path, obs: dict[str, object], obsm: dict[str,
         for key, values in obsm.items():
             if key in f["obsm"]:
                 del f["obsm"][key]
-            write_elem(f["obsm"], key, np.asarray(values))
+            write_elem(f["obsm"], key, values if isinstance(values, pd.DataFrame) else np.asarray(values))
         for key, value in uns.items():
             if key in f["uns"]:
                 del f["uns"][key]

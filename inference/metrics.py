@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 UNASSIGNED = "unassigned"
+# why a cell is unassigned (obs["unassigned_reason"]; empty for assigned cells)
+LOW_CONFIDENCE = "low confidence"
+NOT_IN_REFERENCE = "does not fit the reference"
 
 
 def annotation_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, object]:

@@ -22,10 +22,12 @@ from anndata import AnnData
 
 from inference.annotated import write_annotated
 from inference.backends.base import Backend, check_stop
+from inference.calibration import reliability, uncalibrated
+from inference.consensus import majority_vote, over_cluster
 from inference.counts import AnnotationError, Counts, DataInput, load_counts
 from inference.heads import DEFAULT_HEAD, Head, head_cache_key
 from inference.layout import umap_layout
-from inference.metrics import UNASSIGNED, annotation_metrics
+from inference.metrics import LOW_CONFIDENCE, NOT_IN_REFERENCE, UNASSIGNED, annotation_metrics
 from inference.prediction import Prediction, file_of
 from inference.run_files import (
     ANNOTATED,
@@ -33,6 +35,7 @@ from inference.run_files import (
     EMBEDDINGS,
     METRICS,
     PREDICTIONS,
+    PROBABILITY_PREFIX,
     PROVENANCE,
     atomic_folder,
     head_file,
@@ -50,6 +53,7 @@ class Stage(StrEnum):
     TRAINING_HEAD = "training head"
     EMBEDDING_QUERY = "embedding query"
     PREDICTING = "predicting"
+    MAJORITY_VOTING = "majority voting"
     UMAP = "UMAP"
     WRITING = "writing"
 
@@ -70,7 +74,9 @@ class AnnotationJob:
     truth_column: str | None = None
     heads_dir: str | None = None
     confidence_threshold: float = 0.5
+    novelty_threshold: float = 0.0  # cells fitting the reference less than this are unassigned (0: none)
     head: dict = field(default_factory=lambda: dict(DEFAULT_HEAD))
+    majority_voting: bool = False
     seed: int = 0
     holdout_fraction: float = 0.3
     umap: dict | None = None
@@ -201,15 +207,18 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
     check_stop(should_stop)
 
     timer.stage(Stage.EMBEDDING_QUERY, 0, query.n_obs)
-    features, basis, proba, genes_used, classifying = _embed_query(cells, backend, head, timer, should_stop,
+    features, basis, proba, fit, genes_used, classifying = _embed_query(cells, backend, head, timer, should_stop,
                                                                    workdir)
     timer.stage(Stage.PREDICTING)
     timer.timings["embedding query"] = round(timer.timings["embedding query"] - classifying, 3)
     timer.timings["predicting"] = round(classifying, 3)
     best = proba.argmax(axis=1)
     confidence = proba[np.arange(len(best)), best]
-    assigned = confidence >= job.confidence_threshold
+    confident = confidence >= job.confidence_threshold
+    fits = fit >= job.novelty_threshold
+    assigned = confident & fits
     predicted = np.where(assigned, head.classes[best], UNASSIGNED)
+    reason = np.where(~confident, LOW_CONFIDENCE, np.where(~fits, NOT_IN_REFERENCE, ""))
     metrics: dict[str, object] = {}
     truth = None
     if truth_column:
@@ -218,6 +227,7 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
         truth = truth_series.astype(str).where(truth_series.notna(), "").to_numpy().astype(str)
         metrics = annotation_metrics(truth[mask], predicted[mask])
         metrics["scope"] = "held-out split" if evaluation else "all labelled query cells"
+        metrics["calibration"] = _calibration(head, proba[mask], truth[mask])
         unknown = sorted(set(truth[mask]) - set(head.classes))
         if unknown:
             metrics["classes_not_in_reference"] = unknown
@@ -229,22 +239,39 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
         "inputs": {"query": asdict(job.query), "reference": asdict(job.reference) if job.reference else None,
                    "label_column": job.label_column, "truth_column": truth_column,
                    "counts_source": query.source},
-        "parameters": {"confidence_threshold": job.confidence_threshold, "head": job.head, "seed": job.seed,
+        "parameters": {"confidence_threshold": job.confidence_threshold,
+                       "novelty_threshold": job.novelty_threshold, "head": job.head,
+                       "majority_voting": job.majority_voting, "seed": job.seed,
                        "evaluation_mode": evaluation, "query_block_cells": QUERY_BLOCK,
                        **({"holdout_fraction": job.holdout_fraction} if evaluation else {})},
         "head": {"cache_key": key, "reused": head_reused, "classes": head.classes.tolist(),
-                 "reference_cells": int(reference.n_obs)},
+                 "reference_cells": int(reference.n_obs), **head.describe()},
         "genes_used": genes_used,
     }
     return Prediction(cell_ids=query.obs_names.to_numpy().astype(str), predicted=predicted.astype(str),
                       confidence=confidence.astype(np.float32), assigned=assigned, proba=proba.astype(np.float32),
+                      reference_fit=fit.astype(np.float32), reason=reason.astype(str),
                       classes=head.classes.astype(str), features=features, basis=basis, truth=truth,
                       held_out=held_out, metrics=metrics, provenance=provenance, timings=timer.timings)
 
 
+def _calibration(head: Head, proba: np.ndarray, truth: np.ndarray) -> dict[str, object]:
+    """ECE and reliability bins of the head's top-class probability, and before temperature scaling if it had
+    one (the same cells: only the confidence changes, never the call)."""
+    best = proba.argmax(axis=1)
+    correct = head.classes[best] == truth
+    out = {**reliability(proba[np.arange(len(best)), best], correct), "head": head.classifier.kind}
+    temperature = getattr(head.classifier, "temperature", None)
+    if temperature is not None:
+        raw = uncalibrated(proba, temperature)
+        out["temperature"] = round(float(temperature), 4)
+        out["ece_before_temperature"] = reliability(raw.max(axis=1), correct)["ece"]
+    return out
+
+
 def _embed_query(cells: Counts | AnnData, backend: Backend, head: Head, timer: _Timer,
                  should_stop: Callable[[], bool] | None,
-                 workdir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+                 workdir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, float]:
     """Embed and classify ``QUERY_BLOCK`` cells at a time; features into ``workdir/embeddings.npy`` as they come
     (a memory map), or into memory without a workdir. The basis is the features themselves where the model says so
     (foundation models), else kept apart (the baseline's 50 PCs)."""
@@ -254,7 +281,7 @@ def _embed_query(cells: Counts | AnnData, backend: Backend, head: Head, timer: _
     else:
         blocks = ((s, cells[s:s + QUERY_BLOCK]) for s in range(0, n, QUERY_BLOCK))
     features = None
-    bases, probas, genes_used, predicting = [], [], 0, 0.0
+    bases, probas, fits, genes_used, predicting = [], [], [], 0, 0.0
     for start, block in blocks:
         emb = backend.embed(block, progress=lambda done, _t, s=start: timer.report(s + done, n),
                             should_stop=should_stop)
@@ -269,13 +296,15 @@ def _embed_query(cells: Counts | AnnData, backend: Backend, head: Head, timer: _
         if own_basis:
             bases.append(np.asarray(emb.basis, dtype=np.float32))
         began = time.perf_counter()
-        probas.append(head.predict_proba(emb.features))
+        out = head.predict(emb.features)
+        probas.append(out.proba)
+        fits.append(out.reference_fit)
         predicting += time.perf_counter() - began
         del emb
     if isinstance(features, np.memmap):
         features.flush()
     basis = np.concatenate(bases) if own_basis else features
-    return features, basis, np.concatenate(probas), genes_used, predicting
+    return features, basis, np.concatenate(probas), np.concatenate(fits), genes_used, predicting
 
 
 def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = None,
@@ -284,12 +313,22 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
     timer = _Timer(progress)
     timer.timings.update(p.timings)
     check_stop(should_stop)
+    consensus = None
+    if job.majority_voting:
+        timer.stage(Stage.MAJORITY_VOTING)
+        clusters = over_cluster(p.basis, seed=job.seed)
+        consensus = (clusters, majority_vote(clusters, p.predicted))
+        if p.truth is not None and p.metrics:
+            mask = (p.truth != "") & (p.held_out if p.held_out is not None else True)
+            p.metrics["majority_voting"] = {**annotation_metrics(p.truth[mask], consensus[1][mask]),
+                                            "clusters": int(len(set(clusters)))}
+        check_stop(should_stop)
     timer.stage(Stage.UMAP)
     coords, umap_info = umap_layout(p.basis, seed=job.seed, params=job.umap)
     check_stop(should_stop)
     timer.stage(Stage.WRITING)
     provenance = {**p.provenance, "umap": umap_info}
-    files = _write_results(job, p, coords, provenance)
+    files = _write_results(job, p, coords, provenance, consensus)
     timer.finish()
     provenance["stage_timings"] = timer.timings
     # the published folder is complete: its provenance is replaced at once, never truncated
@@ -299,26 +338,35 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
             "predicted_counts": {str(k): int(v) for k, v in counts.items()}, "stage_timings": timer.timings}
 
 
-def _write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, provenance: dict) -> dict[str, str]:
+def _write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, provenance: dict,
+                   consensus: tuple[np.ndarray, np.ndarray] | None) -> dict[str, str]:
     final = Path(job.out_dir)
     with atomic_folder(final) as staging:
         table = pd.DataFrame({"cell_id": p.cell_ids, "predicted_label": p.predicted, "confidence": p.confidence,
-                              "assigned": p.assigned, "umap_1": coords[:, 0], "umap_2": coords[:, 1]})
+                              "assigned": p.assigned, "unassigned_reason": p.reason,
+                              "reference_fit": p.reference_fit, "umap_1": coords[:, 0], "umap_2": coords[:, 1]})
+        if consensus is not None:
+            table["over_clustering"], table["majority_voting"] = consensus
         if p.truth is not None:
             table["true_label"] = p.truth
         if p.held_out is not None:
             table["split"] = np.where(p.held_out, "held-out", "train")
         for i, cls in enumerate(p.classes):
-            table[f"prob:{cls}"] = p.proba[:, i]
+            table[probability_column(cls)] = p.proba[:, i]
         # row groups of 10,000 cells: a page of the table reads one group, not the whole file
         table.to_parquet(staging / PREDICTIONS, index=False, row_group_size=PARQUET_ROW_GROUP)
         _store_embeddings(p.features, staging / EMBEDDINGS)
         (staging / METRICS).write_text(json.dumps(p.metrics, indent=2))
         (staging / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=str))
-        _annotated_h5ad(job, table, p.features, coords, provenance, staging / ANNOTATED)
+        _annotated_h5ad(job, table, p, coords, provenance, staging / ANNOTATED)
         if job.write_csv:
             table.to_csv(staging / CSV, index=False)
     return {p.name: str(final / p.name) for p in sorted(final.iterdir())}
+
+
+def probability_column(cls: str) -> str:
+    """The per-cell column of one class's probability (``p_<class>``, in the predictions table and CSV)."""
+    return f"{PROBABILITY_PREFIX}{cls}"
 
 
 def _store_embeddings(features: np.ndarray, path: Path) -> None:
@@ -334,13 +382,19 @@ def _store_embeddings(features: np.ndarray, path: Path) -> None:
         shutil.copyfile(source, path)
 
 
-def _annotated_h5ad(job: AnnotationJob, table: pd.DataFrame, features: np.ndarray, coords: np.ndarray,
+def _annotated_h5ad(job: AnnotationJob, table: pd.DataFrame, p: Prediction, coords: np.ndarray,
                     provenance: dict, path: Path) -> None:
-    """The input file's own content, plus predictions in obs and the embedding and UMAP in obsm."""
+    """The input file's own content, plus predictions in obs, and the embedding, UMAP and every class's
+    probability (a DataFrame, one column per class, rows in the file's order) in obsm."""
     trained = bool(provenance["model"].get("trained", True))
     obs = {"predicted_label": pd.Categorical(table["predicted_label"].to_numpy()),
            "prediction_confidence": table["confidence"].to_numpy(),
-           "prediction_assigned": table["assigned"].to_numpy()}
+           "prediction_assigned": table["assigned"].to_numpy(),
+           "unassigned_reason": pd.Categorical(table["unassigned_reason"].to_numpy()),
+           "reference_fit": table["reference_fit"].to_numpy()}
+    for key in ("over_clustering", "majority_voting"):
+        if key in table:
+            obs[key] = pd.Categorical(table[key].to_numpy())
     if "split" in table:
         obs["prediction_split"] = pd.Categorical(table["split"].to_numpy())
     uns = {"helical_platform": {
@@ -348,5 +402,7 @@ def _annotated_h5ad(job: AnnotationJob, table: pd.DataFrame, features: np.ndarra
         "weights": "trained" if trained else "generated, untrained: these predictions mean nothing",
         "provenance_json": json.dumps(provenance, default=str),
     }}
+    probabilities = pd.DataFrame(p.proba, index=pd.Index(p.cell_ids), columns=[str(c) for c in p.classes])
     write_annotated(Path(job.query.path), job.query.name, path, obs,
-                    {f"X_{job.model_id}": features, "X_umap": coords}, uns)
+                    {f"X_{job.model_id}": p.features, "X_umap": coords,
+                     "prediction_probabilities": probabilities}, uns)

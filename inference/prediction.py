@@ -21,6 +21,8 @@ class Prediction:
     confidence: np.ndarray
     assigned: np.ndarray
     proba: np.ndarray
+    reference_fit: np.ndarray
+    reason: np.ndarray
     classes: np.ndarray
     features: np.ndarray
     basis: np.ndarray
@@ -30,8 +32,8 @@ class Prediction:
     provenance: dict
     timings: dict
 
-    ARRAYS = ("cell_ids", "predicted", "confidence", "assigned", "proba", "classes", "features", "basis", "truth",
-              "held_out")
+    ARRAYS = ("cell_ids", "predicted", "confidence", "assigned", "proba", "reference_fit", "reason", "classes",
+              "features", "basis", "truth", "held_out")
 
     def save(self, folder: Path) -> None:
         """Into ``folder`` (on the shared data home), so another worker can finish the run. Embeddings already

@@ -22,6 +22,7 @@ PROVENANCE = "provenance.json"
 ANNOTATED = "annotated.h5ad"         # the input file plus predictions (obs), embedding and UMAP (obsm)
 CSV = "predictions.csv"              # written on first download
 HEAD_SUFFIX = ".npz"                 # a cached classifier head: plain arrays, never a pickle
+PROBABILITY_PREFIX = "p_"  # predictions columns "p_<class>": one per class of the head, rows sum to 1
 
 
 def head_file(heads_dir: str | os.PathLike[str], cache_key: str) -> Path:

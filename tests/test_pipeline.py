@@ -100,7 +100,7 @@ def test_metrics_equal_scikit_learns_on_the_same_predictions(split_files, tmp_pa
     assert m["confusion_matrix"]["counts"] == cm.tolist()
     for cls in classes:
         assert m["per_class"][cls]["f1"] == pytest.approx(f1_score(truth, pred, labels=[cls], average="macro"))
-    probs = table[[c for c in table.columns if c.startswith("prob:")]].to_numpy()
+    probs = table[[c for c in table.columns if c.startswith("p_")]].to_numpy()
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 

@@ -79,8 +79,8 @@ def _cells(n: int = 200, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame({"cell_id": [f"c{i}" for i in range(n)], "umap_1": rng.normal(size=n),
                          "umap_2": rng.normal(size=n), "predicted_label": rng.choice(["B", "T", "unassigned"], n),
-                         "confidence": rng.random(n).astype(np.float32), "prob:B": rng.random(n),
-                         "prob:T": rng.random(n)})
+                         "confidence": rng.random(n).astype(np.float32), "p_B": rng.random(n),
+                         "p_T": rng.random(n)})
 
 
 def test_plots_build_from_result_data_alone():
@@ -111,7 +111,7 @@ def _done_run_with_cells(platform, n: int, extra: dict | None = None) -> str:
     probs = rng.dirichlet([1, 1], n).astype(np.float32)
     table = pd.DataFrame({"cell_id": [f"cell-{i}" for i in range(n)], "predicted_label": np.where(
         probs[:, 0] > 0.5, "B", "T"), "confidence": probs.max(axis=1), "assigned": True,
-        "umap_1": rng.normal(size=n), "umap_2": rng.normal(size=n), "prob:B": probs[:, 0], "prob:T": probs[:, 1],
+        "umap_1": rng.normal(size=n), "umap_2": rng.normal(size=n), "p_B": probs[:, 0], "p_T": probs[:, 1],
         **(extra or {})})
     with open(PBMC, "rb") as fh:
         ds = platform.datasets.ingest(fh, "pbmc.h5ad")
@@ -198,7 +198,7 @@ def test_colour_options_come_from_the_runs_own_columns_by_kind(platform):
         "novelty": rng.random(n) * 7, "cluster": rng.integers(0, 5, n)})
     assert run_columns(platform, rich) == {
         "predicted_label": "categorical", "confidence": "continuous", "assigned": "categorical",
-        "prob:B": "continuous", "prob:T": "continuous", "true_label": "categorical", "split": "categorical",
+        "p_B": "continuous", "p_T": "continuous", "true_label": "categorical", "split": "categorical",
         "novelty": "continuous", "cluster": "continuous"}  # no cell id, no coordinates
 
     view = ResultsView(platform=platform)
