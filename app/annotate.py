@@ -76,8 +76,10 @@ def _dataset(path: Path, vocab: dict[str, Vocabulary]) -> DatasetInfo:
 
 def annotate_files(settings: Settings, model: str, query: Path, out: Path, label_column: str,
                    reference: Path | None = None, truth_column: str | None = None, write_csv: bool = False,
-                   confidence_threshold: float = 0.5, seed: int = 0) -> dict[str, object]:
-    """The same application, checks and job as a served run, in this process (no Dask, no database)."""
+                   confidence_threshold: float = 0.5, seed: int = 0,
+                   options: dict | None = None) -> dict[str, object]:
+    """The same application, checks and job as a served run, in this process (no Dask, no database).
+    ``options`` are the run's other options, as the API takes them (head, k, majority_voting, novelty_threshold)."""
     from app.weights import weights_locations
 
     backend_name, variant = parse_model(model)
@@ -91,7 +93,7 @@ def annotate_files(settings: Settings, model: str, query: Path, out: Path, label
     vocab = vocabularies(locations)
     request = RunRequest(ModelInfo(backend_name, model, backend_name), _dataset(query, vocab),
                          _dataset(reference, vocab) if reference else None, label_column, truth_column,
-                         {"confidence_threshold": confidence_threshold, "seed": seed})
+                         {**(options or {}), "confidence_threshold": confidence_threshold, "seed": seed})
     accepted = application.validate(request)
     backend, info = build_backend(backend_name, variant, locations, settings.device)
     store = ArtifactStore(settings.home)

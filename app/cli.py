@@ -162,13 +162,14 @@ def format_report(data: dict) -> str:
 
 def cmd_annotate(args: argparse.Namespace, settings: Settings) -> int:
     from app.annotate import annotate_files
+    from inference.applications.base import SubmissionError
     from inference.pipeline import AnnotationError
 
     try:
         result = annotate_files(settings, args.model, Path(args.query), Path(args.out), args.label_column,
                                 Path(args.reference) if args.reference else None, args.truth_column, args.csv,
-                                args.confidence, args.seed)
-    except (AnnotationError, ValueError) as exc:
+                                args.confidence, args.seed, _annotate_options(args))
+    except (AnnotationError, SubmissionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     model = result["provenance"]["model"]
@@ -180,10 +181,27 @@ def cmd_annotate(args: argparse.Namespace, settings: Settings) -> int:
     m = result["metrics"]
     if m:
         print(f"macro-F1 {m['macro_f1']:.3f}  accuracy {m['accuracy']:.3f}  ({m['scope']}, {m['n_cells']} cells)")
+        if m.get("majority_voting"):
+            v = m["majority_voting"]
+            print(f"majority voting ({v['clusters']} clusters): macro-F1 {v['macro_f1']:.3f}  "
+                  f"accuracy {v['accuracy']:.3f}")
+        cal = m.get("calibration") or {}
+        if cal.get("ece") is not None:
+            before = (f" (before temperature scaling {cal['ece_before_temperature']:.3f}, T = {cal['temperature']:.2f})"
+                      if cal.get("ece_before_temperature") is not None else "")
+            print(f"expected calibration error {cal['ece']:.3f}{before}")
         for cls, r in m["per_class"].items():
             print(f"  {cls:<24} precision {r['precision']:.2f} recall {r['recall']:.2f} f1 {r['f1']:.2f} "
                   f"support {r['support']}")
     return 0
+
+
+def _annotate_options(args: argparse.Namespace) -> dict[str, object]:
+    options: dict[str, object] = {"head": args.head, "majority_voting": args.majority_voting,
+                                  "novelty_threshold": args.novelty_threshold}
+    if args.k is not None:
+        options["k"] = args.k
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--csv", action="store_true", help="also write OUT.csv with per-cell predictions")
     ann.add_argument("--confidence", type=float, default=0.5, help="below it a cell is 'unassigned'")
     ann.add_argument("--seed", type=int, default=0)
+    ann.add_argument("--head", choices=["logistic_regression", "knn"], default="logistic_regression",
+                     help="logistic regression (default) or kNN reference mapping")
+    ann.add_argument("--k", type=int, help="neighbours of the knn head (default 15, or the smallest class's size)")
+    ann.add_argument("--majority-voting", action="store_true",
+                     help="also label each over-cluster of the query by its majority (obs['majority_voting'])")
+    ann.add_argument("--novelty-threshold", type=float, default=0.0,
+                     help="cells whose reference_fit is below it are 'unassigned' (0 to 1; default 0: none)")
     ann.set_defaults(func=cmd_annotate)
     return parser
 

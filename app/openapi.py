@@ -79,7 +79,11 @@ def openapi_document() -> dict:
             "parameters": [RUN_ID,
                            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0,
-                                                                       "maximum": 10000}}],
+                                                                       "maximum": 10000}},
+                           {"name": "probabilities", "in": "query",
+                            "description": "best (default): each cell's best class and confidence; all: also "
+                                           "every class's probability as p_<class> (each row sums to 1)",
+                            "schema": {"type": "string", "enum": ["best", "all"]}}],
             "responses": {"200": _json({"$ref": REF + "Results"}), "404": _error("Unknown run"),
                           "409": _error("The run has not finished"), **COMMON_ERRORS}}},
         "/api/download/{run_id}": {"get": {
@@ -125,6 +129,12 @@ def openapi_document() -> dict:
             "truth_column": nullable("string"),
             "options": {"type": "object", "properties": {
                 "confidence_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                "novelty_threshold": {"type": "number", "minimum": 0, "maximum": 1,
+                                      "description": "cells whose reference_fit is below it are unassigned"},
+                "head": {"type": "string", "enum": ["logistic_regression", "knn"]},
+                "k": {"type": "integer", "minimum": 1, "description": "neighbours of the knn head"},
+                "majority_voting": {"type": "boolean",
+                                    "description": "also label each over-cluster by its majority"},
                 "seed": {"type": "integer"}, "variant": {"type": "string"}}}}},
         "Status": {"type": "object", "required": ["run_id", "status", "progress"], "properties": {
             "run_id": {"type": "string"}, "status": {"type": "string",

@@ -96,7 +96,11 @@ class ResultsHandler(ApiHandler):
             raise ApiError(400, "invalid_request", "offset and limit must be whole numbers.") from None
         if offset < 0 or not 0 <= limit <= 10_000:
             raise ApiError(400, "invalid_request", "offset must be >= 0 and limit between 0 and 10000.")
-        self.send(await self.call(platform().runs.results, run_id, offset, limit))
+        probabilities = self.get_query_argument("probabilities", "best")
+        if probabilities not in ("best", "all"):
+            raise ApiError(400, "invalid_request", "probabilities must be 'best' (the default: each cell's best "
+                           "class and its confidence) or 'all' (every class's probability, p_<class>).")
+        self.send(await self.call(platform().runs.results, run_id, offset, limit, probabilities == "all"))
 
 
 def attachment(file_name: str) -> str:

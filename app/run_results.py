@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from inference.run_files import ANNOTATED, CSV, PREDICTIONS, atomic_path
+from inference.run_files import ANNOTATED, CSV, PREDICTIONS, PROBABILITY_PREFIX, atomic_path
 from store.artifacts import ArtifactStore
 from store.tables import Run, RunStatus
 
@@ -32,11 +32,16 @@ class ResultsReader:
             raise RunNotFinished(f"Run {run_id} is {run.status}; results exist once it is done.")
         return self.artifacts.run_dir(run_id)
 
-    def results(self, run_id: str, offset: int = 0, limit: int = 100) -> dict:
-        """Metrics, confusion matrix, provenance and a page of per-cell predictions, from the run's files."""
+    def results(self, run_id: str, offset: int = 0, limit: int = 100, probabilities: bool = False) -> dict:
+        """Metrics, confusion matrix, provenance and a page of per-cell predictions, from the run's files; with
+        ``probabilities``, every class's probability per cell (``p_<class>``), else only the best one's."""
+        import pyarrow.parquet as pq
+
         run = self.get_run(run_id)
         offset, limit = max(0, offset), max(0, min(limit, 10_000))
-        page, total = self.page(run_id, offset, limit)
+        names = pq.read_schema(self.result_dir(run_id) / PREDICTIONS).names
+        columns = names if probabilities else [c for c in names if not c.startswith(PROBABILITY_PREFIX)]
+        page, total = self.page(run_id, offset, limit, columns)
         classes = run.provenance.get("head", {}).get("classes", [])
         return {"run_id": run_id, "metrics": run.metrics, "classes": classes,
                 "confusion_matrix": run.metrics.get("confusion_matrix"), "provenance": run.provenance,

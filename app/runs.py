@@ -299,8 +299,8 @@ class RunsService:
     def result_dir(self, run_id: str) -> Path:
         return self.reader.result_dir(run_id)
 
-    def results(self, run_id: str, offset: int = 0, limit: int = 100) -> dict:
-        return self.reader.results(run_id, offset, limit)
+    def results(self, run_id: str, offset: int = 0, limit: int = 100, probabilities: bool = False) -> dict:
+        return self.reader.results(run_id, offset, limit, probabilities)
 
     def page(self, run_id: str, offset: int, limit: int, columns: list[str] | None = None) -> tuple[pd.DataFrame, int]:
         return self.reader.page(run_id, offset, limit, columns)

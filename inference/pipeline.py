@@ -108,6 +108,12 @@ def stratified_split(labels: pd.Series, fraction: float, seed: int) -> np.ndarra
     return held
 
 
+def training_counts(class_counts: dict[str, int], fraction: float = 0.3) -> dict[str, int]:
+    """How many cells of each class ``stratified_split`` leaves for training (evaluation mode)."""
+    return {c: (n - min(max(1, int(round(n * fraction))), n - 1) if n >= 2 else n)
+            for c, n in class_counts.items()}
+
+
 def versions() -> dict[str, str]:
     out = {}
     for name in PACKAGES:

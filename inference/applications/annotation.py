@@ -21,7 +21,10 @@ from inference.applications.base import (
     SubmissionError,
 )
 from inference.checks import LABEL_MAX_CLASSES, LABEL_MIN_CLASSES, CheckReport
-from inference.pipeline import AnnotationJob, DataInput, Prediction, Stage, finish, predict
+from inference.counts import AnnotationError
+from inference.heads import DEFAULT_HEAD, HEAD_KINDS, head_settings
+from inference.heads.knn import resolve_k
+from inference.pipeline import AnnotationJob, DataInput, Prediction, Stage, finish, predict, training_counts
 
 
 class CellTypeAnnotation(Application):
@@ -29,7 +32,8 @@ class CellTypeAnnotation(Application):
     name = "Cell type annotation"
     description = "Label every cell of a query dataset with a cell type learned from a labelled reference."
     stages = {Stage.CHECKING: 0.02, Stage.EMBEDDING_REFERENCE: 0.33, Stage.TRAINING_HEAD: 0.05,
-              Stage.EMBEDDING_QUERY: 0.35, Stage.PREDICTING: 0.02, Stage.UMAP: 0.12, Stage.WRITING: 0.06}
+              Stage.EMBEDDING_QUERY: 0.33, Stage.PREDICTING: 0.02, Stage.MAJORITY_VOTING: 0.02, Stage.UMAP: 0.12,
+              Stage.WRITING: 0.06}
 
     def validate(self, request: RunRequest) -> Accepted:
         query, reference, label_column = request.query, request.reference, request.label_column
@@ -55,14 +59,21 @@ class CellTypeAnnotation(Application):
             if overlap and not overlap["ok"]:
                 raise ModelCannotUse(f"{request.model.name} cannot use {ds.file_name}: {overlap['message']}")
         options = request.options
+        threshold = _fraction(options, "confidence_threshold", 0.5,
+                              "below it a cell's best class is too unsure to call")
+        novelty = _fraction(options, "novelty_threshold", 0.0,
+                            "cells fitting the reference less than this are left unassigned; 0 leaves none")
         try:
-            threshold = float(options.get("confidence_threshold", 0.5))
             seed = int(options.get("seed", 0))
         except (TypeError, ValueError):
-            raise SubmissionError("confidence_threshold must be a number and seed a whole number.") from None
-        if not 0 <= threshold <= 1:
-            raise SubmissionError("confidence_threshold must lie between 0 and 1.")
-        return Accepted(parameters={"confidence_threshold": threshold, "seed": seed,
+            raise SubmissionError("seed must be a whole number.") from None
+        head = _head(options, CheckReport(labels_from.check_report).label_columns.get(label_column, {}),
+                     evaluation=reference is None, file_name=labels_from.file_name)
+        voting = options.get("majority_voting", False)
+        if not isinstance(voting, bool):
+            raise SubmissionError("majority_voting must be true or false.")
+        return Accepted(parameters={"confidence_threshold": threshold, "novelty_threshold": novelty, "seed": seed,
+                                    "head": head, "majority_voting": voting,
                                     "evaluation_mode": reference is None},
                         label_column=label_column, truth_column=truth or (label_column if reference is None else None),
                         cells_total=int(query.n_cells or 0))
@@ -77,7 +88,9 @@ class CellTypeAnnotation(Application):
                              label_column=accepted.label_column,
                              truth_column=accepted.truth_column if request.reference else None,
                              out_dir=str(out_dir), heads_dir=str(heads_dir),
-                             confidence_threshold=p.get("confidence_threshold", 0.5), seed=p.get("seed", 0))
+                             confidence_threshold=p.get("confidence_threshold", 0.5), seed=p.get("seed", 0),
+                             novelty_threshold=p.get("novelty_threshold", 0.0),
+                             head=p.get("head") or head_settings(), majority_voting=p.get("majority_voting", False))
 
     def model_phase(self, job: AnnotationJob, backend: Any, model_info: dict, workdir: Path,
                     progress: StageProgress, should_stop: ShouldStop) -> None:
@@ -89,3 +102,38 @@ class CellTypeAnnotation(Application):
         return Outcome(n_cells=result["n_cells"], metrics=result["metrics"], provenance=result["provenance"],
                        stage_timings=result["stage_timings"],
                        summary={"predicted_counts": result["predicted_counts"]})
+
+
+def _fraction(options: dict, key: str, default: float, meaning: str) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise SubmissionError(f"{key} must be a number between 0 and 1 ({meaning}).")
+    try:
+        value = float(value)
+    except ValueError:
+        raise SubmissionError(f"{key} must be a number between 0 and 1 ({meaning}).") from None
+    if not 0 <= value <= 1:
+        raise SubmissionError(f"{key} must lie between 0 and 1, not {value:g} ({meaning}).")
+    return value
+
+
+def _head(options: dict, class_counts: dict[str, int], evaluation: bool, file_name: str) -> dict:
+    """The head's settings, checked against the reference's class sizes (in evaluation mode, the sizes of the
+    training split) so an impossible k is refused before anything runs."""
+    kind = options.get("head", DEFAULT_HEAD["kind"])
+    if not isinstance(kind, str) or kind not in HEAD_KINDS:
+        raise SubmissionError(f"head must be one of {', '.join(HEAD_KINDS)} (got {str(kind)[:40]!r}).")
+    k = options.get("k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+        raise SubmissionError("k (the number of neighbours of the knn head) must be a whole number.")
+    if k is not None and kind != "knn":
+        raise SubmissionError("k applies to the knn head only: add head = knn, or leave k out.")
+    settings = head_settings(kind, k)
+    if kind == "knn" and class_counts:
+        counts = training_counts(class_counts) if evaluation else class_counts
+        where = "the training split of " + file_name if evaluation else file_name
+        try:
+            settings["k"] = resolve_k(k, counts)
+        except AnnotationError as exc:
+            raise SubmissionError(f"{exc} ({where})") from None
+    return settings
