@@ -81,6 +81,70 @@ def test_the_whole_flow(server, files, tmp_path):
     assert [r["run_id"] for r in runs[:2]] == [run_ids["geneformer"], run_ids["baseline"]]
 
 
+def test_knn_head_majority_voting_and_every_probability_agree_in_rest_csv_and_h5ad(server, files, tmp_path):
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    ref, query = files
+    ref_id = upload(server, ref).json()["dataset_id"]
+    query_id = upload(server, query).json()["dataset_id"]
+    base = {"application": "cell-type-annotation", "model": "baseline", "dataset": query_id, "reference": ref_id,
+            "label_column": "celltype", "truth_column": "celltype"}
+    runs_before = len(api(server, "GET", "/api/runs").json())
+    # bad options: each refused in plain words before anything is stored
+    for options, words in (({"head": "knn", "k": 10_000}, "larger than the reference (299 labelled cells)"),
+                           ({"head": "knn", "k": 40}, "larger than the reference's class"),
+                           ({"head": "svm"}, "head must be one of logistic_regression, knn"),
+                           ({"k": 5}, "k applies to the knn head only"),
+                           ({"novelty_threshold": 1.5}, "novelty_threshold must lie between 0 and 1"),
+                           ({"majority_voting": "yes"}, "majority_voting must be true or false")):
+        r = api(server, "POST", "/api/submit", json={**base, "options": options})
+        assert r.status_code == 400 and words in error_of(r)["message"], (options, r.text)
+    assert len(api(server, "GET", "/api/runs").json()) == runs_before
+
+    s = api(server, "POST", "/api/submit", json={**base, "options": {
+        "head": "knn", "majority_voting": True, "novelty_threshold": 0.02, "confidence_threshold": 0.0}})
+    assert s.status_code == 202, s.text
+    run_id = s.json()["run_id"]
+    assert wait_run(server, run_id)["status"] == "done"
+    res = api(server, "GET", f"/api/results/{run_id}", params={"limit": 1000, "probabilities": "all"}).json()
+    classes = res["classes"]
+    cells = pd.DataFrame(res["cells"]["items"])
+    p_cols = [f"p_{c}" for c in classes]
+    assert len(cells) == 100 and set(p_cols) <= set(cells.columns)
+    assert np.allclose(cells[p_cols].sum(axis=1), 1, atol=1e-5)
+    best = api(server, "GET", f"/api/results/{run_id}", params={"limit": 5}).json()["cells"]["items"][0]
+    assert not any(k.startswith("p_") for k in best) and "reference_fit" in best
+    assert api(server, "GET", f"/api/results/{run_id}", params={"probabilities": "some"}).status_code == 400
+    provenance = res["provenance"]
+    smallest = min(ad.read_h5ad(ref).obs["celltype"].value_counts())  # k left out: it follows the smallest class
+    assert provenance["head"]["kind"] == "knn" and provenance["head"]["k"] == min(15, smallest) == 4
+    assert provenance["parameters"]["majority_voting"] is True
+    m = res["metrics"]
+    assert m["majority_voting"]["macro_f1"] > 0.5 and m["majority_voting"]["clusters"] >= 2
+    assert 0 <= m["calibration"]["ece"] <= 1 and m["calibration"]["bins"]
+    # cells that do not fit the reference are unassigned with that reason, and only those
+    low = cells["reference_fit"] < 0.02
+    assert (cells.loc[low, "unassigned_reason"] == "does not fit the reference").all()
+    assert (cells.loc[low, "predicted_label"] == "unassigned").all()
+    assert (cells.loc[~low, "unassigned_reason"] == "").all()
+
+    csv = pd.read_csv(io.StringIO(api(server, "GET", f"/api/download/{run_id}", params={"format": "csv"}).text))
+    d = api(server, "GET", f"/api/download/{run_id}", params={"format": "h5ad"})
+    (tmp_path / "knn.h5ad").write_bytes(d.content)
+    annotated = ad.read_h5ad(tmp_path / "knn.h5ad")
+    probabilities = annotated.obsm["prediction_probabilities"]
+    assert isinstance(probabilities, pd.DataFrame) and list(probabilities.columns) == classes
+    assert list(probabilities.index) == list(annotated.obs_names) == list(csv["cell_id"]) == list(cells["cell_id"])
+    assert np.allclose(probabilities.to_numpy(), csv[p_cols].to_numpy(), atol=1e-6)
+    assert np.allclose(csv[p_cols].to_numpy(), cells[p_cols].to_numpy(), atol=1e-6)
+    assert np.allclose(annotated.obs["reference_fit"], csv["reference_fit"], atol=1e-6)
+    assert (annotated.obs["majority_voting"].astype(str).to_numpy() == csv["majority_voting"].to_numpy()).all()
+    assert set(annotated.obs["over_clustering"].astype(str)) == set(csv["over_clustering"].astype(str))
+
+
 def test_every_error_code(server, files, tmp_path):
     ref, query = files
     assert error_of(requests.get(server.url + "/api/models", timeout=30))["code"] == "unauthorized"

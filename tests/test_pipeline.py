@@ -244,7 +244,8 @@ def test_reference_problems_get_messages(split_files, tmp_path):
         run_annotation(job, create_backend("baseline", None, None), {})
 
 
-def test_the_head_gives_scikit_learns_probabilities():
+def test_the_head_gives_scikit_learns_probabilities_and_temperature_changes_only_their_sharpness():
+    from scipy.special import softmax
     from sklearn.linear_model import LogisticRegression
 
     from inference.heads import Head
@@ -253,9 +254,17 @@ def test_the_head_gives_scikit_learns_probabilities():
     x = rng.normal(size=(200, 5))
     for n_classes in (2, 4):
         y = np.array(list("abcd"[:n_classes]))[rng.integers(0, n_classes, 200)]
-        head = Head.train(x, y, {})
         ref = LogisticRegression(max_iter=2000, random_state=0).fit(x, y)
-        assert np.allclose(head.predict_proba(x), ref.predict_proba(x), atol=1e-6)
+        plain = Head.train(x, y, {"calibrate": False})
+        assert plain.classifier.temperature == 1.0
+        assert np.allclose(plain.predict_proba(x), ref.predict_proba(x), atol=1e-6)
+        calibrated = Head.train(x, y, {})
+        t = calibrated.classifier.temperature
+        assert t != 1.0 and 36 <= calibrated.classifier.calibration_cells <= 44  # a fifth of each class held back
+        logits = ref.decision_function(x)
+        logits = np.column_stack([np.zeros(len(x)), logits]) if n_classes == 2 else logits
+        assert np.allclose(calibrated.predict_proba(x), softmax(logits / t, axis=1), atol=1e-6)
+        assert (calibrated.predict_proba(x).argmax(1) == ref.predict_proba(x).argmax(1)).all()
 
 
 def test_the_command_line_annotates_and_checks(split_files, tmp_path):

@@ -131,9 +131,9 @@ def _head(options: dict, class_counts: dict[str, int], evaluation: bool, file_na
     settings = head_settings(kind, k)
     if kind == "knn" and class_counts:
         counts = training_counts(class_counts) if evaluation else class_counts
-        where = "the training split of " + file_name if evaluation else file_name
+        where = f"In the training split of {file_name}" if evaluation else f"In {file_name}"
         try:
             settings["k"] = resolve_k(k, counts)
         except AnnotationError as exc:
-            raise SubmissionError(f"{exc} ({where})") from None
+            raise SubmissionError(f"{where}: {exc}") from None
     return settings

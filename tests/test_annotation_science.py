@@ -1,0 +1,114 @@
+"""The annotation's science on real cells and on cases small enough to check by hand: the kNN head's vote, the
+reference-fit (novelty) score left one type out, cluster consensus, calibration, and the bad inputs of each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from inference.calibration import reliability, uncalibrated
+from inference.consensus import majority_vote, over_cluster, resolution_for
+from inference.counts import AnnotationError
+from inference.heads import Head, head_settings
+from inference.heads.knn import KnnHead, resolve_k, vote
+
+
+def test_the_knn_head_votes_by_inverse_distance_as_worked_by_hand():
+    # reference cells on a line, two per type; query cells at 0.0 and 2.4; k = 2
+    ref = np.array([[-1.2], [0.5], [1.0], [2.0], [3.0], [4.0]])
+    labels = np.array(["a", "a", "b", "b", "c", "c"])
+    head = KnnHead.train(ref, labels, {"k": 2})
+    proba = head.predict_proba(np.array([[0.0], [2.4]]))
+    # 0.0: neighbours 0.5 (a, weight 1/0.5 = 2) and 1.0 (b, weight 1) -> a 2/3, b 1/3
+    # 2.4: neighbours 2.0 (b, weight 2.5) and 3.0 (c, weight 1/0.6) -> b 2.5/(2.5 + 5/3) = 0.6, c 0.4
+    assert np.allclose(proba, [[2 / 3, 1 / 3, 0.0], [0.0, 0.6, 0.4]])
+    # a query on a reference cell takes that cell's vote alone
+    assert np.allclose(head.predict_proba(np.array([[3.0]])), [[0, 0, 1]])
+    assert np.allclose(vote(np.array([[0.0, 2.0]]), np.array([[1, 0]]), 2), [[0, 1]])
+
+
+def test_k_must_fit_the_reference_and_its_smallest_class_and_follows_it_when_not_given():
+    counts = {"B": 40, "T": 60, "DC": 6}
+    assert resolve_k(None, counts) == 6
+    assert resolve_k(None, {"B": 40, "T": 60}) == 15
+    assert resolve_k(5, counts) == 5
+    with pytest.raises(AnnotationError, match="larger than the reference's class 'DC' \\(6 cells\\)"):
+        resolve_k(7, counts)
+    with pytest.raises(AnnotationError, match="larger than the reference \\(106 labelled cells\\)"):
+        resolve_k(500, counts)
+    with pytest.raises(AnnotationError, match="at least 1"):
+        resolve_k(0, counts)
+
+
+def test_a_reference_with_nan_embeddings_is_refused_in_plain_words():
+    x = np.random.default_rng(0).normal(size=(50, 4))
+    x[[3, 7]] = np.nan
+    with pytest.raises(AnnotationError, match="2 of the reference's 50 cells have no usable embedding"):
+        Head.train(x, np.array(["a", "b"] * 25), head_settings())
+
+
+def test_majority_voting_gives_each_cluster_its_most_common_call():
+    clusters = np.array(["0", "0", "0", "1", "1", "1", "1", "2", "2"])
+    predicted = np.array(["T", "T", "B", "NK", "unassigned", "unassigned", "NK", "B", "T"])
+    # cluster 1 ties NK 2 : unassigned 2 -> alphabetical first (NK); cluster 2 ties B : T -> B
+    assert majority_vote(clusters, predicted).tolist() == ["T"] * 3 + ["NK"] * 4 + ["B"] * 2
+
+
+def test_over_clustering_separates_clear_groups_and_grows_finer_with_more_cells():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [20, 0], [0, 20]])
+    basis = np.concatenate([c + rng.normal(size=(60, 2)) for c in centres])
+    clusters = over_cluster(basis, resolution=0.1)
+    groups = [set(clusters[i * 60:(i + 1) * 60]) for i in range(3)]
+    assert all(len(g) == 1 for g in groups) and len(set.union(*groups)) == 3
+    assert resolution_for(3_000) < resolution_for(30_000) < resolution_for(300_000)
+
+
+def test_reliability_is_the_cell_weighted_gap_between_confidence_and_accuracy():
+    confidence = np.array([0.95, 0.95, 0.95, 0.95, 0.55, 0.55])
+    correct = np.array([True, True, True, False, True, False])
+    out = reliability(confidence, correct, bins=10)
+    # bin (0.9, 1]: 4 cells, conf .95, acc .75; bin (0.5, 0.6]: 2 cells, conf .55, acc .5
+    assert out["ece"] == pytest.approx(4 / 6 * 0.20 + 2 / 6 * 0.05)
+    assert [(b["count"], b["accuracy"]) for b in out["bins"]] == [(2, 0.5), (4, 0.75)]
+    # temperature scaling undone gives the head's raw probabilities back
+    raw = np.array([[0.7, 0.2, 0.1]])
+    t = 1.7
+    scaled = np.exp(np.log(raw) / t) / np.exp(np.log(raw) / t).sum()
+    assert np.allclose(uncalibrated(scaled, t), raw)
+
+
+@pytest.fixture(scope="module")
+def subset():
+    import anndata as ad
+
+    from tests.conftest import DATA
+
+    return ad.read_h5ad(DATA / "pbmc3k_subset.h5ad")
+
+
+def test_left_one_type_out_the_reference_fit_ranks_that_types_cells_as_novel(subset):
+    """Leave-one-type-out on real PBMCs: a type missing from the reference should fit it worse than the rest."""
+    from sklearn.metrics import roc_auc_score
+
+    from inference.backends.baseline import BaselineBackend
+    from inference.pipeline import stratified_split
+
+    labels = subset.obs["celltype"].astype(str).to_numpy()
+    held = stratified_split(subset.obs["celltype"], 0.3, 0)
+    fit_auc, conf_auc = {}, {}
+    for left_out in sorted(set(labels)):
+        in_ref = ~held & (labels != left_out)
+        backend = BaselineBackend()
+        backend.fit(subset[in_ref].copy())
+        head = Head.train(backend.embed(subset[in_ref].copy()).features, labels[in_ref], head_settings())
+        out = head.predict(backend.embed(subset[held].copy()).features)
+        novel = labels[held] == left_out
+        assert 0 <= out.reference_fit.min() and out.reference_fit.max() <= 1
+        fit_auc[left_out] = roc_auc_score(novel, 1 - out.reference_fit)
+        conf_auc[left_out] = roc_auc_score(novel, 1 - out.proba.max(axis=1))
+    mean_fit, mean_conf = np.mean(list(fit_auc.values())), np.mean(list(conf_auc.values()))
+    print(pd.DataFrame({"reference_fit": fit_auc, "confidence": conf_auc}).round(3), mean_fit, mean_conf)
+    assert mean_fit >= 0.80, fit_auc
+    assert mean_fit > mean_conf  # better than the head's own uncertainty at telling what is new
