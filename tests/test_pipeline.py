@@ -277,8 +277,22 @@ def test_the_command_line_annotates_and_checks(split_files, tmp_path):
                            "--csv"], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "macro-F1" in done.stdout and "[embedding query]" in done.stderr
+    assert "expected calibration error" in done.stdout
     assert "predicted_label" in ad.read_h5ad(out).obs
     assert "predicted_label" in pd.read_csv(out.with_suffix(".csv")).columns
+    common = [cli, "annotate", "--model", "baseline", "--reference", str(ref), "--label-column", "celltype",
+              "--query", str(query), "--truth-column", "celltype", "--out", str(tmp_path / "knn.h5ad")]
+    knn = subprocess.run(common + ["--head", "knn", "--k", "3", "--majority-voting", "--novelty-threshold", "0.01"],
+                         env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert knn.returncode == 0, knn.stderr
+    assert "majority voting (" in knn.stdout and "[majority voting]" in knn.stderr
+    annotated = ad.read_h5ad(tmp_path / "knn.h5ad")
+    assert {"majority_voting", "over_clustering", "reference_fit", "unassigned_reason"} <= set(annotated.obs)
+    assert json.loads(annotated.uns["helical_platform"]["provenance_json"])["head"]["k"] == 3
+    for extra, words in ((["--head", "knn", "--k", "100000"], "larger than the reference"),
+                         (["--novelty-threshold", "2"], "novelty_threshold must lie between 0 and 1")):
+        refused = subprocess.run(common + extra, env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert refused.returncode == 1 and words in refused.stderr, refused.stderr
     check = subprocess.run([cli, "check", str(query), "--json"], env=env, capture_output=True, text=True,
                            timeout=300)
     assert check.returncode == 0 and json.loads(check.stdout)["label_columns"]["celltype"]
