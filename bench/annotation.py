@@ -7,6 +7,13 @@ see docs/BENCHMARKS.md).
 
 Also compares the two candidate classifier heads (logistic regression, a small MLP as in helical's
 Cell-Type-Annotation notebook) on the same features. Prints JSON lines and a markdown table.
+
+Annotation under shift, novelty, calibration and the heads per model (bench/annotation_shift.py):
+
+    python bench/annotation.py --data path/to/pbmc3k_10x.h5ad --label celltype --suite shift novelty calibration
+    python bench/annotation.py --data ... --suite speed
+
+(``--suite heads`` is the comparison above, the default.)
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+from annotation_shift import SUITES, add_arguments, run_suites
 
 
 def sha256(path: Path) -> str:
@@ -49,7 +57,19 @@ def main() -> None:
     p.add_argument("--data", required=True, help="a labelled .h5ad with raw counts")
     p.add_argument("--label", default="celltype")
     p.add_argument("--threshold", type=float, nargs="+", default=[0.0, 0.5])
+    p.add_argument("--suite", nargs="+", choices=("heads", *SUITES), default=["heads"],
+                   help="heads: this comparison; the others: bench/annotation_shift.py")
+    add_arguments(p)
     args = p.parse_args()
+    others = [s for s in args.suite if s != "heads"]
+    if "heads" in args.suite:
+        heads(args)
+    if others:
+        run_suites(Path(args.data), args.label, others, args.seeds, args.novelty_seeds, args.speed_cells,
+                   args.speed_models)
+
+
+def heads(args: argparse.Namespace) -> None:
     from sklearn.metrics import f1_score
     from sklearn.neural_network import MLPClassifier
 
