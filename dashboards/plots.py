@@ -21,6 +21,8 @@ CATEGORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c56
 UNASSIGNED_COLOR = "#c8c8c8"
 HOVER_CELL_MAX = 2_000_000
 HOVER_COLUMNS = ("cell_id", "predicted_label", "confidence", "true_label", "agreement")
+# more values than this (e.g. the over-clustering's clusters) get colours but no legend: it would not fit the plot
+LEGEND_MAX = 30
 
 
 def color_key(categories: list[str]) -> dict[str, str]:
@@ -45,11 +47,13 @@ def color_range(column: pd.Series) -> tuple[float, float]:
 
 
 def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str = "",
-              categories: list[str] | None = None, width: int = 560, hover: bool | None = None) -> hv.DynamicMap:
+              categories: list[str] | None = None, width: int = 560, hover: bool | None = None,
+              label: str | None = None) -> hv.DynamicMap:
     """Datashaded UMAP of ``cells`` (columns umap_1, umap_2, cell_id, predicted_label, confidence, ...).
 
     ``color_by``: any column; a numeric one is rasterised with its mean per pixel (colour scale 0-1 when all its
-    values lie in 0-1, as fractions and probabilities do, else its own range), any other one by category.
+    values lie in 0-1, as fractions, probabilities and the reference fit do, else its own range; the colour bar
+    is titled ``label``), any other one by category (a legend up to ``LEGEND_MAX`` values).
     ``hover``: the cell under the cursor (a second reduction per image: +1 s at 10 million cells); by default
     only up to ``HOVER_CELL_MAX`` cells. Above it the hover shows what is under the cursor per label, which the
     image's own aggregation already holds (bench/views.py measures both)."""
@@ -67,7 +71,7 @@ def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str
         points = hv.Points(cells[["umap_1", "umap_2", *vdims]], kdims=["umap_1", "umap_2"], vdims=vdims)
         raster = rasterize(points, aggregator=ds.mean(color_by), selector=selector)
         return dynspread(raster, threshold=0.6).opts(cmap="viridis", colorbar=True, clim=color_range(column),
-                                                     **common)
+                                                     clabel=label or color_by, **common)
     if not isinstance(column.dtype, pd.CategoricalDtype):
         column = column.astype(str).astype("category")
     column = column.cat.rename_categories([str(c) for c in column.cat.categories])
@@ -78,9 +82,11 @@ def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str
     points = hv.Points(data, kdims=["umap_1", "umap_2"], vdims=vdims)
     raster = rasterize(points, aggregator=ds.count_cat(color_by), selector=selector)
     keyed = color_key(cats)
+    shaded = dynspread(raster, threshold=0.6).opts(cmap=[keyed[c] for c in cats], **common)
+    if len(cats) > LEGEND_MAX:
+        return shaded
     legend = hv.NdOverlay({c: hv.Points([(np.nan, np.nan)], label=c).opts(color=keyed[c], size=8)
                            for c in cats})
-    shaded = dynspread(raster, threshold=0.6).opts(cmap=[keyed[c] for c in cats], **common)
     return (shaded * legend).opts(legend_position="right", width=width + 200)
 
 
@@ -105,6 +111,31 @@ def f1_bars(metrics: dict) -> hv.Bars:
     return hv.Bars(data, kdims=["class"], vdims=["F1", "support"]).opts(
         invert_axes=True, width=480, height=max(200, 28 * len(data) + 60), xlim=(0, 1), tools=["hover"],
         title=f"Per-class F1 (macro-F1 {metrics.get('macro_f1', 0):.3f})", color="#2b5797")
+
+
+def reliability_plot(calibration: dict, width: int = 420, height: int = 380) -> hv.Overlay:
+    """Reliability diagram from a run's ``metrics["calibration"]``: per confidence bin (only bins holding cells),
+    a bar up to the fraction of cells called right, a red band from there to the bin's mean confidence (the gap
+    the ECE weighs) and a point at (mean confidence, accuracy); the dashed diagonal is perfect calibration."""
+    bins = calibration.get("bins") or []
+    ece = calibration.get("ece")
+    x = hv.Dimension("confidence", label="confidence (top class)", range=(0, 1))
+    y = hv.Dimension("accuracy", label="fraction correct", range=(0, 1))
+    hover = ["cells", "mean_confidence", "fraction_correct"]
+    rows = [(b["lower"], 0.0, b["upper"], b["accuracy"], b["count"], b["confidence"], b["accuracy"]) for b in bins]
+    bars = hv.Rectangles(rows, kdims=[x, y, "x1", "y1"], vdims=hover, label="accuracy").opts(
+        color="#2b5797", line_color="white", alpha=0.85, tools=["hover"])
+    gaps = hv.Rectangles([(b["lower"], min(b["accuracy"], b["confidence"]), b["upper"],
+                           max(b["accuracy"], b["confidence"]), b["count"], b["confidence"], b["accuracy"])
+                          for b in bins], kdims=[x, y, "x1", "y1"], vdims=hover, label="gap").opts(
+        color="#d62728", alpha=0.3, line_alpha=0)
+    points = hv.Scatter([(b["confidence"], b["accuracy"]) for b in bins], x, y).opts(color="black", size=5)
+    diagonal = hv.Curve([(0, 0), (1, 1)], x, y, label="perfect calibration").opts(
+        color="#7f7f7f", line_dash="dashed")
+    title = "Reliability" + (f" (ECE {ece:.3f})" if ece is not None else "")
+    return (bars * gaps * points * diagonal).opts(
+        width=width, height=height, title=title, xlim=(0, 1), ylim=(0, 1), legend_position="top_left",
+        show_grid=True)
 
 
 def disagreement(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> pd.DataFrame:

@@ -10,15 +10,25 @@ import param
 
 from app.downloads import download_url
 from app.result_columns import PROBABILITY_PREFIX, run_columns
-from dashboards.plots import confusion_heatmap, disagreement, f1_bars, umap_plot
+from dashboards.plots import confusion_heatmap, disagreement, f1_bars, reliability_plot, umap_plot
+from dashboards.runs import HEADS
 from dashboards.safe_text import html, md, plain_formatters
 from dashboards.view import PlatformView
 
 CELL_COLUMNS = ["cell_id", "predicted_label", "confidence", "assigned", "true_label", "split", "umap_1", "umap_2"]
 UMAP_COLUMNS = ["cell_id", "umap_1", "umap_2", "predicted_label", "confidence", "true_label"]
 DEFAULT_COLOR = "predicted_label"
-# predicted and true labels share one vocabulary: a type gets the same colour in both (and in both runs compared)
-LABEL_COLORS = ("predicted_label", "true_label")
+CONSENSUS = "majority_voting"  # the cluster-consensus label column, and the metrics' key for its scores
+# predicted, true and consensus labels share one vocabulary: a type gets the same colour in each (and in both runs
+# compared)
+LABEL_COLORS = ("predicted_label", "true_label", CONSENSUS)
+# the words a colour choice shows; any other column shows its name with spaces
+COLOR_LABELS = {"predicted_label": "predicted label", "true_label": "true label", "reference_fit": "reference fit",
+                "unassigned_reason": "why unassigned", "over_clustering": "over-clustering",
+                CONSENSUS: "majority voting"}
+PER_CELL = "per_cell"
+LABEL_SOURCES = {"per cell": PER_CELL, "majority voting": CONSENSUS}
+HEAD_NAMES = {kind: name for name, kind in HEADS.items()}
 # one column per class: paged in the cell table (top probabilities), not offered as colours
 PER_CLASS_PREFIX = PROBABILITY_PREFIX
 # per session, the UMAP columns of this many runs stay in memory (the one shown, the one compared with it, and the
@@ -29,16 +39,79 @@ UNTRAINED_BANNER = ("**This run used generated, untrained weights.** The pipelin
                     "predictions mean nothing. Stage trained weights to annotate for real.")
 
 
-def metrics_markdown(run) -> str:  # noqa: ANN001 - store.tables.Run
+def head_text(run) -> str:  # noqa: ANN001 - store.tables.Run
+    """Which head labelled the cells, with its k or temperature as the run resolved them ('' if not recorded)."""
+    settings = run.parameters.get("head") or {}
+    trained = (run.provenance or {}).get("head") or {}
+    kind = trained.get("kind") or settings.get("kind")
+    if not kind:
+        return ""
+    text = f"Head: {md(HEAD_NAMES.get(kind, kind))}"
+    k = trained.get("k", settings.get("k"))
+    if kind == "knn":
+        text += f", k = {int(k)}" if k is not None else ", k automatic"
+    calibration = run.metrics.get("calibration") or {}
+    recorded = calibration.get("temperature") if calibration.get("head") == kind else None
+    temperature = trained.get("temperature", recorded)
+    if temperature is not None:
+        text += f", temperature {float(temperature):.2f}"
+    novelty = run.parameters.get("novelty_threshold") or 0
+    if novelty:
+        text += f" · novelty threshold {float(novelty):.2f} (cells fitting the reference less are unassigned)"
+    return text
+
+
+def shown_metrics(metrics: dict, label_source: str = PER_CELL) -> dict:
+    """The scores of the labels shown: the cluster consensus's when asked for and recorded, else the per cell's."""
+    if label_source == CONSENSUS and metrics.get(CONSENSUS):
+        return {**metrics[CONSENSUS], "scope": metrics.get("scope", "")}
+    return metrics
+
+
+def _scores(m: dict) -> str:
+    return (f"**Macro-F1 {m['macro_f1']:.3f}** · accuracy {m['accuracy']:.3f} · weighted F1 {m['weighted_f1']:.3f}"
+            f" · {m['assigned_fraction']:.0%} of cells assigned · {m['n_cells']:,} cells ({md(m.get('scope', ''))})")
+
+
+def metrics_markdown(run, label_source: str = PER_CELL) -> str:  # noqa: ANN001 - store.tables.Run
+    """Scores of the per-cell labels, or (``label_source`` CONSENSUS) of the cluster consensus, with the other
+    one's macro-F1 beside them, and the head that made them."""
     m = run.metrics
+    head = head_text(run)
     if not m:
-        return "No true labels were given for this query, so there are no metrics (pick a truth column)."
-    lines = [f"**Macro-F1 {m['macro_f1']:.3f}** · accuracy {m['accuracy']:.3f} · weighted F1 {m['weighted_f1']:.3f}"
-             f" · {m['assigned_fraction']:.0%} of cells assigned · {m['n_cells']:,} cells ({m.get('scope', '')})"]
+        return "  \n".join(filter(None, [
+            "No true labels were given for this query, so there are no metrics (pick a truth column).", head]))
+    consensus = m.get(CONSENSUS)
+    if label_source == CONSENSUS and consensus:
+        lines = [f"Majority voting over {consensus.get('clusters', '?')} clusters: "
+                 + _scores(shown_metrics(m, CONSENSUS)),
+                 f"Per cell: macro-F1 {m['macro_f1']:.3f} · accuracy {m['accuracy']:.3f}"]
+    else:
+        lines = [_scores(m)]
+        if consensus:
+            lines.append(f"With majority voting ({consensus.get('clusters', '?')} clusters): macro-F1 "
+                         f"{consensus['macro_f1']:.3f} · accuracy {consensus['accuracy']:.3f}")
+    if head:
+        lines.append(head)
     if m.get("classes_not_in_reference"):
         lines.append("Note: true classes the reference does not have: "
                      + ", ".join(md(c) for c in m["classes_not_in_reference"]))
     return "  \n".join(lines)
+
+
+def calibration_caption(calibration: dict) -> str:
+    """What the reliability diagram shows, in words, with the ECE before temperature scaling when there was one."""
+    n, ece = int(calibration.get("n_cells") or 0), calibration.get("ece")
+    text = (f"How often the head was right against how sure it said it was, on the {n:,} cells with true labels, "
+            "in bins of its top-class probability; bars reaching the dashed diagonal are perfectly calibrated.")
+    if ece is not None:
+        text += f" Expected calibration error (ECE, the cell-weighted gap): **{float(ece):.3f}**."
+    before = calibration.get("ece_before_temperature")
+    if before is not None:
+        temperature = calibration.get("temperature")
+        at = f" (T = {float(temperature):.2f})" if temperature is not None else ""
+        text += f" Before temperature scaling{at}: ECE {float(before):.3f}."
+    return text
 
 
 def umap_caption(info: dict | None, n_cells: int) -> str:
@@ -83,6 +156,16 @@ def color_options(kinds: dict[str, str]) -> list[str]:
     return sorted(options, key=lambda c: c != DEFAULT_COLOR)
 
 
+def color_label(column: str) -> str:
+    """The words a colour choice shows for a column."""
+    return COLOR_LABELS.get(column, column.replace("_", " "))
+
+
+def color_choices(kinds: dict[str, str]) -> dict[str, str]:
+    """Label -> column of ``color_options``, as the colour picker offers them."""
+    return {color_label(c): c for c in color_options(kinds)}
+
+
 class ResultsView(PlatformView):
     """A finished run (and another beside it); ``finished`` (linked by the Dashboard) re-reads the list of runs."""
 
@@ -92,6 +175,9 @@ class ResultsView(PlatformView):
                               doc="The per-cell column the UMAP is coloured by, offered from the run's own columns: "
                                   "one colour per value when categorical, the mean per pixel when continuous.")
     normalised = param.Boolean(default=False, doc="Row-normalised confusion matrix.")
+    label_source = param.Selector(default=PER_CELL, objects=LABEL_SOURCES,
+                                  doc="Labels shown: each cell's own call, or its cluster's majority.")
+    has_consensus = param.Boolean(default=False, doc="Whether the run shown has majority-voting labels.")
     page = param.Integer(default=0, bounds=(0, None), doc="Page of the per-cell table (read from the server).")
     finished = param.Integer(default=0, doc="Bumped when a run finishes: the run pickers then offer it.")
 
@@ -120,10 +206,21 @@ class ResultsView(PlatformView):
     def _fill_colors(self) -> None:
         """Offer the colours this run's cells have (read from its file's schema, not its cells)."""
         self._kinds = run_columns(self.platform, self.run) if self.run else {}
-        options = color_options(self._kinds) or [DEFAULT_COLOR]
+        options = color_choices(self._kinds) or {color_label(DEFAULT_COLOR): DEFAULT_COLOR}
         self.param.color_by.objects = options
-        if self.color_by not in options:
-            self.color_by = options[0]
+        if self.color_by not in options.values():
+            self.color_by = next(iter(options.values()))
+        self.has_consensus = CONSENSUS in self._kinds
+        if not self.has_consensus:
+            self.label_source = PER_CELL
+
+    @param.depends("label_source", watch=True)
+    def _follow_label_source(self) -> None:
+        """Majority voting colours the UMAP by the consensus; back to per cell, by the cell's own call."""
+        if self.label_source == CONSENSUS and CONSENSUS in self._kinds:
+            self.color_by = CONSENSUS
+        elif self.label_source == PER_CELL and self.color_by == CONSENSUS:
+            self.color_by = DEFAULT_COLOR
 
     def _cells(self, run_id: str, color: str = DEFAULT_COLOR) -> pd.DataFrame:
         """What the UMAP draws and hovers, plus the colour column (never the per-class probabilities: those are
@@ -155,8 +252,9 @@ class ResultsView(PlatformView):
         comparing = bool(self.compare_with and self.compare_with != self.run)
         width = 400 if comparing else 560
         plots = [pn.Column(
-            pn.pane.HoloViews(umap_plot(cells, color, f"{name}: UMAP by {color}", cats if color in LABEL_COLORS
-                                        else None, width=width), css_classes=["umap-plot"]),
+            pn.pane.HoloViews(umap_plot(cells, color, f"{name}: UMAP by {color_label(color)}",
+                                        cats if color in LABEL_COLORS else None, width=width,
+                                        label=color_label(color)), css_classes=["umap-plot"]),
             pn.pane.Markdown(umap_caption(run.provenance.get("umap"), len(cells)), css_classes=["umap-caption"],
                              styles={"font-size": "0.85em", "color": "#555"}, width=width))]
         if comparing:
@@ -173,7 +271,7 @@ class ResultsView(PlatformView):
     def _name(self, run) -> str:  # noqa: ANN001
         return {m.id: m.name for m in self.platform.models()}.get(run.model_id, run.model_id)
 
-    @param.depends("run", "normalised")
+    @param.depends("run", "normalised", "label_source")
     def _metrics(self) -> pn.viewable.Viewable:
         if not self.run:
             return pn.Column()
@@ -181,12 +279,20 @@ class ResultsView(PlatformView):
         parts = []
         if not run.provenance.get("model", {}).get("trained", True):
             parts.append(pn.pane.Alert(UNTRAINED_BANNER, alert_type="warning", css_classes=["untrained-banner"]))
-        parts.append(pn.pane.Markdown(metrics_markdown(run), css_classes=["metrics"]))
-        if run.metrics.get("confusion_matrix"):
-            parts.append(pn.Row(
-                pn.pane.HoloViews(confusion_heatmap(run.metrics["confusion_matrix"], self.normalised),
+        parts.append(pn.pane.Markdown(metrics_markdown(run, self.label_source), css_classes=["metrics"]))
+        shown = shown_metrics(run.metrics, self.label_source)
+        if shown.get("confusion_matrix"):  # side by side where the screen is wide enough, else one below the other
+            parts.append(pn.FlexBox(
+                pn.pane.HoloViews(confusion_heatmap(shown["confusion_matrix"], self.normalised),
                                   css_classes=["confusion-matrix"]),
-                pn.pane.HoloViews(f1_bars(run.metrics), css_classes=["f1-bars"])))
+                pn.pane.HoloViews(f1_bars(shown), css_classes=["f1-bars"])))
+        calibration = run.metrics.get("calibration") or {}
+        if calibration.get("bins"):
+            parts.append(pn.FlexBox(
+                pn.pane.HoloViews(reliability_plot(calibration), css_classes=["reliability-diagram"]),
+                pn.pane.Markdown("#### Calibration (per-cell probabilities)  \n" + calibration_caption(calibration),
+                                 css_classes=["reliability-caption"], width=360,
+                                 styles={"font-size": "0.9em", "color": "#333"})))
         return pn.Column(*parts, sizing_mode="stretch_width")
 
     @param.depends("run", watch=True)
@@ -247,6 +353,9 @@ class ResultsView(PlatformView):
         return pn.Column(
             "## 3 · Results",
             pn.Row(run_select, compare,
-                   pn.widgets.RadioButtonGroup.from_param(self.param.color_by, css_classes=["color-by"]),
-                   pn.widgets.Checkbox.from_param(self.param.normalised, name="row-normalised")),
+                   pn.widgets.Checkbox.from_param(self.param.normalised, name="row-normalised", align="end")),
+            pn.Row(pn.widgets.Select.from_param(self.param.color_by, name="Colour the UMAP by",
+                                                css_classes=["color-by"], width=220),
+                   pn.widgets.RadioButtonGroup.from_param(self.param.label_source, css_classes=["label-source"],
+                                                          visible=self.param.has_consensus, align="end")),
             self._metrics, self._umaps, "### Cells", self._table, self._downloads, sizing_mode="stretch_width")

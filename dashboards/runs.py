@@ -15,6 +15,20 @@ from dashboards.view import PlatformView
 
 NO_REFERENCE = "(none: evaluate on a 70/30 split of the query)"
 NO_TRUTH = "(none)"
+# what a user picks -> the head kind a run's options name (inference.heads.HEAD_KINDS; a test keeps them in step)
+HEADS = {"Logistic regression": "logistic_regression", "kNN reference mapping": "knn"}
+KNN = "knn"
+
+
+def run_options(confidence: float, novelty: float = 0.0, head: str = "logistic_regression", k: int | None = None,
+                majority_voting: bool = False) -> dict:
+    """The options of a submission from the run panel's choices: k only for the kNN head, and only when given
+    (blank: the platform picks it from the reference's class sizes)."""
+    options = {"confidence_threshold": float(confidence), "novelty_threshold": float(novelty), "head": head,
+               "majority_voting": bool(majority_voting)}
+    if head == KNN and k is not None:
+        options["k"] = int(k)
+    return options
 
 
 def history_frame(runs: list, model_names: dict[str, str], dataset_names: dict[str, str]) -> pd.DataFrame:
@@ -55,6 +69,18 @@ class RunPanel(PlatformView):
     label_column = param.Selector(doc="The reference's (or, without one, the query's) label column.")
     truth_column = param.Selector(doc="The query's true labels, for metrics.")
     confidence = param.Number(default=0.5, bounds=(0, 1), step=0.05, doc="Below it a cell is 'unassigned'.")
+    head = param.Selector(default="logistic_regression", objects=HEADS,
+                          doc="How the reference's labels reach the query: a logistic regression on the embeddings "
+                              "(probabilities calibrated by temperature scaling), or a distance-weighted vote of the "
+                              "k nearest reference cells.")
+    k = param.Integer(default=None, allow_None=True, bounds=(1, None),
+                      doc="Neighbours that vote (kNN only). Blank: automatic (15, or the smallest class's size).")
+    novelty = param.Number(default=0.0, bounds=(0, 1), step=0.05,
+                           doc="Cells that fit the reference less than this (0-1) are left unassigned as 'does not "
+                               "fit the reference'; 0 leaves none out.")
+    majority_voting = param.Boolean(default=False,
+                                    doc="Also over-cluster the query and give every cell its cluster's most common "
+                                        "label; shown beside the per-cell labels.")
     finished = param.Integer(default=0, doc="Bumped when one of this session's runs finishes.")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
@@ -103,7 +129,7 @@ class RunPanel(PlatformView):
             run = await asyncio.to_thread(
                 self.platform.runs.submit, self.application, self.model, self.dataset, self.reference or None,
                 self.label_column, None if self.truth_column in (None, NO_TRUTH) else self.truth_column,
-                {"confidence_threshold": self.confidence})
+                self.submission_options())
         except (InvalidRun, NotFound, ValueError) as exc:
             self._say(md(exc), "danger")
             return
@@ -114,6 +140,10 @@ class RunPanel(PlatformView):
         self._mine[run.id] = (bar, text)
         self.in_flight.append(pn.Column(text, bar, sizing_mode="stretch_width"))
         self.refresh_history()
+
+    def submission_options(self) -> dict:
+        """The submission's options, from this panel's choices."""
+        return run_options(self.confidence, self.novelty, self.head, self.k, self.majority_voting)
 
     def _say(self, text: str, kind: str) -> None:
         self.message.object, self.message.alert_type, self.message.visible = text, kind, True
@@ -178,7 +208,17 @@ class RunPanel(PlatformView):
                                                            css_classes=["label-picker"]),
                    pn.widgets.Select.from_param(self.param.truth_column, name="Truth column of the query",
                                                 css_classes=["truth-picker"]), sizing_mode="stretch_width"),
+            pn.Row(pn.widgets.Select.from_param(self.param.head, name="Head", css_classes=["head-picker"], width=220),
+                   pn.widgets.IntInput.from_param(self.param.k, name="k (blank: auto)", placeholder="automatic",
+                                                  css_classes=["k-input"], width=130,
+                                                  visible=self.param.head.rx().rx.pipe(lambda h: h == KNN)),
+                   pn.widgets.Checkbox.from_param(self.param.majority_voting,
+                                                  name="Majority voting (cluster consensus)",
+                                                  css_classes=["majority-voting"], align="end")),
             pn.Row(pn.widgets.FloatSlider.from_param(self.param.confidence, name="Confidence threshold",
-                                                     width=260), self.button),
+                                                     width=240),
+                   pn.widgets.FloatSlider.from_param(self.param.novelty, name="Novelty threshold (reference fit)",
+                                                     css_classes=["novelty-threshold"], width=240),
+                   self.button),
             self.message, self.in_flight, "### All runs on this server", self.history,
             sizing_mode="stretch_width")

@@ -1,4 +1,7 @@
-"""The served dashboard in headless Chromium: the whole flow a user takes, with a screenshot of each step."""
+"""The served dashboard in headless Chromium: the whole flow a user takes, with a screenshot of each step.
+
+One served instance for the module: the whole flow first, then a kNN run with majority voting on the same server.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,11 @@ import os
 import shutil
 
 import anndata as ad
+import pytest
+import requests
 
 from tests.conftest import PBMC, REPO, TEST_OUTPUT
-from tests.serving import browser_page, make_serve
+from tests.serving import browser_page, make_serve, wait_until
 
 SHOTS = TEST_OUTPUT / "dashboard"
 
@@ -24,9 +29,18 @@ def _wait_done(page, model_text: str, count: int, timeout_ms: int = 300_000) -> 
     rows.nth(count - 1).wait_for(timeout=timeout_ms)
 
 
-def test_the_whole_flow_in_a_browser(tmp_path):
-    with make_serve(tmp_path, {"HELICAL_PLATFORM_WORKERS": "2"}) as server, \
-            browser_page({"width": 1500, "height": 3200}) as page:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with make_serve(tmp_path_factory.mktemp("dashboard"), {"HELICAL_PLATFORM_WORKERS": "2"}) as s:
+        yield s
+
+
+def _run_ids(server) -> set[str]:
+    return {r["run_id"] for r in requests.get(server.url + "/api/runs", timeout=60).json()}
+
+
+def test_the_whole_flow_in_a_browser(server, tmp_path):
+    with browser_page({"width": 1500, "height": 3200}) as page:
         page.goto(server.url + "/")
         page.locator(".model-picker select").wait_for(timeout=120_000)
         assert page.locator(".application-picker select").input_value() == "Cell type annotation"
@@ -77,3 +91,51 @@ def test_the_whole_flow_in_a_browser(tmp_path):
         if os.environ.get("HELICAL_PLATFORM_UPDATE_DOCS") == "1":
             (REPO / "docs" / "images").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(SHOTS / "6-final.png", REPO / "docs" / "images" / "dashboard.png")
+
+
+def test_a_knn_run_with_majority_voting_shows_its_calibration_and_consensus(server):
+    """At a laptop's width: the head picker, k and the voting toggle reach the run; the results offer the
+    reference fit and the consensus as colours, the per cell | majority voting switch and a reliability diagram."""
+    with browser_page({"width": 1366, "height": 2600}) as page:
+        page.goto(server.url + "/")
+        page.locator(".model-picker select").wait_for(timeout=120_000)
+        page.locator(".upload input[type=file]").set_input_files(str(PBMC))
+        page.locator(".check-report").get_by_text("599 cells").wait_for(timeout=120_000)
+        assert page.locator(".label-picker select").input_value() == "celltype"  # evaluation mode on its split
+
+        assert not page.locator(".k-input input").is_visible()  # k belongs to the kNN head
+        page.locator(".head-picker select").select_option(label="kNN reference mapping")
+        page.locator(".k-input input").wait_for(timeout=30_000)  # blank: automatic
+        page.locator(".majority-voting input[type=checkbox]").check()
+        for control in (".run-button button", ".majority-voting", ".k-input input"):
+            box = page.locator(control).bounding_box()
+            assert box["x"] + box["width"] <= 1366, control  # the run panel fits a laptop's screen
+        before = _run_ids(server)
+        page.locator(".run-button button").click()
+        run_id = wait_until(lambda: next(iter(_run_ids(server) - before), None), 60, "the run to be submitted")
+
+        def finished():
+            run = next(r for r in requests.get(server.url + "/api/runs", timeout=60).json() if r["run_id"] == run_id)
+            return run if run["status"] in ("done", "failed", "cancelled") else None
+
+        run = wait_until(finished, 300, f"run {run_id}", interval=1)
+        assert run["status"] == "done", run["error"]
+        assert run["parameters"]["head"]["kind"] == "knn" and run["parameters"]["head"]["k"] >= 1
+        assert run["parameters"]["majority_voting"] is True
+
+        option = page.locator(".result-run-picker select option").filter(has_text=run_id[:8])
+        option.wait_for(state="attached", timeout=60_000)  # offered at the next poll
+        page.locator(".result-run-picker select").select_option(label=option.text_content())
+        page.locator(".reliability-diagram canvas").first.wait_for(timeout=60_000)
+        page.locator(".reliability-caption").get_by_text("ECE").first.wait_for(timeout=30_000)
+        page.locator(".metrics").get_by_text("Head: kNN reference mapping").wait_for(timeout=30_000)
+        colors = page.locator(".color-by select")
+        offered = colors.locator("option").all_text_contents()
+        assert {"reference fit", "majority voting", "over-clustering"} <= {o.strip() for o in offered}, offered
+        colors.select_option(label="reference fit")
+        page.locator(".umap-plot canvas").first.wait_for(timeout=60_000)
+        page.locator(".label-source").get_by_text("majority voting", exact=True).click()
+        page.locator(".metrics").get_by_text("Majority voting over").wait_for(timeout=30_000)
+        wait_until(lambda: colors.input_value() == "majority voting", 30, "the UMAP to colour by the consensus")
+        page.locator(".confusion-matrix canvas").first.wait_for(timeout=60_000)
+        _shot(page, "7-knn-majority-voting")

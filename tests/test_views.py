@@ -100,9 +100,9 @@ def test_plots_build_from_result_data_alone():
     assert table["top1"].str.match(r"^(B|T) \(\d\.\d\d\)$").all()
 
 
-def _done_run_with_cells(platform, n: int, extra: dict | None = None) -> str:
+def _done_run_with_cells(platform, n: int, extra: dict | None = None, run_fields: dict | None = None) -> str:
     """A finished run whose predictions file has n cells in row groups of 10,000 (as the pipeline writes), plus
-    the per-cell ``extra`` columns (name -> values)."""
+    the per-cell ``extra`` columns (name -> values) and the Run row's ``run_fields`` (metrics, parameters, ...)."""
     from inference.pipeline import PARQUET_ROW_GROUP
     from store.artifacts import new_id
     from store.tables import Run
@@ -120,7 +120,7 @@ def _done_run_with_cells(platform, n: int, extra: dict | None = None) -> str:
     table.to_parquet(folder / "predictions.parquet", index=False, row_group_size=PARQUET_ROW_GROUP)
     with write_session(platform.engine) as s:
         s.add(Run(id=run_id, application_id="cell-type-annotation", model_id="baseline", dataset_id=ds.id,
-                  status="done", label_column="celltype", metrics={}, provenance={}))
+                  status="done", label_column="celltype", **{"metrics": {}, "provenance": {}, **(run_fields or {})}))
     return run_id
 
 
@@ -297,3 +297,143 @@ def test_dashboards_import_only_the_app_layer_and_never_its_rest_module():
             for name in names:
                 assert name.split(".")[0] not in ("store", "inference"), (path.name, name)
                 assert name != "app.rest", (path.name, name)
+
+
+CALIBRATION = {"ece": 0.0421, "n_cells": 180, "head": "logistic_regression", "temperature": 1.3,
+               "ece_before_temperature": 0.0803,
+               "bins": [{"lower": 0.4, "upper": 0.4667, "count": 10, "confidence": 0.44, "accuracy": 0.3},
+                        {"lower": 0.9333, "upper": 1.0, "count": 170, "confidence": 0.97, "accuracy": 0.95}]}
+
+
+def test_the_run_options_come_from_the_head_picker_k_voting_and_thresholds(platform):
+    import asyncio
+
+    from dashboards.runs import HEADS, RunPanel, run_options
+    from inference.heads import HEAD_KINDS
+
+    assert set(HEADS.values()) == set(HEAD_KINDS)  # the picker offers every head the pipeline has
+    assert run_options(0.5) == {"confidence_threshold": 0.5, "novelty_threshold": 0.0,
+                                "head": "logistic_regression", "majority_voting": False}
+    assert run_options(0.6, 0.2, "knn", 7, True) == {"confidence_threshold": 0.6, "novelty_threshold": 0.2,
+                                                     "head": "knn", "k": 7, "majority_voting": True}
+    assert "k" not in run_options(0.5, head="knn")  # blank: automatic
+    assert "k" not in run_options(0.5, head="logistic_regression", k=7)  # k belongs to the kNN head only
+
+    panel = RunPanel(platform)
+    k_input = panel.__panel__().objects[2].objects[1]
+    assert k_input.visible is False and k_input.value is None
+    panel.head, panel.k, panel.majority_voting, panel.novelty = "knn", 5, True, 0.25
+    assert k_input.visible is True
+    assert panel.submission_options() == {"confidence_threshold": 0.5, "novelty_threshold": 0.25, "head": "knn",
+                                          "k": 5, "majority_voting": True}
+
+    with open(PBMC, "rb") as fh:
+        ds = platform.datasets.ingest(fh, "pbmc.h5ad")
+    panel.param.update(datasets=platform.datasets.list(), dataset=ds.id, application="cell-type-annotation",
+                       model="baseline", k=10_000)
+    asyncio.run(panel._on_run(None))  # refused before anything runs, in plain words, where submissions say so
+    assert panel.message.alert_type == "danger" and "k = 10000 is larger" in shown(panel.message.object)
+    assert platform.runs.list() == []
+
+
+def test_the_reliability_diagram_draws_the_bins_with_the_ece_in_its_title():
+    from dashboards.plots import reliability_plot
+    from dashboards.results import calibration_caption
+
+    fig = hv.render(reliability_plot(CALIBRATION), backend="bokeh")
+    assert fig.title.text == "Reliability (ECE 0.042)"
+    assert (fig.x_range.start, fig.x_range.end, fig.y_range.start, fig.y_range.end) == (0, 1, 0, 1)
+    text = shown(calibration_caption(CALIBRATION))
+    assert "180 cells" in text and "ECE, the cell-weighted gap): 0.042" in text
+    assert "Before temperature scaling (T = 1.30): ECE 0.080" in text
+    knn = {k: v for k, v in CALIBRATION.items() if k not in ("temperature", "ece_before_temperature")}
+    assert "temperature" not in shown(calibration_caption({**knn, "head": "knn"}))
+    assert hv.render(reliability_plot({"ece": None, "n_cells": 0, "bins": []}), backend="bokeh").title.text \
+        == "Reliability"
+
+
+def _scores(macro_f1: float, labels=("B", "T")) -> dict:
+    return {"macro_f1": macro_f1, "accuracy": macro_f1 + 0.01, "weighted_f1": macro_f1, "assigned_fraction": 0.9,
+            "n_cells": 180, "per_class": {c: {"precision": 1.0, "recall": 1.0, "f1": macro_f1, "support": 90}
+                                          for c in labels},
+            "confusion_matrix": {"rows": list(labels), "columns": [*labels, "unassigned"],
+                                 "counts": [[80, 5, 5], [3, 85, 2]], "row_normalised": [[0.89, 0.06, 0.06],
+                                                                                         [0.03, 0.94, 0.02]]}}
+
+
+def test_the_metrics_name_the_head_and_follow_per_cell_or_majority_voting():
+    from types import SimpleNamespace
+
+    from dashboards.results import CONSENSUS, PER_CELL, metrics_markdown, shown_metrics
+
+    metrics = {**_scores(0.8), "scope": "held-out split", "calibration": CALIBRATION,
+               CONSENSUS: {**_scores(0.9), "clusters": 12}}
+    knn = SimpleNamespace(metrics=metrics, parameters={"head": {"kind": "knn", "k": 15}, "novelty_threshold": 0.3},
+                          provenance={"head": {"kind": "knn", "k": 15, "reference_cells": 420}})
+    per_cell = shown(metrics_markdown(knn))
+    assert "Macro-F1 0.800" in per_cell and "With majority voting (12 clusters): macro-F1 0.900" in per_cell
+    assert "Head: kNN reference mapping, k = 15 · novelty threshold 0.30" in per_cell
+    voted = shown(metrics_markdown(knn, CONSENSUS))
+    assert voted.startswith("Majority voting over 12 clusters: Macro-F1 0.900") and "Per cell: macro-F1 0.800" in voted
+    assert shown_metrics(metrics, CONSENSUS)["macro_f1"] == 0.9 and shown_metrics(metrics, PER_CELL) is metrics
+    assert shown_metrics({**metrics, CONSENSUS: None}, CONSENSUS)["macro_f1"] == 0.8  # nothing to switch to
+
+    logistic = SimpleNamespace(metrics={}, parameters={"head": {"kind": "logistic_regression", "C": 1.0}},
+                               provenance={"head": {"kind": "logistic_regression", "temperature": 1.2345}})
+    text = shown(metrics_markdown(logistic))
+    assert "no metrics" in text and "Head: Logistic regression, temperature 1.23" in text
+    old = SimpleNamespace(metrics={}, parameters={}, provenance={})  # a run from before heads were recorded
+    assert "Head" not in shown(metrics_markdown(old))
+
+
+def test_a_majority_voting_run_offers_the_reference_fit_and_consensus_and_a_reliability_diagram(platform):
+    from dashboards.results import CONSENSUS, PER_CELL, ResultsView
+
+    n = 300
+    rng = np.random.default_rng(2)
+    voted = rng.choice(["B", "T"], n)
+    metrics = {**_scores(0.8), "scope": "held-out split", "calibration": CALIBRATION,
+               CONSENSUS: {**_scores(0.9), "clusters": 40}}
+    run_id = _done_run_with_cells(platform, n, {
+        "unassigned_reason": rng.choice(["", "low confidence", "does not fit the reference"], n),
+        "reference_fit": rng.random(n).astype(np.float32), "over_clustering": rng.integers(0, 40, n).astype(str),
+        CONSENSUS: voted, "true_label": rng.choice(["B", "T"], n)},
+        {"metrics": metrics, "parameters": {"head": {"kind": "knn", "k": 15}, "majority_voting": True}})
+    plain = _done_run_with_cells(platform, n)
+
+    view = ResultsView(platform)
+    view.run = run_id
+    names = view.param.color_by.names
+    assert names["reference fit"] == "reference_fit" and names["majority voting"] == CONSENSUS
+    assert names["over-clustering"] == "over_clustering" and names["predicted label"] == "predicted_label"
+    assert view.has_consensus and view.label_source == PER_CELL
+
+    def metrics_panes():
+        return [o for o in view._metrics().objects for o in getattr(o, "objects", [o])]
+
+    def classes(pane) -> set:
+        return set(pane.css_classes or [])
+
+    panes = metrics_panes()
+    diagram = next(p for p in panes if "reliability-diagram" in classes(p))
+    assert hv.render(diagram.object, backend="bokeh").title.text == "Reliability (ECE 0.042)"
+    assert "Head: kNN reference mapping, k = 15" in shown(next(p for p in panes if "metrics" in classes(p)).object)
+    assert "0.800" in next(p for p in panes if "f1-bars" in classes(p)).object.opts.get().kwargs["title"]
+
+    titles = {}
+    for color in ("reference_fit", "over_clustering"):
+        view.color_by = color
+        titles[color] = hv.render(view._umaps().objects[0].objects[0].object, backend="bokeh").title.text
+    assert titles["reference_fit"].endswith("UMAP by reference fit")
+    assert titles["over_clustering"].endswith("UMAP by over-clustering")
+    view.label_source = CONSENSUS  # majority voting: the UMAP colours by the consensus, the scores are its own
+    assert view.color_by == CONSENSUS
+    hv.render(view._umaps().objects[0].objects[0].object, backend="bokeh")
+    assert "0.900" in next(p for p in metrics_panes() if "f1-bars" in classes(p)).object.opts.get().kwargs["title"]
+    view.label_source = PER_CELL
+    assert view.color_by == "predicted_label"
+
+    view.label_source = CONSENSUS
+    view.run = plain  # no consensus here: back to per-cell labels, no toggle, no diagram
+    assert not view.has_consensus and view.label_source == PER_CELL and view.color_by == "predicted_label"
+    assert not any("reliability-diagram" in classes(p) for p in metrics_panes())
