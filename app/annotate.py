@@ -6,13 +6,13 @@ import hashlib
 import shutil
 import sys
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.catalog import CELL_TYPE_ANNOTATION
 from app.settings import Settings
 from inference import applications
-from inference.applications.base import DatasetInfo, ModelInfo, RunRequest
+from inference.applications.base import AnnotatorInfo, DatasetInfo, ModelInfo, RunRequest
 from inference.backends import BACKENDS, Backend, create_backend
 from inference.checks import CheckReport, Vocabulary, check_file
 from inference.run_files import ANNOTATED, CSV, atomic_path
@@ -74,14 +74,19 @@ def _dataset(path: Path, vocab: dict[str, Vocabulary]) -> DatasetInfo:
                        n_cells=checked.n_cells, check_report=report)
 
 
-def annotate_files(settings: Settings, model: str, query: Path, out: Path, label_column: str,
+def annotate_files(settings: Settings, model: str | None, query: Path, out: Path, label_column: str | None,
                    reference: Path | None = None, truth_column: str | None = None, write_csv: bool = False,
                    confidence_threshold: float = 0.5, seed: int = 0,
-                   options: dict | None = None) -> dict[str, object]:
+                   options: dict | None = None, annotator: str | None = None) -> dict[str, object]:
     """The same application, checks and job as a served run, in this process (no Dask, no database).
     ``options`` are the run's other options, as the API takes them (head, k, majority_voting, novelty_threshold)."""
     from app.weights import weights_locations
 
+    use = _annotator(settings, annotator) if annotator else None
+    if use is not None and model is None:
+        model = use.model_id + (f":{use.variant}" if use.variant else "")
+    if model is None:
+        raise ValueError("Give --model (or --annotator, which names its model).")
     backend_name, variant = parse_model(model)
     locations = weights_locations(settings)
 
@@ -93,7 +98,8 @@ def annotate_files(settings: Settings, model: str, query: Path, out: Path, label
     vocab = vocabularies(locations)
     request = RunRequest(ModelInfo(backend_name, model, backend_name), _dataset(query, vocab),
                          _dataset(reference, vocab) if reference else None, label_column, truth_column,
-                         {**(options or {}), "confidence_threshold": confidence_threshold, "seed": seed})
+                         {**(options or {}), "confidence_threshold": confidence_threshold, "seed": seed},
+                         use.info if use else None)
     accepted = application.validate(request)
     backend, info = build_backend(backend_name, variant, locations, settings.device)
     store = ArtifactStore(settings.home)
@@ -109,3 +115,78 @@ def annotate_files(settings: Settings, model: str, query: Path, out: Path, label
             with atomic_path(out.with_suffix(".csv")) as tmp_csv:
                 shutil.copyfile(result_dir / CSV, tmp_csv)
     return {"metrics": outcome.metrics, "provenance": outcome.provenance, **outcome.summary}
+
+
+@dataclass(frozen=True)
+class _Use:
+    info: AnnotatorInfo
+    model_id: str
+    variant: str
+
+
+def _annotator(settings: Settings, id_or_name: str) -> _Use:
+    """A saved annotator of this data home, as a run uses it."""
+    from app.platform import Platform
+
+    platform = Platform(settings, start_cluster=False)
+    try:
+        a = platform.annotators.get(id_or_name)
+        use = platform.annotators.use(a.id)
+    finally:
+        platform.close()
+    return _Use(AnnotatorInfo(use.id, use.name, use.model_id, use.head_path, use.model_checksum, use.label_column,
+                              use.classes), a.model_id, a.variant)
+
+
+def train_annotator(settings: Settings, model: str, reference: Path, label_column: str, name: str,
+                    head: dict, description: str = "", author: str = "", ontology: dict | None = None,
+                    seed: int = 0) -> dict[str, object]:
+    """Train a head on a reference file in this process and save it as an annotator of this data home."""
+    import io
+
+    from app.annotators import annotator_json, check_name, check_ontology
+    from app.platform import Platform
+    from app.weights import weights_locations
+    from inference.counts import DataInput, load_counts
+    from inference.heads.base import class_counts
+    from inference.heads.knn import resolve_k
+    from inference.pipeline import _labels, train_head
+
+    check_name(name)
+    backend_name, variant = parse_model(model)
+    ref = _dataset(reference, vocabularies(weights_locations(settings)))
+    if label_column not in CheckReport(ref.check_report).label_columns:
+        raise ValueError(f"{label_column!r} is not a label column of {reference.name}; its label columns are: "
+                         f"{', '.join(CheckReport(ref.check_report).label_columns) or 'none'}.")
+    cells = load_counts(DataInput(str(reference), reference.name, ref.sha256))
+    labels = _labels(cells, label_column, "reference")
+    keep = labels.notna().to_numpy()
+    cells, labels = cells[keep].copy(), labels[keep].astype(str).to_numpy()
+    check_ontology(ontology, class_counts(labels))  # refused before anything is embedded
+    if head.get("kind") == "knn":
+        head = {**head, "k": resolve_k(head.get("k"), class_counts(labels))}
+    backend, info = build_backend(backend_name, variant, weights_locations(settings), settings.device)
+    trained = train_head(backend, cells, labels, head, seed)
+    buffer = io.BytesIO()
+    _save_npz(trained, buffer)
+    platform = Platform(settings, start_cluster=False)
+    try:
+        entry = platform.annotators.save_head(buffer.getvalue(), {
+            "name": name, "description": description, "author": author, "model_id": backend_name,
+            "backend": backend_name, "variant": variant or "", "model_checksum": info.get("checksum", ""),
+            "trained": bool(info.get("trained", True)), "label_column": label_column,
+            "reference": {"file_name": reference.name, "sha256": ref.sha256, "cells": int(cells.n_obs)},
+            "ontology": ontology, "provenance": {"trained_by": "helical-platform annotators train", "head": head,
+                                                 "seed": seed}})
+        return annotator_json(entry)
+    finally:
+        platform.close()
+
+
+def _save_npz(head, fh) -> None:  # noqa: ANN001 - a Head, a binary file
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "head.npz"
+        head.save(path)
+        fh.write(path.read_bytes())

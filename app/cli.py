@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from app.cli_annotators import add_parser as add_annotators_parser
 from app.settings import Settings, SettingsError
 
 
@@ -168,8 +169,8 @@ def cmd_annotate(args: argparse.Namespace, settings: Settings) -> int:
     try:
         result = annotate_files(settings, args.model, Path(args.query), Path(args.out), args.label_column,
                                 Path(args.reference) if args.reference else None, args.truth_column, args.csv,
-                                args.confidence, args.seed, _annotate_options(args))
-    except (AnnotationError, SubmissionError, ValueError) as exc:
+                                args.confidence, args.seed, _annotate_options(args), args.annotator)
+    except (AnnotationError, SubmissionError, ValueError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     model = result["provenance"]["model"]
@@ -197,8 +198,10 @@ def cmd_annotate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _annotate_options(args: argparse.Namespace) -> dict[str, object]:
-    options: dict[str, object] = {"head": args.head, "majority_voting": args.majority_voting,
+    options: dict[str, object] = {"majority_voting": args.majority_voting,
                                   "novelty_threshold": args.novelty_threshold}
+    if args.head is not None:
+        options["head"] = args.head
     if args.k is not None:
         options["k"] = args.k
     return options
@@ -240,23 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     ann = sub.add_parser("annotate", help="annotate a query file with a model and a labelled reference")
-    ann.add_argument("--model", required=True, help="baseline, geneformer[:VARIANT] or scgpt")
+    ann.add_argument("--model", help="baseline, geneformer[:VARIANT] or scgpt (with --annotator: its model)")
     ann.add_argument("--query", required=True, help="the cells to annotate")
     ann.add_argument("--reference", help="a labelled reference; without it, evaluate on a 70/30 split of the query")
-    ann.add_argument("--label-column", required=True, help="the reference's (or query's, without one) labels")
+    ann.add_argument("--label-column", help="the reference's (or query's, without one) labels")
+    ann.add_argument("--annotator", help="a saved annotator (name or id) instead of a reference")
     ann.add_argument("--truth-column", help="the query's true labels: enables metrics")
     ann.add_argument("--out", required=True, help="the annotated .h5ad to write")
     ann.add_argument("--csv", action="store_true", help="also write OUT.csv with per-cell predictions")
     ann.add_argument("--confidence", type=float, default=0.5, help="below it a cell is 'unassigned'")
     ann.add_argument("--seed", type=int, default=0)
-    ann.add_argument("--head", choices=["logistic_regression", "knn"], default="logistic_regression",
-                     help="logistic regression (default) or kNN reference mapping")
+    ann.add_argument("--head", choices=["logistic_regression", "knn"],
+                     help="logistic regression (the default) or kNN reference mapping")
     ann.add_argument("--k", type=int, help="neighbours of the knn head (default 15, or the smallest class's size)")
     ann.add_argument("--majority-voting", action="store_true",
                      help="also label each over-cluster of the query by its majority (obs['majority_voting'])")
     ann.add_argument("--novelty-threshold", type=float, default=0.0,
                      help="cells whose reference_fit is below it are 'unassigned' (0 to 1; default 0: none)")
     ann.set_defaults(func=cmd_annotate)
+    add_annotators_parser(sub)
     return parser
 
 

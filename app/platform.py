@@ -49,10 +49,12 @@ class Platform:
             except Exception:  # the catalog then says "missing" and how to stage weights
                 log.exception("could not prepare generated weights")
         refresh_weights_status(self.engine, self.weights)
+        from app.annotators import AnnotatorsService
         from app.runs import RunsService
 
         self.lease = Lease(self.engine, self.artifacts, settings.lease_s)
         self.runs = RunsService(self)
+        self.annotators = AnnotatorsService(self)
         self.datasets = self.runs.datasets
         if start_cluster:
             threading.Thread(target=self._start_compute, name="start-dask", daemon=True).start()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 
 import tornado.web
 
@@ -17,7 +16,8 @@ from app import security_headers
 from app.cross_site import harden_cookies
 from app.downloads import download_signature
 from app.loopwatch import WATCH
-from app.rest_base import ApiError, ApiHandler, platform
+from app.rest_annotators import ROUTES as ANNOTATOR_ROUTES
+from app.rest_base import ApiError, ApiHandler, attachment, platform
 from app.rest_json import application_json, dataset_json, model_json, run_json
 from app.rest_upload import UploadHandler
 from inference.devices import DeviceUnavailable, choose_device
@@ -67,8 +67,11 @@ class SubmitHandler(ApiHandler):
         for key in ("application", "model", "dataset", "reference", "label_column", "truth_column"):
             if body.get(key) is not None and not isinstance(body[key], str):
                 raise ApiError(400, "invalid_request", f"{key} must be a string.")
+        if body.get("annotator") is not None and not isinstance(body["annotator"], str):
+            raise ApiError(400, "invalid_request", "annotator must be a string (an annotator's id or name).")
         run = await self.call(platform().runs.submit, body["application"], body["model"], body["dataset"],
-                              body.get("reference"), body.get("label_column"), body.get("truth_column"), options)
+                              body.get("reference"), body.get("label_column"), body.get("truth_column"), options,
+                              body.get("annotator"))
         self.send({"run_id": run.id, "status": run.status}, 202)
 
 
@@ -101,15 +104,6 @@ class ResultsHandler(ApiHandler):
             raise ApiError(400, "invalid_request", "probabilities must be 'best' (the default: each cell's best "
                            "class and its confidence) or 'all' (every class's probability, p_<class>).")
         self.send(await self.call(platform().runs.results, run_id, offset, limit, probabilities == "all"))
-
-
-def attachment(file_name: str) -> str:
-    """A Content-Disposition that always downloads, with a name no browser or shell misreads: characters
-    outside ``[A-Za-z0-9._-]`` become ``_`` (the RFC 5987 ``filename*`` keeps the name as given, encoded)."""
-    from urllib.parse import quote
-
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", file_name).lstrip(".") or "download"
-    return f"attachment; filename=\"{safe}\"; filename*=UTF-8''{quote(file_name, safe='')}"
 
 
 class DownloadHandler(ApiHandler):
@@ -208,6 +202,7 @@ ROUTES = [
     (rf"/api/download/{UUID}", DownloadHandler, {}),
     (rf"/api/runs/{UUID}/cancel", CancelHandler, {}),
     (r"/api/runs", RunsHandler, {}),
+    *ANNOTATOR_ROUTES,
     (r"/api/health", HealthHandler, {}),
     (r"/api/openapi.json", OpenApiHandler, {}),
     (r"/api/docs/?", DocsHandler, {}),

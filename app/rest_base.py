@@ -8,12 +8,14 @@ import datetime as dt
 import hmac
 import json
 import logging
+import re
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import tornado.web
 
+from app.annotators import AnnotatorFileError, AnnotatorInUse, Conflict
 from app.cross_site import cross_site_refusal, is_json
 from app.datasets import DatasetRejected, NotFound
 from app.loopwatch import WATCH
@@ -60,6 +62,12 @@ def translate(exc: BaseException) -> ApiError:
         if exc.unreadable:
             return ApiError(415, "unreadable_file", str(exc), exc.report)
         return ApiError(400, "invalid_file", str(exc), exc.report)
+    if isinstance(exc, Conflict):
+        return ApiError(409, "conflict", str(exc))
+    if isinstance(exc, AnnotatorInUse):
+        return ApiError(409, "in_use", str(exc))
+    if isinstance(exc, AnnotatorFileError):
+        return ApiError(400, "invalid_annotator", str(exc))
     if isinstance(exc, ModelCannotUse):
         return ApiError(422, "model_cannot_use", str(exc))
     if isinstance(exc, (InvalidRun, ValueError)):
@@ -146,3 +154,12 @@ class ApiHandler(tornado.web.RequestHandler):
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_json", "The body must be a JSON object.")
         return data
+
+
+def attachment(file_name: str) -> str:
+    """A Content-Disposition that always downloads, with a name no browser or shell misreads: characters
+    outside ``[A-Za-z0-9._-]`` become ``_`` (the RFC 5987 ``filename*`` keeps the name as given, encoded)."""
+    from urllib.parse import quote
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", file_name).lstrip(".") or "download"
+    return f"attachment; filename=\"{safe}\"; filename*=UTF-8''{quote(file_name, safe='')}"

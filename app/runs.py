@@ -30,6 +30,7 @@ from inference import applications
 from inference.actors import cancel_event_name, finish_run
 from inference.applications.base import (
     Accepted,
+    AnnotatorInfo,
     DatasetInfo,
     ModelCannotUse,
     ModelInfo,
@@ -82,15 +83,20 @@ class RunsService:
                            ds.check_report)
 
     def _request(self, model: ModelEntry, query: Dataset, reference: Dataset | None, label_column: str | None,
-                 truth_column: str | None, options: dict) -> RunRequest:
+                 truth_column: str | None, options: dict, annotator: str | None = None) -> RunRequest:
         return RunRequest(ModelInfo(model.id, model.name, model.backend), self._dataset_info(query),
                           self._dataset_info(reference) if reference else None, label_column, truth_column,
-                          options)
+                          options, self._annotator_info(annotator) if annotator else None)
+
+    def _annotator_info(self, id_or_name: str) -> AnnotatorInfo:
+        a = self.platform.annotators.use(id_or_name)
+        return AnnotatorInfo(a.id, a.name, a.model_id, a.head_path, a.model_checksum, a.label_column, a.classes)
 
     def submit(self, application_id: str, model_id: str, dataset_id: str, reference_id: str | None = None,
                label_column: str | None = None, truth_column: str | None = None,
-               options: dict | None = None) -> Run:
-        """Validate, record the run as queued and return it at once; the work starts in the background."""
+               options: dict | None = None, annotator: str | None = None) -> Run:
+        """Validate, record the run as queued and return it at once; the work starts in the background.
+        ``annotator`` (an id or name) stands in for a reference: its saved head labels the query."""
         options = dict(options or {})
         with read_session(self.platform.engine) as s:
             app_row = s.get(Application, application_id)
@@ -110,7 +116,7 @@ class RunsService:
                 raise InvalidRun(f"{model.name} {variant} has no weights: {detail}")
         query = self.datasets.get(dataset_id)
         reference = self.datasets.get(reference_id) if reference_id else None
-        request = self._request(model, query, reference, label_column, truth_column, options)
+        request = self._request(model, query, reference, label_column, truth_column, options, annotator)
         accepted = applications.get(application_id).validate(request)
         params = {"variant": variant or model.variant or None, **accepted.parameters,
                   "weights": model.weights_status}
@@ -131,7 +137,8 @@ class RunsService:
             model = s.get(ModelEntry, run.model_id)
         query = self.datasets.get(run.dataset_id)
         reference = self.datasets.get(run.reference_dataset_id) if run.reference_dataset_id else None
-        request = self._request(model, query, reference, run.label_column, run.truth_column, run.parameters)
+        request = self._request(model, query, reference, run.label_column, run.truth_column, run.parameters,
+                                (run.parameters.get("annotator") or {}).get("id"))
         app = applications.get(run.application_id)
         accepted = Accepted(run.parameters, run.label_column, run.truth_column, run.cells_total)
         return app.job(request, accepted, run_dir, self.platform.artifacts.home / "heads")

@@ -77,6 +77,9 @@ class AnnotationJob:
     novelty_threshold: float = 0.0  # cells fitting the reference less than this are unassigned (0: none)
     head: dict = field(default_factory=lambda: dict(DEFAULT_HEAD))
     majority_voting: bool = False
+    annotator_head: str | None = None  # a saved annotator's head (.npz) used instead of a reference
+    annotator_checksum: str | None = None  # the weights it was trained on: other weights are refused
+    annotator_name: str | None = None
     seed: int = 0
     holdout_fraction: float = 0.3
     umap: dict | None = None
@@ -165,51 +168,38 @@ def predict(job: AnnotationJob, backend: Backend, model_info: dict, progress: St
 
 def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Counts, timer: _Timer,
              should_stop: Callable[[], bool] | None, workdir: Path | None) -> Prediction:
-    evaluation = job.reference is None
     cells: Counts | AnnData = query
-    if evaluation:
-        cells = query.whole()  # the query is its own reference: its cells are needed at once
-        labels_all = _labels(cells, job.label_column, "query")
-        held_out = stratified_split(labels_all, job.holdout_fraction, job.seed)
-        train = ~held_out & labels_all.notna().to_numpy()
-        reference = cells[train].copy()
-        ref_labels = labels_all[train].astype(str).to_numpy()
-        ref_key = f"{job.query.sha256}:split:{job.holdout_fraction}:{job.seed}"
-        truth_column = job.label_column
+    held_out = None
+    if job.annotator_head:  # a saved annotator: its head instead of a reference
+        head, key, head_reused, reference_cells = _annotator_head(job, backend, model_info)
+        _check_annotator_genes(backend, query)
+        evaluation, truth_column = False, job.truth_column
     else:
-        reference = load_counts(job.reference)
-        ref_series = _labels(reference, job.label_column, "reference")
-        keep = ref_series.notna().to_numpy()
-        reference = reference[keep].copy()
-        ref_labels = ref_series[keep].astype(str).to_numpy()
-        ref_key = job.reference.sha256
-        held_out = None
-        truth_column = job.truth_column
-    if len(set(ref_labels)) < 2:
-        raise AnnotationError(f"The reference's column {job.label_column!r} has {len(set(ref_labels))} class; "
-                              "a classifier needs at least two cell types.")
-    check_stop(should_stop)
-
-    settings = {**job.head, "backend_state": backend.has_state}
-    key = head_cache_key(model_info.get("checksum", backend.key), ref_key, job.label_column, settings)
-    head_path = head_file(job.heads_dir, key) if job.heads_dir else None
-    head_reused = bool(head_path and head_path.is_file())
-    if head_reused:
-        head = Head.load(head_path)
-        if backend.has_state:
-            backend.set_state(head.extra)
-    else:
-        timer.stage(Stage.EMBEDDING_REFERENCE, 0, reference.n_obs)
-        backend.fit(reference)
-        ref_emb = backend.embed(reference, progress=timer.report, should_stop=should_stop)
-        timer.stage(Stage.TRAINING_HEAD)
-        head = Head.train(ref_emb.features, ref_labels, job.head, seed=job.seed)
-        if backend.has_state:
-            head.extra = backend.state()
-        if head_path:
-            head_path.parent.mkdir(parents=True, exist_ok=True)
-            head.save(head_path)
-        del ref_emb
+        evaluation = job.reference is None
+        if evaluation:
+            cells = query.whole()  # the query is its own reference: its cells are needed at once
+            labels_all = _labels(cells, job.label_column, "query")
+            held_out = stratified_split(labels_all, job.holdout_fraction, job.seed)
+            train = ~held_out & labels_all.notna().to_numpy()
+            reference = cells[train].copy()
+            ref_labels = labels_all[train].astype(str).to_numpy()
+            ref_key = f"{job.query.sha256}:split:{job.holdout_fraction}:{job.seed}"
+            truth_column = job.label_column
+        else:
+            reference = load_counts(job.reference)
+            ref_series = _labels(reference, job.label_column, "reference")
+            keep = ref_series.notna().to_numpy()
+            reference = reference[keep].copy()
+            ref_labels = ref_series[keep].astype(str).to_numpy()
+            ref_key = job.reference.sha256
+            truth_column = job.truth_column
+        if len(set(ref_labels)) < 2:
+            raise AnnotationError(f"The reference's column {job.label_column!r} has {len(set(ref_labels))} class; "
+                                  "a classifier needs at least two cell types.")
+        check_stop(should_stop)
+        head, key, head_reused = _trained_head(job, backend, model_info, reference, ref_labels, ref_key, timer,
+                                               should_stop)
+        reference_cells = int(reference.n_obs)
     check_stop(should_stop)
 
     timer.stage(Stage.EMBEDDING_QUERY, 0, query.n_obs)
@@ -251,7 +241,8 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
                        "evaluation_mode": evaluation, "query_block_cells": QUERY_BLOCK,
                        **({"holdout_fraction": job.holdout_fraction} if evaluation else {})},
         "head": {"cache_key": key, "reused": head_reused, "classes": head.classes.tolist(),
-                 "reference_cells": int(reference.n_obs), **head.describe()},
+                 "reference_cells": reference_cells, **head.describe(),
+                 **({"annotator": job.annotator_name} if job.annotator_head else {})},
         "genes_used": genes_used,
     }
     return Prediction(cell_ids=query.obs_names.to_numpy().astype(str), predicted=predicted.astype(str),
@@ -259,6 +250,67 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
                       reference_fit=fit.astype(np.float32), reason=reason.astype(str),
                       classes=head.classes.astype(str), features=features, basis=basis, truth=truth,
                       held_out=held_out, metrics=metrics, provenance=provenance, timings=timer.timings)
+
+
+def _trained_head(job: AnnotationJob, backend: Backend, model_info: dict, reference: AnnData, ref_labels: np.ndarray,
+                  ref_key: str, timer: _Timer, should_stop: Callable[[], bool] | None) -> tuple[Head, str, bool]:
+    """The head for this model, reference and settings: from the cache, or embedded and trained (then cached)."""
+    settings = {**job.head, "backend_state": backend.has_state}
+    key = head_cache_key(model_info.get("checksum", backend.key), ref_key, job.label_column, settings)
+    head_path = head_file(job.heads_dir, key) if job.heads_dir else None
+    if head_path and head_path.is_file():
+        head = Head.load(head_path)
+        if backend.has_state:
+            backend.set_state(head.extra)
+        return head, key, True
+    head = train_head(backend, reference, ref_labels, job.head, job.seed, timer, should_stop)
+    if head_path:
+        head_path.parent.mkdir(parents=True, exist_ok=True)
+        head.save(head_path)
+    return head, key, False
+
+
+def train_head(backend: Backend, reference: AnnData, labels: np.ndarray, settings: dict, seed: int = 0,
+               timer: _Timer | None = None, should_stop: Callable[[], bool] | None = None) -> Head:
+    """Fit the backend to the reference (the baseline learns its genes), embed it, train the head; the backend's
+    fitted state is kept with the head."""
+    timer = timer or _Timer(None)
+    timer.stage(Stage.EMBEDDING_REFERENCE, 0, reference.n_obs)
+    backend.fit(reference)
+    ref_emb = backend.embed(reference, progress=timer.report, should_stop=should_stop)
+    timer.stage(Stage.TRAINING_HEAD)
+    head = Head.train(ref_emb.features, labels, settings, seed=seed)
+    if backend.has_state:
+        head.extra = backend.state()
+    return head
+
+
+def _annotator_head(job: AnnotationJob, backend: Backend, model_info: dict) -> tuple[Head, str, bool, int]:
+    """A saved annotator's head, refused unless this model's weights are the ones it was trained on."""
+    checksum = model_info.get("checksum", backend.key)
+    if job.annotator_checksum and checksum != job.annotator_checksum:
+        raise AnnotationError(
+            f"This annotator was trained on weights with checksum {job.annotator_checksum[:16]}…, but the model's "
+            f"weights here have checksum {str(checksum)[:16]}…: its head would read another model's embeddings. "
+            "Stage the weights it was trained on, or train an annotator on these.")
+    head = Head.load(Path(job.annotator_head))
+    if backend.has_state:
+        backend.set_state(head.extra)
+    cells = int(np.diff(head.fit.offsets).sum())
+    return head, f"annotator:{Path(job.annotator_head).stem}", True, cells
+
+
+MIN_ANNOTATOR_GENE_SHARE = 0.5
+
+
+def _check_annotator_genes(backend: Backend, query: Counts) -> None:
+    """An annotator learnt from genes the query may lack: refuse before embedding when it lacks most of them."""
+    found = backend.genes_present(query.block(0, min(1, query.n_obs)))
+    if found and found[1] and found[0] < MIN_ANNOTATOR_GENE_SHARE * found[1]:
+        raise AnnotationError(
+            f"The query has {found[0]:,} of the {found[1]:,} genes this annotator reads (needs at least "
+            f"{MIN_ANNOTATOR_GENE_SHARE:.0%}): check that the genes are human and named by Ensembl id or current "
+            "symbol, as in the reference it learnt from.")
 
 
 def _calibration(head: Head, proba: np.ndarray, truth: np.ndarray) -> dict[str, object]:

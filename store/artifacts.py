@@ -86,7 +86,7 @@ class ArtifactStore:
 
     def __init__(self, home: str | os.PathLike[str]) -> None:
         self.home = Path(home).resolve()
-        for sub in ("datasets", "runs", "heads", "weights", "tmp"):
+        for sub in ("datasets", "runs", "heads", "annotators", "weights", "tmp"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
 
     def inside(self, *parts: str) -> Path:
@@ -116,6 +116,10 @@ class ArtifactStore:
         if not _CACHE_KEY.match(cache_key or ""):
             raise InvalidIdError(f"{cache_key!r} is not a classifier-head cache key.")
         return self.inside("heads", cache_key + ".npz")  # the name inference/run_files.py head_file() gives
+
+    def annotator_path(self, sha256: str) -> Path:
+        """An annotator's arrays, addressed by their content."""
+        return self.inside("annotators", f"{validate_sha256(sha256)}.npz")
 
     def ingest(self, source: BinaryIO, file_name: str, chunk_size: int = 1 << 20,
                max_bytes: int | None = None) -> tuple[str, Path, int]:

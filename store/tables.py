@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class RunStatus(StrEnum):
@@ -139,3 +139,33 @@ class ClassifierHead(SQLModel, table=True):
     classes: list[str] = _json(list)
     metrics: dict[str, Any] = _json(dict)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class AnnotatorEntry(SQLModel, table=True):
+    """A named, immutable trained annotator: a model's head and what it learnt from, reusable without a reference.
+
+    Its arrays live in the data home, addressed by their sha256 (``annotators/<sha256>.npz``); this row is what it
+    is: the model and weights it needs, the reference, its classes, its held-out check, its Cell Ontology map."""
+
+    __tablename__ = "annotators"
+    id: str = Field(primary_key=True)
+    name: str = Field(index=True, unique=True)
+    description: str = ""
+    author: str = ""
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    format_version: int = 1
+    model_id: str
+    backend: str
+    variant: str = ""
+    model_checksum: str
+    trained: bool = True
+    head_kind: str
+    head_sha256: str
+    label_column: str
+    reference: dict[str, Any] = _json(dict)  # file name, sha256, cells
+    classes: dict[str, Any] = _json(dict)  # class -> reference cells
+    genes_used: int | None = None
+    check: dict[str, Any] = _json(dict)
+    ontology: dict[str, Any] = _json(dict)  # label -> CL term id (absent or None: unmapped)
+    provenance: dict[str, Any] = _json(dict)
+    builtin: bool = False

@@ -113,7 +113,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_runs(home_settings):
         conn.execute("DROP TABLE server_instances")
         conn.execute("UPDATE schema_meta SET value = '1' WHERE key = 'schema_version'")
     engine = make_engine(f"sqlite:///{db}")
-    assert init_schema(engine) == SCHEMA_VERSION == 2
+    assert init_schema(engine) == SCHEMA_VERSION == 3
     with read_session(engine) as s:
         assert s.get(Run, run_id).status == "done" and s.get(Run, run_id).owner is None
     engine.dispose()

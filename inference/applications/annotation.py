@@ -36,6 +36,8 @@ class CellTypeAnnotation(Application):
               Stage.WRITING: 0.06}
 
     def validate(self, request: RunRequest) -> Accepted:
+        if request.annotator is not None:
+            return self._validate_annotator(request)
         query, reference, label_column = request.query, request.reference, request.label_column
         labels_from = reference or query
         columns = CheckReport(labels_from.check_report).label_columns
@@ -78,6 +80,40 @@ class CellTypeAnnotation(Application):
                         label_column=label_column, truth_column=truth or (label_column if reference is None else None),
                         cells_total=int(query.n_cells or 0))
 
+    def _validate_annotator(self, request: RunRequest) -> Accepted:
+        a, query = request.annotator, request.query
+        if request.reference is not None:
+            raise SubmissionError("Give a reference or an annotator, not both: an annotator is a head already "
+                                  "trained on its reference.")
+        if request.model.id != a.model_id:
+            raise SubmissionError(f"Annotator {a.name!r} reads {a.model_id}'s embeddings: choose the model "
+                                  f"{a.model_id}, not {request.model.id}.")
+        if "head" in request.options or "k" in request.options:
+            raise SubmissionError(f"Annotator {a.name!r} brings its own head: leave head and k out.")
+        truth = request.truth_column
+        if truth and truth not in CheckReport(query.check_report).label_columns:
+            raise SubmissionError(f"{truth!r} is not a label column of the query {query.file_name}.")
+        overlap = CheckReport(query.check_report).overlap.get(request.model.backend)
+        if overlap and not overlap["ok"]:
+            raise ModelCannotUse(f"{request.model.name} cannot use {query.file_name}: {overlap['message']}")
+        options = request.options
+        threshold = _fraction(options, "confidence_threshold", 0.5,
+                              "below it a cell's best class is too unsure to call")
+        novelty = _fraction(options, "novelty_threshold", 0.0,
+                            "cells fitting the reference less than this are left unassigned; 0 leaves none")
+        voting = options.get("majority_voting", False)
+        if not isinstance(voting, bool):
+            raise SubmissionError("majority_voting must be true or false.")
+        try:
+            seed = int(options.get("seed", 0))
+        except (TypeError, ValueError):
+            raise SubmissionError("seed must be a whole number.") from None
+        return Accepted(parameters={"confidence_threshold": threshold, "novelty_threshold": novelty, "seed": seed,
+                                    "majority_voting": voting, "evaluation_mode": False,
+                                    "annotator": {"id": a.id, "name": a.name}},
+                        label_column=a.label_column, truth_column=truth or None,
+                        cells_total=int(query.n_cells or 0))
+
     def job(self, request: RunRequest, accepted: Accepted, out_dir: Path, heads_dir: Path) -> AnnotationJob:
         def inp(ds) -> DataInput:  # noqa: ANN001 - a DatasetInfo
             return DataInput(ds.path, ds.file_name, ds.sha256)
@@ -86,11 +122,14 @@ class CellTypeAnnotation(Application):
         return AnnotationJob(model_id=request.model.id, query=inp(request.query),
                              reference=inp(request.reference) if request.reference else None,
                              label_column=accepted.label_column,
-                             truth_column=accepted.truth_column if request.reference else None,
+                             truth_column=accepted.truth_column if request.reference or request.annotator else None,
                              out_dir=str(out_dir), heads_dir=str(heads_dir),
                              confidence_threshold=p.get("confidence_threshold", 0.5), seed=p.get("seed", 0),
                              novelty_threshold=p.get("novelty_threshold", 0.0),
-                             head=p.get("head") or head_settings(), majority_voting=p.get("majority_voting", False))
+                             head=p.get("head") or head_settings(), majority_voting=p.get("majority_voting", False),
+                             **({"annotator_head": request.annotator.head_path,
+                                 "annotator_checksum": request.annotator.model_checksum,
+                                 "annotator_name": request.annotator.name} if request.annotator else {}))
 
     def model_phase(self, job: AnnotationJob, backend: Any, model_info: dict, workdir: Path,
                     progress: StageProgress, should_stop: ShouldStop) -> None:

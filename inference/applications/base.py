@@ -57,6 +57,20 @@ class RunRequest:
     label_column: str | None = None
     truth_column: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    annotator: AnnotatorInfo | None = None  # a saved annotator instead of a reference
+
+
+@dataclass(frozen=True)
+class AnnotatorInfo:
+    """A saved annotator as a run sees it: its head's file and what it needs."""
+
+    id: str
+    name: str
+    model_id: str
+    head_path: str
+    model_checksum: str
+    label_column: str
+    classes: dict[str, int]
 
 
 @dataclass(frozen=True)

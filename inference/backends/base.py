@@ -73,6 +73,11 @@ class Backend(ABC):
     def state(self) -> dict[str, np.ndarray]:
         return {}
 
+    def genes_present(self, adata: AnnData) -> tuple[int, int] | None:
+        """(genes of ``adata`` this backend's fitted state reads, genes it reads), or None when its inputs are its
+        vocabulary (checked with every upload instead)."""
+        return None
+
     def set_state(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027 - nothing to restore by default
         """Restore what ``state()`` returned."""
 

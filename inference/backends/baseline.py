@@ -96,6 +96,9 @@ class BaselineBackend(Backend):
 
     needs_weights = False
 
+    def genes_present(self, adata: AnnData) -> tuple[int, int] | None:
+        return len(set(self.genes or ()) & set(gene_keys(adata))), len(self.genes or ())
+
     @property
     def has_state(self) -> bool:
         return True

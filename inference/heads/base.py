@@ -18,6 +18,8 @@ class Classifier(ABC):
     kind: ClassVar[str] = ""
     uses_space: ClassVar[bool] = False
     classes: np.ndarray
+    # (mask of held-back reference cells, their calls by a head trained without them), when training made one
+    held_out: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     @abstractmethod

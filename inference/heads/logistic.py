@@ -37,19 +37,22 @@ class LogisticHead(Classifier):
 
     @classmethod
     def train(cls, x: np.ndarray, labels: np.ndarray, settings: dict, seed: int = 0) -> LogisticHead:
-        temperature, n_cal = 1.0, 0
+        temperature, n_cal, held_out = 1.0, 0, None
         if settings.get("calibrate", True):
             held = calibration_split(labels, seed=seed)
             n_cal = int(held.sum())
             if n_cal >= MIN_CALIBRATION_CELLS and len(np.unique(labels[~held])) == len(np.unique(labels)):
                 first = _fit(x[~held], labels[~held], settings, seed)
                 index = {c: i for i, c in enumerate(first.classes_)}
-                temperature = fit_temperature(_logits(first.coef_, first.intercept_, x[held]),
-                                              np.array([index[v] for v in labels[held]]))
+                logits = _logits(first.coef_, first.intercept_, x[held])
+                temperature = fit_temperature(logits, np.array([index[v] for v in labels[held]]))
+                held_out = (held, first.classes_.astype(str)[logits.argmax(axis=1)])
             else:
                 n_cal = 0
         clf = _fit(x, labels, settings, seed)
-        return cls(clf.classes_.astype(str), clf.coef_, clf.intercept_, temperature, n_cal)
+        head = cls(clf.classes_.astype(str), clf.coef_, clf.intercept_, temperature, n_cal)
+        head.held_out = held_out  # the first fit's calls on the held-back fifth: the head's check, for free
+        return head
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         return softmax(_logits(self.coef, self.intercept, x) / self.temperature)
