@@ -134,8 +134,7 @@ def _annotator(settings: Settings, id_or_name: str) -> _Use:
         use = platform.annotators.use(a.id)
     finally:
         platform.close()
-    return _Use(AnnotatorInfo(use.id, use.name, use.model_id, use.head_path, use.model_checksum, use.label_column,
-                              use.classes), a.model_id, a.variant)
+    return _Use(use, a.model_id, a.variant)
 
 
 def train_annotator(settings: Settings, model: str, reference: Path, label_column: str, name: str,

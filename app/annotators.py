@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from inference.annotator_file import (
     read_annotator_file,
     write_annotator_file,
 )
+from inference.applications.base import AnnotatorInfo
 from inference.heads import HEAD_KINDS, Head
 from inference.run_files import atomic_path
 from store.artifacts import InvalidIdError, new_id, validate_uuid4
@@ -40,19 +40,6 @@ class Conflict(ValueError):
 
 class AnnotatorInUse(ValueError):
     """What cannot be removed (a built-in annotator)."""
-
-
-@dataclass(frozen=True)
-class AnnotatorUse:
-    """What a run needs of an annotator."""
-
-    id: str
-    name: str
-    model_id: str
-    head_path: str
-    model_checksum: str
-    label_column: str
-    classes: dict[str, int]
 
 
 def check_name(name: object) -> str:
@@ -92,13 +79,22 @@ class AnnotatorsService:
             raise NotFound(f"No annotator {id_or_name!r}.")
         return found
 
-    def use(self, id_or_name: str) -> AnnotatorUse:
+    def use(self, id_or_name: str) -> AnnotatorInfo:
+        """What a run needs of an annotator (its head's file, weights checksum, label column, ontology map)."""
         a = self.get(id_or_name)
         path = self.platform.artifacts.annotator_path(a.head_sha256)
         if not path.is_file():
             raise NotFound(f"The arrays of annotator {a.name!r} are missing from the data home ({path.name}).")
-        return AnnotatorUse(a.id, a.name, a.model_id, str(path), a.model_checksum, a.label_column,
-                            dict(a.classes))
+        return AnnotatorInfo(a.id, a.name, a.model_id, str(path), a.model_checksum, a.label_column,
+                             dict(a.classes), dict(a.ontology))
+
+    def suggest_ontology(self, labels: list[str]) -> dict[str, dict | None]:
+        """A Cell Ontology term to propose for each label (exact name, synonym, common lab spelling; else None)
+        for the user to confirm or change."""
+        from inference.ontology import suggest_terms
+
+        return {label: (None if s is None else {"term_id": s.term_id, "term_label": s.term_label, "how": s.how})
+                for label, s in suggest_terms(labels).items()}
 
     # ---- making -----------------------------------------------------------------------------------------------
     def save_from_run(self, run_id: str, name: str, description: str = "", author: str = "",

@@ -89,8 +89,7 @@ class RunsService:
                           options, self._annotator_info(annotator) if annotator else None)
 
     def _annotator_info(self, id_or_name: str) -> AnnotatorInfo:
-        a = self.platform.annotators.use(id_or_name)
-        return AnnotatorInfo(a.id, a.name, a.model_id, a.head_path, a.model_checksum, a.label_column, a.classes)
+        return self.platform.annotators.use(id_or_name)
 
     def submit(self, application_id: str, model_id: str, dataset_id: str, reference_id: str | None = None,
                label_column: str | None = None, truth_column: str | None = None,

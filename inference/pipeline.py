@@ -80,6 +80,7 @@ class AnnotationJob:
     annotator_head: str | None = None  # a saved annotator's head (.npz) used instead of a reference
     annotator_checksum: str | None = None  # the weights it was trained on: other weights are refused
     annotator_name: str | None = None
+    ontology: dict = field(default_factory=dict)  # label -> Cell Ontology id: adds the term and coarse class columns
     seed: int = 0
     holdout_fraction: float = 0.3
     umap: dict | None = None
@@ -381,12 +382,13 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
             p.metrics["majority_voting"] = {**annotation_metrics(p.truth[mask], consensus[1][mask]),
                                             "clusters": int(len(set(clusters)))}
         check_stop(should_stop)
+    terms = _ontology_columns(job, p)
     timer.stage(Stage.UMAP)
     coords, umap_info = umap_layout(p.basis, seed=job.seed, params=job.umap)
     check_stop(should_stop)
     timer.stage(Stage.WRITING)
     provenance = {**p.provenance, "umap": umap_info}
-    files = _write_results(job, p, coords, provenance, consensus)
+    files = _write_results(job, p, coords, provenance, consensus, terms)
     timer.finish()
     provenance["stage_timings"] = timer.timings
     # the published folder is complete: its provenance is replaced at once, never truncated
@@ -396,8 +398,27 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
             "predicted_counts": {str(k): int(v) for k, v in counts.items()}, "stage_timings": timer.timings}
 
 
+def _ontology_columns(job: AnnotationJob, p: Prediction) -> dict[str, np.ndarray]:
+    """The predicted labels' Cell Ontology terms and coarse classes (when the annotator maps its labels), and
+    metrics at the coarse level where the truth's labels map too."""
+    if not any(job.ontology.values()):
+        return {}
+    from inference.ontology import label_columns
+
+    terms = label_columns(p.predicted, job.ontology)
+    if p.truth is not None and p.metrics:
+        truth_class = label_columns(p.truth, job.ontology)["predicted_cell_class"]
+        mask = (p.truth != "") & (truth_class != "") & (p.held_out if p.held_out is not None else True)
+        if mask.any():
+            predicted_class = np.where(terms["predicted_cell_class"] == "", UNASSIGNED, terms["predicted_cell_class"])
+            p.metrics["cell_class"] = {**annotation_metrics(truth_class[mask].astype(str),
+                                                            predicted_class[mask].astype(str)),
+                                       "scope": "cells whose true label maps to a Cell Ontology class"}
+    return terms
+
+
 def _write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, provenance: dict,
-                   consensus: tuple[np.ndarray, np.ndarray] | None) -> dict[str, str]:
+                   consensus: tuple[np.ndarray, np.ndarray] | None, terms: dict[str, np.ndarray]) -> dict[str, str]:
     final = Path(job.out_dir)
     with atomic_folder(final) as staging:
         table = pd.DataFrame({"cell_id": p.cell_ids, "predicted_label": p.predicted, "confidence": p.confidence,
@@ -405,6 +426,8 @@ def _write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, proven
                               "reference_fit": p.reference_fit, "umap_1": coords[:, 0], "umap_2": coords[:, 1]})
         if consensus is not None:
             table["over_clustering"], table["majority_voting"] = consensus
+        for key, values in terms.items():
+            table[key] = values.astype(str)
         if p.truth is not None:
             table["true_label"] = p.truth
         if p.held_out is not None:
@@ -450,7 +473,7 @@ def _annotated_h5ad(job: AnnotationJob, table: pd.DataFrame, p: Prediction, coor
            "prediction_assigned": table["assigned"].to_numpy(),
            "unassigned_reason": pd.Categorical(table["unassigned_reason"].to_numpy()),
            "reference_fit": table["reference_fit"].to_numpy()}
-    for key in ("over_clustering", "majority_voting"):
+    for key in ("over_clustering", "majority_voting", "predicted_cell_type_ontology_term_id", "predicted_cell_class"):
         if key in table:
             obs[key] = pd.Categorical(table[key].to_numpy())
     if "split" in table:

@@ -129,7 +129,8 @@ class CellTypeAnnotation(Application):
                              head=p.get("head") or head_settings(), majority_voting=p.get("majority_voting", False),
                              **({"annotator_head": request.annotator.head_path,
                                  "annotator_checksum": request.annotator.model_checksum,
-                                 "annotator_name": request.annotator.name} if request.annotator else {}))
+                                 "annotator_name": request.annotator.name,
+                                 "ontology": dict(request.annotator.ontology)} if request.annotator else {}))
 
     def model_phase(self, job: AnnotationJob, backend: Any, model_info: dict, workdir: Path,
                     progress: StageProgress, should_stop: ShouldStop) -> None:

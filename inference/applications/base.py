@@ -71,6 +71,7 @@ class AnnotatorInfo:
     model_checksum: str
     label_column: str
     classes: dict[str, int]
+    ontology: dict[str, str | None] = field(default_factory=dict)  # label -> Cell Ontology id, as confirmed
 
 
 @dataclass(frozen=True)
