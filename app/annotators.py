@@ -135,14 +135,15 @@ class AnnotatorsService:
         """A head trained elsewhere in this process (the command line's ``annotators train``)."""
         return self._store(head_bytes, {**metadata, "name": check_name(metadata.get("name"))})
 
-    def import_file(self, source: Path | bytes, name: str | None = None) -> AnnotatorEntry:
+    def import_file(self, source: Path | bytes, name: str | None = None, builtin: bool = False) -> AnnotatorEntry:
         """A shared annotator file: every part checked (nothing stored unless all holds); author and provenance
-        kept. ``name`` renames it (e.g. when the original name is taken here)."""
+        kept. ``name`` renames it (e.g. when the original name is taken here); ``builtin``: one the platform
+        ships (app/builtin_annotators.py), which cannot be deleted."""
         f = read_annotator_file(source)
         meta = dict(f.metadata)
         meta["name"] = check_name(name or meta.get("name"))
-        meta["provenance"] = {**(meta.get("provenance") or {}), "imported": True}
-        meta.pop("builtin", None)
+        meta["provenance"] = {**(meta.get("provenance") or {}), "imported": not builtin}
+        meta["builtin"] = builtin
         return self._store(f.head_bytes, meta)
 
     def _store(self, head_bytes: bytes, meta: dict) -> AnnotatorEntry:

@@ -50,11 +50,16 @@ class Platform:
                 log.exception("could not prepare generated weights")
         refresh_weights_status(self.engine, self.weights)
         from app.annotators import AnnotatorsService
+        from app.builtin_annotators import install as install_builtin_annotators
         from app.runs import RunsService
 
         self.lease = Lease(self.engine, self.artifacts, settings.lease_s)
         self.runs = RunsService(self)
         self.annotators = AnnotatorsService(self)
+        try:
+            install_builtin_annotators(self)  # ready at first start, offline (app/builtin_annotators.py)
+        except Exception:  # a damaged install must not keep the platform from starting; say so in the log
+            log.exception("could not install the built-in annotators")
         self.datasets = self.runs.datasets
         if start_cluster:
             threading.Thread(target=self._start_compute, name="start-dask", daemon=True).start()
