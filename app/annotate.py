@@ -77,7 +77,8 @@ def _dataset(path: Path, vocab: dict[str, Vocabulary]) -> DatasetInfo:
 def annotate_files(settings: Settings, model: str | None, query: Path, out: Path, label_column: str | None,
                    reference: Path | None = None, truth_column: str | None = None, write_csv: bool = False,
                    confidence_threshold: float = 0.5, seed: int = 0,
-                   options: dict | None = None, annotator: str | None = None) -> dict[str, object]:
+                   options: dict | None = None, annotator: str | None = None,
+                   cellxgene: bool = False) -> dict[str, object]:
     """The same application, checks and job as a served run, in this process (no Dask, no database).
     ``options`` are the run's other options, as the API takes them (head, k, majority_voting, novelty_threshold)."""
     from app.weights import weights_locations
@@ -114,6 +115,10 @@ def annotate_files(settings: Settings, model: str | None, query: Path, out: Path
         if write_csv:
             with atomic_path(out.with_suffix(".csv")) as tmp_csv:
                 shutil.copyfile(result_dir / CSV, tmp_csv)
+        if cellxgene:
+            from inference.cellxgene import cellxgene_from_result
+
+            cellxgene_from_result(result_dir, out.with_suffix(".cellxgene.h5ad"))
     return {"metrics": outcome.metrics, "provenance": outcome.provenance, **outcome.summary}
 
 

@@ -169,14 +169,16 @@ def cmd_annotate(args: argparse.Namespace, settings: Settings) -> int:
     try:
         result = annotate_files(settings, args.model, Path(args.query), Path(args.out), args.label_column,
                                 Path(args.reference) if args.reference else None, args.truth_column, args.csv,
-                                args.confidence, args.seed, _annotate_options(args), args.annotator)
+                                args.confidence, args.seed, _annotate_options(args), args.annotator, args.cellxgene)
     except (AnnotationError, SubmissionError, ValueError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     model = result["provenance"]["model"]
     if not model.get("trained", True):
         print("NOTE: this model's weights are generated and untrained; its predictions mean nothing.")
-    print(f"wrote {args.out}" + (f" and {Path(args.out).with_suffix('.csv')}" if args.csv else ""))
+    extra = [str(Path(args.out).with_suffix(s)) for s, on in ((".csv", args.csv),
+                                                              (".cellxgene.h5ad", args.cellxgene)) if on]
+    print(f"wrote {args.out}" + "".join(f" and {e}" for e in extra))
     counts = ", ".join(f"{k} {v}" for k, v in result["predicted_counts"].items())
     print(f"predicted: {counts}")
     m = result["metrics"]
@@ -251,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--truth-column", help="the query's true labels: enables metrics")
     ann.add_argument("--out", required=True, help="the annotated .h5ad to write")
     ann.add_argument("--csv", action="store_true", help="also write OUT.csv with per-cell predictions")
+    ann.add_argument("--cellxgene", action="store_true",
+                     help="also write OUT.cellxgene.h5ad with CELLxGENE's cell_type_ontology_term_id and cell_type "
+                          "(needs an annotator whose labels map to Cell Ontology terms)")
     ann.add_argument("--confidence", type=float, default=0.5, help="below it a cell is 'unassigned'")
     ann.add_argument("--seed", type=int, default=0)
     ann.add_argument("--head", choices=["logistic_regression", "knn"],

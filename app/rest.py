@@ -117,12 +117,12 @@ class DownloadHandler(ApiHandler):
 
     async def get(self, run_id: str) -> None:
         fmt = self.get_query_argument("format", "h5ad")
-        if fmt not in ("h5ad", "csv"):
-            raise ApiError(400, "invalid_request", "format must be h5ad or csv.")
+        if fmt not in ("h5ad", "csv", "cellxgene"):
+            raise ApiError(400, "invalid_request", "format must be h5ad, csv or cellxgene.")
         path = await self.call(platform().runs.export, run_id, fmt)
         self.set_header("Content-Type", "text/csv; charset=utf-8" if fmt == "csv" else "application/octet-stream")
-        stem = "annotated" if fmt == "h5ad" else "predictions"
-        self.set_header("Content-Disposition", attachment(f"{stem}-{run_id[:8]}.{fmt}"))
+        name = {"h5ad": "annotated-{}.h5ad", "csv": "predictions-{}.csv", "cellxgene": "cellxgene-{}.h5ad"}[fmt]
+        self.set_header("Content-Disposition", attachment(name.format(run_id[:8])))
         self.set_header("Content-Length", str(path.stat().st_size))
         with open(path, "rb") as fh:
             while chunk := fh.read(CHUNK):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from inference.run_files import ANNOTATED, CSV, PREDICTIONS, PROBABILITY_PREFIX, atomic_path
+from inference.run_files import ANNOTATED, CELLXGENE, CSV, PREDICTIONS, PROBABILITY_PREFIX, atomic_path
 from store.artifacts import ArtifactStore
 from store.tables import Run, RunStatus
 
@@ -85,8 +85,15 @@ class ResultsReader:
         folder = self.result_dir(run_id)
         if fmt == "h5ad":
             return folder / ANNOTATED
+        if fmt == "cellxgene":
+            out = folder / CELLXGENE
+            if not out.exists():
+                from inference.cellxgene import cellxgene_from_result
+
+                cellxgene_from_result(folder, out)  # written under a temporary name, renamed when complete
+            return out
         if fmt != "csv":
-            raise ValueError(f"Unknown format {fmt!r}: choose h5ad or csv.")
+            raise ValueError(f"Unknown format {fmt!r}: choose h5ad, csv or cellxgene.")
         csv = folder / CSV
         if not csv.exists():
             with atomic_path(csv) as tmp:

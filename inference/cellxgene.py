@@ -112,3 +112,22 @@ def write_cellxgene(src_h5ad: Path, dst: Path, term_ids: np.ndarray, labels: np.
     finally:
         partial.unlink(missing_ok=True)
     return dst
+
+
+def cellxgene_from_result(result_dir: Path, out: Path) -> Path:
+    """The CELLxGENE copy of a finished run's annotated file: each cell's predicted label as its Cell Ontology
+    term, as the run recorded it (the annotator's confirmed map); refused, in plain words, for a run whose labels
+    were not mapped."""
+    from inference.run_files import ANNOTATED, PREDICTIONS, atomic_path
+
+    table = pd.read_parquet(Path(result_dir) / PREDICTIONS)
+    if "predicted_cell_type_ontology_term_id" not in table:
+        raise OntologyError("This run's labels are not mapped to Cell Ontology terms, so it has no CELLxGENE "
+                            "cell_type: save it as an annotator (confirming a term for each label) and annotate "
+                            "with that annotator, or use one that maps its labels (the built-in PBMC one does).")
+    pairs = table[["predicted_label", "predicted_cell_type_ontology_term_id"]].drop_duplicates()
+    mapping = {str(label): (str(term) or None) for label, term in pairs.itertuples(index=False)}
+    term_ids, labels = cellxgene_columns(table["predicted_label"].to_numpy(), mapping)
+    with atomic_path(out) as tmp:  # a name of its own: two downloads at once never share a partial file
+        write_cellxgene(Path(result_dir) / ANNOTATED, tmp, term_ids, labels)
+    return Path(out)

@@ -21,6 +21,7 @@ METRICS = "metrics.json"
 PROVENANCE = "provenance.json"
 ANNOTATED = "annotated.h5ad"         # the input file plus predictions (obs), embedding and UMAP (obsm)
 CSV = "predictions.csv"              # written on first download
+CELLXGENE = "cellxgene.h5ad"         # the annotated file with CELLxGENE's cell_type columns, on first download
 HEAD_SUFFIX = ".npz"                 # a cached classifier head: plain arrays, never a pickle
 PROBABILITY_PREFIX = "p_"  # predictions columns "p_<class>": one per class of the head, rows sum to 1
 

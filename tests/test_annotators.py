@@ -238,5 +238,46 @@ def test_the_built_in_pbmc_annotator_is_there_at_first_start_and_annotates_unlab
     # the subset's cells are among the 2,700 it learnt from: this checks the path, not its accuracy
     assert np.mean(out.obs["predicted_label"].astype(str).to_numpy() == truth) > 0.9
     assert set(out.obs["predicted_cell_class"].astype(str)) >= {"T cell", "B cell", "monocyte"}
-    terms = dict(zip(out.obs["predicted_label"].astype(str), out.obs["predicted_cell_type_ontology_term_id"]))
+    terms = dict(zip(out.obs["predicted_label"].astype(str), out.obs["predicted_cell_type_ontology_term_id"],
+                     strict=True))
     assert terms["CD14 Monocytes"] == "CL:0001054" and terms.get("unassigned", "") == ""
+
+
+def test_the_command_line_lists_uses_exports_and_refuses(homes, files, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    _, elsewhere = homes
+    _, query = files
+    env = {**os.environ, "HELICAL_PLATFORM_HOME": str(elsewhere.home)}
+    cli = shutil.which("helical-platform") or str(Path(sys.executable).parent / "helical-platform")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=600)
+
+    listed = run("annotators", "list")
+    assert listed.returncode == 0 and "PBMC 3k (baseline)" in listed.stdout and "held-out macro-F1" in listed.stdout
+    out = tmp_path / "cells.h5ad"
+    done = run("annotate", "--annotator", "PBMC 3k (baseline)", "--query", str(query), "--out", str(out),
+               "--cellxgene", "--truth-column", "celltype")
+    assert done.returncode == 0, done.stderr
+    cxg = ad.read_h5ad(tmp_path / "cells.cellxgene.h5ad")
+    predicted = ad.read_h5ad(out).obs["predicted_label"].astype(str).to_numpy()
+    ids = cxg.obs["cell_type_ontology_term_id"].astype(str).to_numpy()
+    names = cxg.obs["cell_type"].astype(str).to_numpy()
+    assert (ids[predicted == "CD14 Monocytes"] == "CL:0001054").all()
+    assert (names[predicted == "CD14 Monocytes"] == "CD14-positive monocyte").all()
+    assert ((ids == "unknown") == (predicted == "unassigned")).all()
+    assert ((names == "unknown") == (ids == "unknown")).all()
+    assert "celltype" in cxg.obs  # the user's own columns are kept
+    assert run("annotators", "export", "PBMC 3k (baseline)", "--out", str(tmp_path / "pbmc.zip")).returncode == 0
+    (tmp_path / "cut.zip").write_bytes((tmp_path / "pbmc.zip").read_bytes()[:1000])
+    refused = run("annotators", "import", str(tmp_path / "cut.zip"), "--name", "cut")
+    assert refused.returncode == 1 and "truncated" in refused.stderr
+    taken = run("annotators", "import", str(tmp_path / "pbmc.zip"))
+    assert taken.returncode == 1 and "exists" in taken.stderr
+    no_terms = run("annotate", "--model", "baseline", "--query", str(query), "--label-column", "celltype",
+                   "--out", str(tmp_path / "eval.h5ad"), "--cellxgene")
+    assert no_terms.returncode == 1 and "not mapped to Cell Ontology terms" in no_terms.stderr
