@@ -14,6 +14,8 @@ def _json(schema: dict, description: str = "OK") -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+ANNOTATOR_ID = {"name": "annotator_id", "in": "path", "required": True, "schema": {"type": "string"},
+                "description": "an annotator's id or name"}
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 REF = "#/components/schemas/"
 COMMON_ERRORS = {"401": _error("Missing or wrong bearer token"), "400": _error("Invalid input")}
@@ -89,7 +91,7 @@ def openapi_document() -> dict:
         "/api/download/{run_id}": {"get": {
             "summary": "The annotated file, streamed", "operationId": "download",
             "parameters": [RUN_ID, {"name": "format", "in": "query",
-                                    "schema": {"type": "string", "enum": ["h5ad", "csv"]}}],
+                                    "schema": {"type": "string", "enum": ["h5ad", "csv", "cellxgene"]}}],
             "responses": {"200": {"description": "The file", "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "text/csv": {"schema": {"type": "string"}}}},
@@ -99,6 +101,42 @@ def openapi_document() -> dict:
                                                "responses": {"200": _json({"$ref": REF + "Status"}),
                                                              "404": _error("Unknown run"), **CROSS_SITE,
                                                              **COMMON_ERRORS}}},
+        "/api/annotators": {
+            "get": {"summary": "List saved annotators, newest first", "operationId": "listAnnotators",
+                    "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Annotator"}}),
+                                  **COMMON_ERRORS}},
+            "post": {"summary": "Save a finished run's head as an annotator", "operationId": "saveAnnotator",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "$ref": REF + "SaveAnnotator"}}}},
+                     "responses": {"201": _json({"$ref": REF + "Annotator"}, "Saved"),
+                                   "404": _error("Unknown run"), "409": _error("The name is taken (code conflict)"),
+                                   "415": _error("The body is not sent as application/json"),
+                                   **CROSS_SITE, **COMMON_ERRORS}}},
+        "/api/annotators/import": {"post": {
+            "summary": "Import an exported annotator file (every part checked; nothing stored otherwise)",
+            "operationId": "importAnnotator",
+            "parameters": [{"name": "name", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "A new name (e.g. when the file's is taken here)"}],
+            "requestBody": {"required": True, "content": {
+                "application/zip": {"schema": {"type": "string", "format": "binary"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {"201": _json({"$ref": REF + "Annotator"}, "Imported"),
+                          "409": _error("The name is taken"), "413": _error("Too large"),
+                          "415": _error("Not sent as application/zip"), **CROSS_SITE, **COMMON_ERRORS}}},
+        "/api/annotators/{annotator_id}": {
+            "get": {"summary": "One annotator", "operationId": "getAnnotator", "parameters": [ANNOTATOR_ID],
+                    "responses": {"200": _json({"$ref": REF + "Annotator"}), "404": _error("Unknown annotator"),
+                                  **COMMON_ERRORS}},
+            "delete": {"summary": "Delete an annotator (built-in ones stay)", "operationId": "deleteAnnotator",
+                       "parameters": [ANNOTATOR_ID],
+                       "responses": {"200": _json({"type": "object"}), "404": _error("Unknown annotator"),
+                                     "409": _error("Built in (code in_use)"), **CROSS_SITE, **COMMON_ERRORS}}},
+        "/api/annotators/{annotator_id}/export": {"get": {
+            "summary": "The annotator as one file to share (manifest with sha256 of each part, arrays)",
+            "operationId": "exportAnnotator", "parameters": [ANNOTATOR_ID],
+            "responses": {"200": {"description": "The file", "content": {
+                "application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+                "404": _error("Unknown annotator"), **COMMON_ERRORS}}},
         "/api/runs": {"get": {"summary": "List runs, newest first", "operationId": "listRuns",
                               "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Run"}}),
                                             **COMMON_ERRORS}}},
@@ -127,6 +165,8 @@ def openapi_document() -> dict:
             "dataset": {"type": "string", "description": "query dataset id"},
             "reference": nullable("string"), "label_column": nullable("string"),
             "truth_column": nullable("string"),
+            "annotator": {**nullable("string"), "description": "a saved annotator (id or name) instead of a "
+                                                               "reference and label column"},
             "options": {"type": "object", "properties": {
                 "confidence_threshold": {"type": "number", "minimum": 0, "maximum": 1},
                 "novelty_threshold": {"type": "number", "minimum": 0, "maximum": 1,
@@ -136,6 +176,20 @@ def openapi_document() -> dict:
                 "majority_voting": {"type": "boolean",
                                     "description": "also label each over-cluster by its majority"},
                 "seed": {"type": "integer"}, "variant": {"type": "string"}}}}},
+        "Annotator": {"type": "object", "required": ["annotator_id", "name", "model", "classes"], "properties": {
+            "annotator_id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"},
+            "author": {"type": "string"}, "created_at": {"type": "string"}, "model": {"type": "string"},
+            "backend": {"type": "string"}, "variant": {"type": "string"}, "model_checksum": {"type": "string"},
+            "trained": {"type": "boolean"}, "head": {"type": "string"}, "head_sha256": {"type": "string"},
+            "label_column": {"type": "string"}, "reference": {"type": "object"}, "classes": {"type": "object"},
+            "genes_used": nullable("integer"), "check": {"type": "object"}, "ontology": {"type": "object"},
+            "builtin": {"type": "boolean"}, "format_version": {"type": "integer"}}},
+        "SaveAnnotator": {"type": "object", "required": ["run_id", "name"], "properties": {
+            "run_id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"},
+            "author": {"type": "string"},
+            "ontology": {"type": "object", "description": "label -> Cell Ontology id (e.g. CL:0001054), or null "
+                                                          "to leave a label unmapped",
+                         "additionalProperties": {"type": ["string", "null"]}}}},
         "Status": {"type": "object", "required": ["run_id", "status", "progress"], "properties": {
             "run_id": {"type": "string"}, "status": {"type": "string",
                                                      "enum": ["queued", "running", "done", "failed", "cancelled"]},

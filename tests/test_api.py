@@ -145,6 +145,76 @@ def test_knn_head_majority_voting_and_every_probability_agree_in_rest_csv_and_h5
     assert set(annotated.obs["over_clustering"].astype(str)) == set(csv["over_clustering"].astype(str))
 
 
+def test_annotators_save_list_use_export_import_and_delete_over_rest(server, files, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    ref, query = files
+    ref_id = upload(server, ref).json()["dataset_id"]
+    query_id = upload(server, query).json()["dataset_id"]
+    base = {"application": "cell-type-annotation", "model": "baseline", "dataset": query_id}
+    s = api(server, "POST", "/api/submit", json={**base, "reference": ref_id, "label_column": "celltype",
+                                                  "truth_column": "celltype"})
+    original = s.json()["run_id"]
+    assert wait_run(server, original)["status"] == "done"
+    builtin = [a for a in api(server, "GET", "/api/annotators").json() if a["builtin"]]
+    assert [a["name"] for a in builtin] == ["PBMC 3k (baseline)"]
+
+    body = {"run_id": original, "name": "lab PBMCs", "description": "from the API test", "author": "Grace",
+            "ontology": {"CD14 Monocytes": "CL:0001054", "NK": None}}
+    r = api(server, "POST", "/api/annotators", json={**body, "ontology": {"B": "CL:9999999"}})
+    assert r.status_code == 400 and "CL:9999999" in error_of(r)["message"]
+    saved = api(server, "POST", "/api/annotators", json=body)
+    assert saved.status_code == 201, saved.text
+    a = saved.json()
+    assert a["author"] == "Grace" and a["reference"]["file_name"] == "reference.h5ad" and a["check"]["macro_f1"] > 0
+    assert api(server, "POST", "/api/annotators", json=body).status_code == 409
+    assert api(server, "GET", f"/api/annotators/{a['annotator_id']}").json()["name"] == "lab PBMCs"
+    assert api(server, "GET", "/api/annotators/lab PBMCs").json()["annotator_id"] == a["annotator_id"]
+
+    r = api(server, "POST", "/api/submit", json={**base, "annotator": a["annotator_id"], "reference": ref_id})
+    assert r.status_code == 400 and "not both" in error_of(r)["message"]
+    r = api(server, "POST", "/api/submit", json={**base, "model": "geneformer", "annotator": "lab PBMCs"})
+    assert r.status_code == 400 and "choose the model baseline" in error_of(r)["message"]
+    used = api(server, "POST", "/api/submit", json={**base, "annotator": "lab PBMCs", "truth_column": "celltype"})
+    assert used.status_code == 202, used.text
+    assert wait_run(server, used.json()["run_id"])["status"] == "done"
+
+    def cells(run_id: str) -> pd.DataFrame:
+        res = api(server, "GET", f"/api/results/{run_id}", params={"limit": 1000, "probabilities": "all"}).json()
+        return pd.DataFrame(res["cells"]["items"]).set_index("cell_id")
+
+    first, second = cells(original), cells(used.json()["run_id"])
+    assert (first["predicted_label"] == second["predicted_label"]).all()
+    p_cols = [c for c in first.columns if c.startswith("p_")]
+    assert p_cols and np.allclose(first[p_cols].to_numpy(float), second[p_cols].to_numpy(float), atol=1e-6)
+    monocytes = second["predicted_label"] == "CD14 Monocytes"
+    assert (second.loc[monocytes, "predicted_cell_type_ontology_term_id"] == "CL:0001054").all()
+    cxg = api(server, "GET", f"/api/download/{used.json()['run_id']}", params={"format": "cellxgene"})
+    assert cxg.status_code == 200
+    (tmp_path / "cxg.h5ad").write_bytes(cxg.content)
+    obs = ad.read_h5ad(tmp_path / "cxg.h5ad").obs
+    assert set(obs["cell_type_ontology_term_id"].astype(str)) <= {"CL:0001054", "unknown"}
+    r = api(server, "GET", f"/api/download/{original}", params={"format": "cellxgene"})
+    assert r.status_code == 400 and "not mapped to Cell Ontology terms" in error_of(r)["message"]
+
+    exported = api(server, "GET", f"/api/annotators/{a['annotator_id']}/export")
+    assert exported.status_code == 200 and exported.headers["Content-Type"] == "application/zip"
+    zipped = {"Content-Type": "application/zip"}
+    r = api(server, "POST", "/api/annotators/import", data=exported.content[:500], headers=zipped)
+    assert r.status_code == 400 and "truncated" in error_of(r)["message"]
+    assert api(server, "POST", "/api/annotators/import", data=exported.content, headers=zipped).status_code == 409
+    copy = api(server, "POST", "/api/annotators/import", params={"name": "lab PBMCs copy"}, data=exported.content,
+               headers=zipped)
+    assert copy.status_code == 201 and copy.json()["author"] == "Grace"
+    assert copy.json()["head_sha256"] == a["head_sha256"]
+    assert api(server, "DELETE", f"/api/annotators/{copy.json()['annotator_id']}").status_code == 200
+    assert api(server, "GET", f"/api/annotators/{copy.json()['annotator_id']}").status_code == 404
+    r = api(server, "DELETE", f"/api/annotators/{builtin[0]['annotator_id']}")
+    assert r.status_code == 409 and "built in" in error_of(r)["message"]
+    assert api(server, "GET", f"/api/annotators/{a['annotator_id']}").status_code == 200
+
+
 def test_every_error_code(server, files, tmp_path):
     ref, query = files
     assert error_of(requests.get(server.url + "/api/models", timeout=30))["code"] == "unauthorized"
@@ -232,7 +302,8 @@ def test_openapi_document_and_offline_swagger_ui(server):
     assert doc["openapi"].startswith("3.1")
     for path in ("/api/applications", "/api/models", "/api/applications/{id}/models", "/api/upload",
                  "/api/submit", "/api/status/{run_id}", "/api/results/{run_id}", "/api/download/{run_id}",
-                 "/api/runs/{run_id}/cancel", "/api/datasets", "/api/runs"):
+                 "/api/runs/{run_id}/cancel", "/api/datasets", "/api/runs", "/api/annotators",
+                 "/api/annotators/{annotator_id}", "/api/annotators/{annotator_id}/export", "/api/annotators/import"):
         assert path in doc["paths"]
     page = requests.get(server.url + "/api/docs", timeout=30)
     assert page.status_code == 200 and "/api/docs/static/swagger-ui-bundle.js" in page.text
