@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-FIT_COMPONENTS = 20
+FIT_COMPONENTS = 10
 MIN_CLASS_CELLS = 5  # smaller types borrow the covariance pooled over all types
 
 
