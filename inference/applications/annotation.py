@@ -24,7 +24,16 @@ from inference.checks import LABEL_MAX_CLASSES, LABEL_MIN_CLASSES, CheckReport
 from inference.counts import AnnotationError
 from inference.heads import DEFAULT_HEAD, HEAD_KINDS, head_settings
 from inference.heads.knn import resolve_k
-from inference.pipeline import AnnotationJob, DataInput, Prediction, Stage, finish, predict, training_counts
+from inference.pipeline import (
+    MIN_ANNOTATOR_GENE_SHARE,
+    AnnotationJob,
+    DataInput,
+    Prediction,
+    Stage,
+    finish,
+    predict,
+    training_counts,
+)
 
 
 class CellTypeAnnotation(Application):
@@ -96,6 +105,12 @@ class CellTypeAnnotation(Application):
         overlap = CheckReport(query.check_report).overlap.get(request.model.backend)
         if overlap and not overlap["ok"]:
             raise ModelCannotUse(f"{request.model.name} cannot use {query.file_name}: {overlap['message']}")
+        shared = annotator_genes_shared(a.head_path, query.path, query.file_name)
+        if shared and shared[0] < MIN_ANNOTATOR_GENE_SHARE * shared[1]:
+            raise ModelCannotUse(
+                f"Annotator {a.name!r} cannot use {query.file_name}: of the {shared[1]:,} genes it reads, the file "
+                f"has {shared[0]:,} (needs at least {MIN_ANNOTATOR_GENE_SHARE:.0%}); check that the genes are human "
+                "and named by Ensembl id or current symbol, as in the reference it learnt from.")
         options = request.options
         threshold = _fraction(options, "confidence_threshold", 0.5,
                               "below it a cell's best class is too unsure to call")
@@ -177,3 +192,25 @@ def _head(options: dict, class_counts: dict[str, int], evaluation: bool, file_na
         except AnnotationError as exc:
             raise SubmissionError(f"{where}: {exc}") from None
     return settings
+
+
+def annotator_genes_shared(head_path: str, data_path: str, file_name: str) -> tuple[int, int] | None:
+    """(genes of the file among those the annotator's model learnt, those genes) for an annotator whose model
+    learnt its genes from the reference (the baseline); None for the others (their vocabulary is checked at
+    upload). Reads the file's gene table only."""
+    import numpy as np
+
+    from inference.backends.baseline import gene_keys
+    from inference.readers import open_anndata
+
+    with np.load(head_path, allow_pickle=False) as z:
+        if "extra__genes" not in z.files:
+            return None
+        genes = set(map(str, z["extra__genes"]))
+    adata, _ = open_anndata(data_path, file_name, backed=True)
+    try:
+        present = len(genes & set(gene_keys(adata)))
+    finally:
+        if getattr(adata, "file", None) is not None and adata.isbacked:
+            adata.file.close()
+    return present, len(genes)
