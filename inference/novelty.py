@@ -46,8 +46,9 @@ class ReferenceFit:
         return cls(classes, means, np.stack(precisions), np.concatenate(distances), np.array(offsets))
 
     def score(self, coords: np.ndarray, called: np.ndarray) -> np.ndarray:
-        """``reference_fit`` in [0, 1] for query cells in the PCA space, each against ``called`` (class index)."""
-        x = np.asarray(coords[:, :FIT_COMPONENTS], dtype=np.float64)
+        """``reference_fit`` in [0, 1] for query cells in the PCA space, each against ``called`` (class index).
+        Uses as many components as it was trained with (a head cached by an earlier version keeps working)."""
+        x = np.asarray(coords[:, :self.means.shape[1]], dtype=np.float64)
         out = np.zeros(len(x), dtype=np.float32)
         for i in np.unique(called):
             m = called == i
