@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import panel as pn
 import param
 
+from dashboards.annotators import AnnotatorsView
 from dashboards.catalog import ModelPicker
 from dashboards.data import DataPanel
 from dashboards.results import ResultsView
@@ -43,7 +44,11 @@ class Dashboard(PlatformView):
     """The whole page, composed of smaller views; every session gets its own, sharing one Platform.
 
     The views are linked here, by parameters: the picked application and model and the data panel's dataset flow
-    into the run panel; a finished run tells the results view to offer it."""
+    into the run panel; a finished run tells the results view to offer it; an annotator saved (results view) or
+    deleted (annotators view) bumps ``annotators_changed``, which the annotators view and the run panel's
+    annotator choices follow."""
+
+    annotators_changed = param.Integer(default=0, doc="Bumped whenever this session saves or deletes an annotator.")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)
@@ -51,12 +56,21 @@ class Dashboard(PlatformView):
         self.data = DataPanel(self.platform)
         self.runs = RunPanel(self.platform)
         self.results = ResultsView(self.platform)
+        self.annotators = AnnotatorsView(self.platform)
         link(self.picker, self.runs, "application", "model")
         link(self.data, self.runs, "dataset", "datasets")
         link(self.runs, self.results, "finished")
+        # two views change the annotators: a shared counter, so neither needs to know the other's count
+        self.results.param.watch(self._annotators_changed, "saved")
+        self.annotators.param.watch(self._annotators_changed, "deleted")
+        link(self, self.annotators, "annotators_changed")
+        link(self, self.runs, "annotators_changed")
         self._callback = None
         self.compute = pn.pane.Markdown(self._compute_status(), css_classes=["compute-status"])
         warm_up_once()
+
+    def _annotators_changed(self, *_events) -> None:  # noqa: ANN002
+        self.annotators_changed += 1
 
     def _compute_status(self) -> str:
         status = self.platform.compute_status()
@@ -86,7 +100,8 @@ class Dashboard(PlatformView):
     def __panel__(self) -> pn.viewable.Viewable:
         self.start_polling()
         return pn.Column(self.data, pn.layout.Divider(), self.runs, pn.layout.Divider(), self.results,
-                         pn.layout.Divider(), "## Catalog", self.picker.table, sizing_mode="stretch_width")
+                         pn.layout.Divider(), self.annotators, pn.layout.Divider(), "## Catalog", self.picker.table,
+                         sizing_mode="stretch_width")
 
     def servable_page(self) -> pn.template.BaseTemplate:
         template = pn.template.FastListTemplate(title=TITLE, sidebar=self.sidebar(), main=[self],

@@ -19,6 +19,8 @@ CATEGORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c56
                    "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
                    "#e6550d", "#31a354", "#756bb1", "#636363"]
 UNASSIGNED_COLOR = "#c8c8c8"
+NO_CLASS = "unassigned or unmapped"  # a cell without a coarse cell class (unassigned, or its label not mapped)
+GREY = ("unassigned", NO_CLASS)
 HOVER_CELL_MAX = 2_000_000
 HOVER_COLUMNS = ("cell_id", "predicted_label", "confidence", "true_label", "agreement")
 # more values than this (e.g. the over-clustering's clusters) get colours but no legend: it would not fit the plot
@@ -26,10 +28,11 @@ LEGEND_MAX = 30
 
 
 def color_key(categories: list[str]) -> dict[str, str]:
-    """A stable colour per label (sorted), grey for 'unassigned', so two runs use the same colours."""
-    named = sorted(c for c in categories if c != "unassigned")
+    """A stable colour per label (sorted), grey for 'unassigned' (and for cells without a coarse cell class), so
+    two runs use the same colours."""
+    named = sorted(c for c in categories if c not in GREY)
     key = {c: CATEGORY_COLORS[i % len(CATEGORY_COLORS)] for i, c in enumerate(named)}
-    key["unassigned"] = UNASSIGNED_COLOR
+    key.update(dict.fromkeys(GREY, UNASSIGNED_COLOR))
     return key
 
 

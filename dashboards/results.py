@@ -1,7 +1,9 @@
-"""Results of a finished run: UMAP, confusion matrix, metrics, per-cell table, comparison, downloads."""
+"""Results of a finished run: UMAP, confusion matrix, metrics, per-cell table, comparison, downloads, and saving
+the run's trained head as a named annotator (with its classes' Cell Ontology terms)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 
 import pandas as pd
@@ -10,7 +12,7 @@ import param
 
 from app.downloads import download_url
 from app.result_columns import PROBABILITY_PREFIX, run_columns
-from dashboards.plots import confusion_heatmap, disagreement, f1_bars, reliability_plot, umap_plot
+from dashboards.plots import NO_CLASS, confusion_heatmap, disagreement, f1_bars, reliability_plot, umap_plot
 from dashboards.runs import HEADS
 from dashboards.safe_text import html, md, plain_formatters
 from dashboards.view import PlatformView
@@ -25,9 +27,22 @@ LABEL_COLORS = ("predicted_label", "true_label", CONSENSUS)
 # the words a colour choice shows; any other column shows its name with spaces
 COLOR_LABELS = {"predicted_label": "predicted label", "true_label": "true label", "reference_fit": "reference fit",
                 "unassigned_reason": "why unassigned", "over_clustering": "over-clustering",
-                CONSENSUS: "majority voting"}
+                CONSENSUS: "majority voting", "predicted_cell_class": "predicted cell class",
+                "predicted_cell_type_ontology_term_id": "predicted Cell Ontology term"}
 PER_CELL = "per_cell"
 LABEL_SOURCES = {"per cell": PER_CELL, "majority voting": CONSENSUS}
+# an annotator that maps its labels to the Cell Ontology adds the coarse level: per-cell column and metrics' key
+CLASS_COLUMN = "predicted_cell_class"
+CELL_TYPE, CELL_CLASS = "cell_type", "cell_class"
+LEVELS = {"cell type": CELL_TYPE, "cell class": CELL_CLASS}
+# the ontology table of the save form: the class, the id the user confirms (editable), the term's name, its source
+ONTOLOGY_COLUMNS = ["class", "Cell Ontology id", "term", "suggested"]
+EDITED = "(checked when saved)"
+SAVE_NOTE = ("Cell Ontology id of each class, as suggested: change or clear any (empty: the class stays unmapped); "
+             "ids are checked when saved. With ids, runs with this annotator also give each cell its term and coarse "
+             "cell class.")
+SAVE_UNTRAINED = ("**This run used generated, untrained weights**: an annotator saved from it is marked untrained, "
+                  "and its predictions mean nothing.")
 HEAD_NAMES = {kind: name for name, kind in HEADS.items()}
 # one column per class: paged in the cell table (top probabilities), not offered as colours
 PER_CLASS_PREFIX = PROBABILITY_PREFIX
@@ -55,14 +70,23 @@ def head_text(run) -> str:  # noqa: ANN001 - store.tables.Run
     temperature = trained.get("temperature", recorded)
     if temperature is not None:
         text += f", temperature {float(temperature):.2f}"
+    annotator = (run.parameters.get("annotator") or {}).get("name") or trained.get("annotator")
+    if annotator:
+        check = trained.get("reference_check") or {}
+        text = f"Annotator **{md(annotator)}** · {text}" + (
+            f" (held-out macro-F1 {float(check['macro_f1']):.3f} on its reference)"
+            if check.get("macro_f1") is not None else "")
     novelty = run.parameters.get("novelty_threshold") or 0
     if novelty:
         text += f" · novelty threshold {float(novelty):.2f} (cells fitting the reference less are unassigned)"
     return text
 
 
-def shown_metrics(metrics: dict, label_source: str = PER_CELL) -> dict:
-    """The scores of the labels shown: the cluster consensus's when asked for and recorded, else the per cell's."""
+def shown_metrics(metrics: dict, label_source: str = PER_CELL, level: str = CELL_TYPE) -> dict:
+    """The scores of the labels shown: the coarse cell classes' or the cluster consensus's when asked for and
+    recorded, else the per cell's."""
+    if level == CELL_CLASS and metrics.get(CELL_CLASS):
+        return metrics[CELL_CLASS]
     if label_source == CONSENSUS and metrics.get(CONSENSUS):
         return {**metrics[CONSENSUS], "scope": metrics.get("scope", "")}
     return metrics
@@ -73,16 +97,22 @@ def _scores(m: dict) -> str:
             f" · {m['assigned_fraction']:.0%} of cells assigned · {m['n_cells']:,} cells ({md(m.get('scope', ''))})")
 
 
-def metrics_markdown(run, label_source: str = PER_CELL) -> str:  # noqa: ANN001 - store.tables.Run
-    """Scores of the per-cell labels, or (``label_source`` CONSENSUS) of the cluster consensus, with the other
-    one's macro-F1 beside them, and the head that made them."""
+def metrics_markdown(run, label_source: str = PER_CELL, level: str = CELL_TYPE) -> str:  # noqa: ANN001
+    """Scores of the per-cell labels, or (``label_source`` CONSENSUS) of the cluster consensus, or (``level``
+    CELL_CLASS) of the coarse Cell Ontology classes, with the others' macro-F1 beside them, and the head that made
+    them."""
     m = run.metrics
     head = head_text(run)
     if not m:
         return "  \n".join(filter(None, [
             "No true labels were given for this query, so there are no metrics (pick a truth column).", head]))
     consensus = m.get(CONSENSUS)
-    if label_source == CONSENSUS and consensus:
+    classes = m.get(CELL_CLASS)
+    if level == CELL_CLASS and classes:
+        lines = [f"Cell class (the Cell Ontology's coarse level, {len(classes.get('per_class') or {})} classes): "
+                 + _scores(classes) + "; a predicted label without a class counts as unassigned",
+                 f"Cell type: macro-F1 {m['macro_f1']:.3f} · accuracy {m['accuracy']:.3f}"]
+    elif label_source == CONSENSUS and consensus:
         lines = [f"Majority voting over {consensus.get('clusters', '?')} clusters: "
                  + _scores(shown_metrics(m, CONSENSUS)),
                  f"Per cell: macro-F1 {m['macro_f1']:.3f} · accuracy {m['accuracy']:.3f}"]
@@ -91,6 +121,9 @@ def metrics_markdown(run, label_source: str = PER_CELL) -> str:  # noqa: ANN001 
         if consensus:
             lines.append(f"With majority voting ({consensus.get('clusters', '?')} clusters): macro-F1 "
                          f"{consensus['macro_f1']:.3f} · accuracy {consensus['accuracy']:.3f}")
+        if classes:
+            lines.append(f"At the cell-class level: macro-F1 {classes['macro_f1']:.3f} · accuracy "
+                         f"{classes['accuracy']:.3f}")
     if head:
         lines.append(head)
     if m.get("classes_not_in_reference"):
@@ -166,6 +199,32 @@ def color_choices(kinds: dict[str, str]) -> dict[str, str]:
     return {color_label(c): c for c in color_options(kinds)}
 
 
+def savable(run) -> bool:  # noqa: ANN001 - store.tables.Run
+    """Whether a run's head can be saved as an annotator: a finished run that learnt from a reference."""
+    return (run is not None and run.status == "done" and run.reference_dataset_id is not None
+            and not run.parameters.get("annotator"))
+
+
+def ontology_frame(classes: list[str], suggestions: dict[str, dict | None]) -> pd.DataFrame:
+    """One row per class of the run's head: the suggested Cell Ontology id (the user may change or clear it), the
+    term's name and how it was found ('' and 'no suggestion' when nothing matched)."""
+    rows = []
+    for label in classes:
+        s = suggestions.get(label)
+        rows.append({"class": str(label), "Cell Ontology id": s["term_id"] if s else "",
+                     "term": s["term_label"] if s else "", "suggested": s["how"] if s else "no suggestion"})
+    return pd.DataFrame(rows, columns=ONTOLOGY_COLUMNS)
+
+
+def ontology_mapping(frame: pd.DataFrame) -> dict[str, str | None]:
+    """The confirmed map (class -> id, None when left empty) that ``save_from_run`` checks."""
+    out: dict[str, str | None] = {}
+    for label, term in zip(frame["class"], frame["Cell Ontology id"], strict=True):
+        text = "" if term is None or (isinstance(term, float) and pd.isna(term)) else str(term).strip()
+        out[str(label)] = text or None
+    return out
+
+
 class ResultsView(PlatformView):
     """A finished run (and another beside it); ``finished`` (linked by the Dashboard) re-reads the list of runs."""
 
@@ -178,6 +237,15 @@ class ResultsView(PlatformView):
     label_source = param.Selector(default=PER_CELL, objects=LABEL_SOURCES,
                                   doc="Labels shown: each cell's own call, or its cluster's majority.")
     has_consensus = param.Boolean(default=False, doc="Whether the run shown has majority-voting labels.")
+    level = param.Selector(default=CELL_TYPE, objects=LEVELS,
+                           doc="Labels shown: the annotator's cell types, or their coarse Cell Ontology class.")
+    has_cell_class = param.Boolean(default=False, doc="Whether the run shown has coarse cell classes.")
+    can_save = param.Boolean(default=False, doc="Whether the run shown can be saved as an annotator.")
+    annotator_name = param.String(default="", doc="Name of the annotator to save (letters, digits, spaces, . _ ( ) "
+                                                  "+ -).")
+    annotator_description = param.String(default="", doc="What the annotator is for (optional).")
+    annotator_author = param.String(default="", doc="Who made it (optional).")
+    saved = param.Integer(default=0, doc="Bumped when this view saves an annotator.")
     page = param.Integer(default=0, bounds=(0, None), doc="Page of the per-cell table (read from the server).")
     finished = param.Integer(default=0, doc="Bumped when a run finishes: the run pickers then offer it.")
 
@@ -185,8 +253,23 @@ class ResultsView(PlatformView):
         super().__init__(platform, **params)
         self._cache: OrderedDict[str, pd.DataFrame] = OrderedDict()  # run id -> cells, least recently drawn first
         self._kinds: dict[str, str] = {}
+        self._suggested: dict[str, tuple[str, str]] = {}  # class -> (suggested id, its term), for edits
+        self.ontology = pn.widgets.Tabulator(pd.DataFrame(columns=ONTOLOGY_COLUMNS), show_index=False,
+                                             editors={"class": None, "term": None, "suggested": None},
+                                             css_classes=["ontology-table"], sizing_mode="stretch_width",
+                                             layout="fit_data_stretch", height=220)
+        self.ontology.on_edit(self._on_ontology_edit)
+        self.save_button = pn.widgets.Button(name="Save annotator", button_type="primary",
+                                             css_classes=["save-annotator-button"], width=160)
+        self.save_button.on_click(self._on_save)
+        self.save_note = pn.pane.Markdown(SAVE_NOTE, styles={"font-size": "0.85em", "color": "#555"},
+                                          css_classes=["save-annotator-note"], margin=(0, 10),
+                                          sizing_mode="stretch_width")
+        self.save_message = pn.pane.Alert("", visible=False, css_classes=["save-annotator-message"],
+                                          sizing_mode="stretch_width")
         self.refresh()
         self._fill_colors()
+        self._fill_save_form()
 
     @param.depends("finished", watch=True)
     def refresh(self) -> None:
@@ -213,14 +296,80 @@ class ResultsView(PlatformView):
         self.has_consensus = CONSENSUS in self._kinds
         if not self.has_consensus:
             self.label_source = PER_CELL
+        self.has_cell_class = CLASS_COLUMN in self._kinds
+        if not self.has_cell_class:
+            self.level = CELL_TYPE
 
     @param.depends("label_source", watch=True)
     def _follow_label_source(self) -> None:
-        """Majority voting colours the UMAP by the consensus; back to per cell, by the cell's own call."""
+        """Majority voting colours the UMAP by the consensus; back to per cell, by the cell's own call. The
+        consensus is of cell types: it shows the cell-type level."""
         if self.label_source == CONSENSUS and CONSENSUS in self._kinds:
+            self.level = CELL_TYPE
             self.color_by = CONSENSUS
         elif self.label_source == PER_CELL and self.color_by == CONSENSUS:
             self.color_by = DEFAULT_COLOR
+
+    @param.depends("level", watch=True)
+    def _follow_level(self) -> None:
+        """The cell-class level colours the UMAP by each cell's coarse class (its own call, not the consensus);
+        back to cell types, by the predicted label."""
+        if self.level == CELL_CLASS and CLASS_COLUMN in self._kinds:
+            self.label_source = PER_CELL
+            self.color_by = CLASS_COLUMN
+        elif self.level == CELL_TYPE and self.color_by == CLASS_COLUMN:
+            self.color_by = DEFAULT_COLOR
+
+    @param.depends("run", watch=True)
+    def _fill_save_form(self) -> None:
+        """The run's classes with the Cell Ontology terms the platform suggests, for the user to confirm."""
+        run = self._runs.get(self.run) if self.run else None
+        self.can_save = savable(run)
+        if not self.can_save:
+            return
+        classes = [str(c) for c in ((run.provenance or {}).get("head") or {}).get("classes") or []]
+        suggestions = self.platform.annotators.suggest_ontology(classes) if classes else {}
+        frame = ontology_frame(classes, suggestions)
+        self._suggested = {r["class"]: (r["Cell Ontology id"], r["term"]) for r in frame.to_dict("records")}
+        trained = (run.provenance or {}).get("model", {}).get("trained", True)
+        self.save_note.object = SAVE_NOTE if trained else f"{SAVE_UNTRAINED}  \n{SAVE_NOTE}"
+        self.save_message.visible = False
+        self.ontology.formatters = plain_formatters(frame)
+        self.ontology.value = frame
+        self.ontology.height = min(320, 45 + 29 * len(frame))  # every class at once, up to ten
+
+    def _on_ontology_edit(self, event) -> None:  # noqa: ANN001 - panel's TableEditEvent
+        """An id the user typed is checked when the annotator is saved; cleared, the class stays unmapped."""
+        if event.column != "Cell Ontology id":
+            return
+        frame = self.ontology.value
+        label = str(frame["class"].iloc[event.row])
+        typed = str(event.value or "").strip()
+        suggested_id, suggested_term = self._suggested.get(label, ("", ""))
+        term = suggested_term if typed and typed == suggested_id else EDITED if typed else "not mapped"
+        self.ontology.patch({"term": [(event.row, term)]}, as_index=False)
+
+    async def _on_save(self, _event) -> None:  # noqa: ANN001
+        from app.annotators import Conflict
+        from app.datasets import NotFound
+
+        run_id = self.run
+        if not run_id or not self.can_save:
+            return
+        mapping = ontology_mapping(self.ontology.value)
+        try:
+            a = await asyncio.to_thread(self.platform.annotators.save_from_run, run_id, self.annotator_name,
+                                        self.annotator_description, self.annotator_author, mapping)
+        except (Conflict, NotFound, ValueError) as exc:
+            self.save_message.param.update(object=md(exc), alert_type="danger", visible=True)
+            return
+        mapped = sum(1 for term in (a.ontology or {}).values() if term)
+        self.save_message.param.update(
+            object=f"Saved annotator **{md(a.name)}**: {len(a.classes or {})} classes, {mapped} mapped to the Cell "
+                   "Ontology. Use it in section 2 (*Labels from: saved annotator*).", alert_type="success",
+            visible=True)
+        self.annotator_name = ""
+        self.saved += 1
 
     def _cells(self, run_id: str, color: str = DEFAULT_COLOR) -> pd.DataFrame:
         """What the UMAP draws and hovers, plus the colour column (never the per-class probabilities: those are
@@ -231,7 +380,10 @@ class ResultsView(PlatformView):
         if color not in cells.columns:
             extra = self.platform.runs.cells(run_id, [color])
             if color in extra.columns:
-                cells = cells.assign(**{color: extra[color].to_numpy()})
+                values = extra[color]
+                if color == CLASS_COLUMN:  # '' (no class): named in the legend, grey as unassigned cells are
+                    values = values.astype(object).where(values.astype(object) != "", NO_CLASS)
+                cells = cells.assign(**{color: values.to_numpy()})
         self._cache[run_id] = cells
         while len(self._cache) > MAX_CACHED_RUNS:
             self._cache.popitem(last=False)
@@ -271,7 +423,7 @@ class ResultsView(PlatformView):
     def _name(self, run) -> str:  # noqa: ANN001
         return {m.id: m.name for m in self.platform.models()}.get(run.model_id, run.model_id)
 
-    @param.depends("run", "normalised", "label_source")
+    @param.depends("run", "normalised", "label_source", "level")
     def _metrics(self) -> pn.viewable.Viewable:
         if not self.run:
             return pn.Column()
@@ -279,8 +431,8 @@ class ResultsView(PlatformView):
         parts = []
         if not run.provenance.get("model", {}).get("trained", True):
             parts.append(pn.pane.Alert(UNTRAINED_BANNER, alert_type="warning", css_classes=["untrained-banner"]))
-        parts.append(pn.pane.Markdown(metrics_markdown(run, self.label_source), css_classes=["metrics"]))
-        shown = shown_metrics(run.metrics, self.label_source)
+        parts.append(pn.pane.Markdown(metrics_markdown(run, self.label_source, self.level), css_classes=["metrics"]))
+        shown = shown_metrics(run.metrics, self.label_source, self.level)
         if shown.get("confusion_matrix"):  # side by side where the screen is wide enough, else one below the other
             parts.append(pn.FlexBox(
                 pn.pane.HoloViews(confusion_heatmap(shown["confusion_matrix"], self.normalised),
@@ -357,5 +509,25 @@ class ResultsView(PlatformView):
             pn.Row(pn.widgets.Select.from_param(self.param.color_by, name="Colour the UMAP by",
                                                 css_classes=["color-by"], width=220),
                    pn.widgets.RadioButtonGroup.from_param(self.param.label_source, css_classes=["label-source"],
-                                                          visible=self.param.has_consensus, align="end")),
-            self._metrics, self._umaps, "### Cells", self._table, self._downloads, sizing_mode="stretch_width")
+                                                          visible=self.param.has_consensus, align="end"),
+                   pn.widgets.RadioButtonGroup.from_param(self.param.level, css_classes=["label-level"],
+                                                          visible=self.param.has_cell_class, align="end")),
+            self._save_form(), self._metrics, self._umaps, "### Cells", self._table, self._downloads,
+            sizing_mode="stretch_width")
+
+    def _save_form(self) -> pn.viewable.Viewable:
+        """Collapsed until opened: name, author, description and the classes' Cell Ontology ids, then Save; shown
+        for a run that learnt from a reference."""
+        return pn.Card(
+            pn.Row(pn.widgets.TextInput.from_param(self.param.annotator_name, name="Name",
+                                                   placeholder="e.g. PBMC baseline v1", css_classes=["annotator-name"],
+                                                   width=260),
+                   pn.widgets.TextInput.from_param(self.param.annotator_author, name="Author", placeholder="optional",
+                                                   css_classes=["annotator-author"], width=200),
+                   pn.widgets.TextInput.from_param(self.param.annotator_description, name="Description",
+                                                   placeholder="optional", css_classes=["annotator-description"],
+                                                   sizing_mode="stretch_width"),
+                   sizing_mode="stretch_width"),
+            self.save_note, self.ontology, pn.Row(self.save_button, self.save_message, sizing_mode="stretch_width"),
+            title="Save this run's head as an annotator", collapsed=True, visible=self.param.can_save,
+            css_classes=["save-annotator"], sizing_mode="stretch_width")

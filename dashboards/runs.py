@@ -1,4 +1,5 @@
-"""Reference, truth and the Run button; live progress of runs in flight; the history of every run here."""
+"""Reference (or saved annotator), truth and the Run button; live progress of runs in flight; the history of every
+run here."""
 
 from __future__ import annotations
 
@@ -18,17 +19,68 @@ NO_TRUTH = "(none)"
 # what a user picks -> the head kind a run's options name (inference.heads.HEAD_KINDS; a test keeps them in step)
 HEADS = {"Logistic regression": "logistic_regression", "kNN reference mapping": "knn"}
 KNN = "knn"
+# where a run's labels come from: a reference dataset (a head trained for the run) or a saved annotator
+REFERENCE, ANNOTATOR = "reference", "annotator"
+LABELS_FROM = {"reference dataset": REFERENCE, "saved annotator": ANNOTATOR}
+NO_ANNOTATOR = "(no saved annotators yet: save one from a run's results)"
 
 
-def run_options(confidence: float, novelty: float = 0.0, head: str = "logistic_regression", k: int | None = None,
-                majority_voting: bool = False) -> dict:
+def run_options(confidence: float, novelty: float = 0.0, head: str | None = "logistic_regression",
+                k: int | None = None, majority_voting: bool = False) -> dict:
     """The options of a submission from the run panel's choices: k only for the kNN head, and only when given
-    (blank: the platform picks it from the reference's class sizes)."""
-    options = {"confidence_threshold": float(confidence), "novelty_threshold": float(novelty), "head": head,
+    (blank: the platform picks it from the reference's class sizes). ``head`` None: no head at all (an annotator
+    brings its own)."""
+    options = {"confidence_threshold": float(confidence), "novelty_threshold": float(novelty),
                "majority_voting": bool(majority_voting)}
-    if head == KNN and k is not None:
-        options["k"] = int(k)
+    if head:
+        options["head"] = head
+        if head == KNN and k is not None:
+            options["k"] = int(k)
     return options
+
+
+def submission(labels_from: str, options: dict, reference: str | None = None, label_column: str | None = None,
+               truth_column: str | None = None, annotator: str | None = None) -> dict:
+    """The keyword arguments of ``platform.runs.submit`` after the application, model and dataset: a reference
+    and its label column, or a saved annotator (then no reference, no label column, no head or k)."""
+    truth = None if truth_column in (None, NO_TRUTH) else truth_column
+    if labels_from == ANNOTATOR:
+        return {"reference_id": None, "label_column": None, "truth_column": truth,
+                "options": {k: v for k, v in options.items() if k not in ("head", "k")}, "annotator": annotator or None}
+    return {"reference_id": reference or None, "label_column": label_column, "truth_column": truth,
+            "options": options, "annotator": None}
+
+
+def annotator_label(a, model_names: dict[str, str]) -> str:  # noqa: ANN001 - store.tables.AnnotatorEntry
+    """How a saved annotator is offered (a Select shows it as text): name, model, classes; untrained ones said."""
+    untrained = " · untrained (predictions mean nothing)" if not a.trained else ""
+    return f"{a.name} — {model_names.get(a.model_id, a.model_id)} · {len(a.classes or {})} classes{untrained}"
+
+
+def annotator_choices(annotators: list, model_names: dict[str, str]) -> dict[str, str]:
+    """Picker label -> id of the saved annotators (newest first, as the service lists them)."""
+    return {annotator_label(a, model_names): a.id for a in annotators}
+
+
+def annotator_note(a, model_id: str | None, model_names: dict[str, str]) -> tuple[str, str]:  # noqa: ANN001
+    """What to say about the picked annotator (Markdown, escaped) and how (an alert type): a model other than the
+    one selected is a refusal, untrained weights a warning, else what it is."""
+    if a is None:
+        return ("No saved annotator to use: save one from a finished run with a reference (section 3, "
+                "*Save this run's head as an annotator*), or take the labels from a reference dataset.", "warning")
+    model = model_names.get(a.model_id, a.model_id)
+    if model_id != a.model_id:
+        return (f"Annotator **{md(a.name)}** reads {md(model)}'s embeddings, and the selected model is "
+                f"{md(model_names.get(model_id, model_id or 'none'))}: pick {md(model)} in the model picker to use "
+                "it.", "danger")
+    check = (a.check or {}).get("macro_f1")
+    reference = (a.reference or {}).get("file_name") or "its reference"
+    text = (f"**{md(a.name)}**: {md(model)}, {len(a.classes or {})} classes learnt from {md(reference)}"
+            + (f" · held-out macro-F1 {float(check):.3f}" if check is not None else "")
+            + (f" · by {md(a.author)}" if a.author else ""))
+    if not a.trained:
+        return (text + "  \n**Trained on generated, untrained weights**: its predictions mean nothing.", "warning")
+    return text, "light"
 
 
 def history_frame(runs: list, model_names: dict[str, str], dataset_names: dict[str, str]) -> pd.DataFrame:
@@ -65,7 +117,15 @@ class RunPanel(PlatformView):
     model = param.String(default=None, doc="Id of the model that will run.")
     dataset = param.String(default="", allow_None=True, doc="Id of the dataset to annotate (query); '' for none.")
     datasets = param.List(default=[], doc="The stored datasets (rows): references are offered from these.")
+    labels_from = param.Selector(default=REFERENCE, objects=LABELS_FROM,
+                                 doc="Where the labels come from: a reference dataset (a head is trained for the "
+                                     "run) or a saved annotator (a head trained before, reused as it is).")
     reference = param.Selector(doc="Labelled reference dataset.")
+    annotator = param.Selector(default="", objects={NO_ANNOTATOR: ""},
+                               doc="The saved annotator that labels the query (by id); its model must be the one "
+                                   "selected.")
+    annotators_changed = param.Integer(default=0, doc="Bumped when an annotator is saved or deleted: the annotator "
+                                                      "choices are read again.")
     label_column = param.Selector(doc="The reference's (or, without one, the query's) label column.")
     truth_column = param.Selector(doc="The query's true labels, for metrics.")
     confidence = param.Number(default=0.5, bounds=(0, 1), step=0.05, doc="Below it a cell is 'unassigned'.")
@@ -93,13 +153,40 @@ class RunPanel(PlatformView):
         self.history = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True, pagination="local",
                                             page_size=10, css_classes=["run-history"], sizing_mode="stretch_width",
                                             hidden_columns=["id"])
+        self.note = pn.pane.Alert("", alert_type="light", visible=False, css_classes=["annotator-note"],
+                                  sizing_mode="stretch_width", margin=(0, 10))
+        self._annotators: dict = {}
+        self._refresh_annotators()
         self._refresh_options()
+        self._show_note()
         self.refresh_history()
 
     def _dataset(self, dataset_id: str | None):  # noqa: ANN202 - store.tables.Dataset
         return next((d for d in self.datasets if d.id == dataset_id), None) if dataset_id else None
 
-    @param.depends("reference", "dataset", "datasets", watch=True)
+    def _model_names(self) -> dict[str, str]:
+        return {m.id: m.name for m in self.platform.models()}
+
+    @param.depends("annotators_changed", "labels_from", watch=True)
+    def _refresh_annotators(self) -> None:
+        """Read the saved annotators again (another user may have saved one); keep the pick if it still exists,
+        else pick the newest one for the selected model."""
+        rows = self.platform.annotators.list()
+        self._annotators = {a.id: a for a in rows}
+        choices = annotator_choices(rows, self._model_names()) or {NO_ANNOTATOR: ""}
+        self.param.annotator.objects = choices
+        if self.annotator not in self._annotators:
+            self.annotator = next((a.id for a in rows if a.model_id == self.model), next(iter(choices.values())))
+
+    @param.depends("labels_from", "annotator", "model", watch=True)
+    def _show_note(self) -> None:
+        if self.labels_from != ANNOTATOR:
+            self.note.visible = False
+            return
+        text, kind = annotator_note(self._annotators.get(self.annotator), self.model, self._model_names())
+        self.note.param.update(object=text, alert_type=kind, visible=True)
+
+    @param.depends("reference", "dataset", "datasets", "labels_from", "annotator", watch=True)
     def _refresh_options(self) -> None:
         refs = {NO_REFERENCE: "", **labelled_datasets(self.datasets)}  # "" rather than None: a Select shows its label
         self.param.reference.objects = refs
@@ -112,7 +199,11 @@ class RunPanel(PlatformView):
         query = self._dataset(self.dataset)
         truths = [NO_TRUTH, *(CheckReport(query.check_report).label_columns if query else {})]
         self.param.truth_column.objects = truths
-        self.truth_column = self.label_column if self.reference and self.label_column in truths else NO_TRUTH
+        if self.labels_from == ANNOTATOR:  # the query's column named as the annotator's labels, if it has one
+            a = self._annotators.get(self.annotator)
+            self.truth_column = a.label_column if a is not None and a.label_column in truths else NO_TRUTH
+        else:
+            self.truth_column = self.label_column if self.reference and self.label_column in truths else NO_TRUTH
 
     async def _on_run(self, _event) -> None:  # noqa: ANN001
         from app.datasets import NotFound
@@ -124,12 +215,18 @@ class RunPanel(PlatformView):
         if not self.model:
             self._say("Pick a model first.", "warning")
             return
-        name = {m.id: m.name for m in self.platform.models()}.get(self.model, self.model)
+        names = self._model_names()
+        name = names.get(self.model, self.model)
+        if self.labels_from == ANNOTATOR:
+            text, kind = annotator_note(self._annotators.get(self.annotator), self.model, names)
+            if kind == "danger" or not self.annotator:
+                self._say(text, "warning")
+                return
+        args = submission(self.labels_from, self.submission_options(), self.reference, self.label_column,
+                          self.truth_column, self.annotator)
         try:
-            run = await asyncio.to_thread(
-                self.platform.runs.submit, self.application, self.model, self.dataset, self.reference or None,
-                self.label_column, None if self.truth_column in (None, NO_TRUTH) else self.truth_column,
-                self.submission_options())
+            run = await asyncio.to_thread(self.platform.runs.submit, self.application, self.model, self.dataset,
+                                          **args)
         except (InvalidRun, NotFound, ValueError) as exc:
             self._say(md(exc), "danger")
             return
@@ -142,8 +239,9 @@ class RunPanel(PlatformView):
         self.refresh_history()
 
     def submission_options(self) -> dict:
-        """The submission's options, from this panel's choices."""
-        return run_options(self.confidence, self.novelty, self.head, self.k, self.majority_voting)
+        """The submission's options, from this panel's choices (no head or k with an annotator: it has its own)."""
+        return run_options(self.confidence, self.novelty, None if self.labels_from == ANNOTATOR else self.head,
+                           self.k, self.majority_voting)
 
     def _say(self, text: str, kind: str) -> None:
         self.message.object, self.message.alert_type, self.message.visible = text, kind, True
@@ -200,21 +298,35 @@ class RunPanel(PlatformView):
         self._show_history(self._history({m.id: m.name for m in self.platform.models()}))
 
     def __panel__(self) -> pn.viewable.Viewable:
+        by_reference = self.param.labels_from.rx() == REFERENCE
         reference = pn.widgets.Select.from_param(self.param.reference, name="Reference (labelled)",
-                                                 css_classes=["reference-picker"], sizing_mode="stretch_width")
+                                                 css_classes=["reference-picker"], sizing_mode="stretch_width",
+                                                 visible=by_reference)
+        annotator = pn.widgets.Select.from_param(self.param.annotator, name="Saved annotator",
+                                                 css_classes=["annotator-picker"], sizing_mode="stretch_width",
+                                                 visible=self.param.labels_from.rx() == ANNOTATOR)
+        labels_from = pn.Column(pn.pane.HTML("Labels from", margin=(5, 10, 0, 10), styles={"font-size": "0.9em"}),
+                                pn.widgets.RadioButtonGroup.from_param(self.param.labels_from, button_type="primary",
+                                                                       button_style="outline",
+                                                                       css_classes=["labels-from"], width=270),
+                                margin=0)
         return pn.Column(
             "## 2 · Run",
-            pn.Row(reference, pn.widgets.Select.from_param(self.param.label_column, name="Label column",
-                                                           css_classes=["label-picker"]),
-                   pn.widgets.Select.from_param(self.param.truth_column, name="Truth column of the query",
-                                                css_classes=["truth-picker"]), sizing_mode="stretch_width"),
-            pn.Row(pn.widgets.Select.from_param(self.param.head, name="Head", css_classes=["head-picker"], width=220),
+            pn.Row(labels_from, reference, annotator,
+                   pn.widgets.Select.from_param(self.param.label_column, name="Label column", width=200,
+                                                css_classes=["label-picker"], visible=by_reference),
+                   sizing_mode="stretch_width"),
+            pn.Row(pn.widgets.Select.from_param(self.param.head, name="Head", css_classes=["head-picker"], width=220,
+                                                visible=by_reference),
                    pn.widgets.IntInput.from_param(self.param.k, name="k (blank: auto)", placeholder="automatic",
                                                   css_classes=["k-input"], width=130,
-                                                  visible=self.param.head.rx().rx.pipe(lambda h: h == KNN)),
+                                                  visible=(self.param.head.rx() == KNN).rx.and_(by_reference)),
                    pn.widgets.Checkbox.from_param(self.param.majority_voting,
                                                   name="Majority voting (cluster consensus)",
-                                                  css_classes=["majority-voting"], align="end")),
+                                                  css_classes=["majority-voting"], align="end"),
+                   pn.widgets.Select.from_param(self.param.truth_column, name="Truth column of the query",
+                                                css_classes=["truth-picker"], width=220)),
+            self.note,
             pn.Row(pn.widgets.FloatSlider.from_param(self.param.confidence, name="Confidence threshold",
                                                      width=240),
                    pn.widgets.FloatSlider.from_param(self.param.novelty, name="Novelty threshold (reference fit)",

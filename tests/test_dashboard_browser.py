@@ -1,6 +1,7 @@
 """The served dashboard in headless Chromium: the whole flow a user takes, with a screenshot of each step.
 
-One served instance for the module: the whole flow first, then a kNN run with majority voting on the same server.
+One served instance for the module: the whole flow first, then a kNN run with majority voting on the same server,
+then a run saved as an annotator and used instead of a reference.
 """
 
 from __future__ import annotations
@@ -37,6 +38,28 @@ def server(tmp_path_factory):
 
 def _run_ids(server) -> set[str]:
     return {r["run_id"] for r in requests.get(server.url + "/api/runs", timeout=60).json()}
+
+
+def _finished(server, run_id: str) -> dict:
+    """The run as the API lists it, once it has finished (fails if it takes more than 5 minutes)."""
+    def done():
+        run = next(r for r in requests.get(server.url + "/api/runs", timeout=60).json() if r["run_id"] == run_id)
+        return run if run["status"] in ("done", "failed", "cancelled") else None
+
+    return wait_until(done, 300, f"run {run_id}", interval=1)
+
+
+def _run_from_page(page, server) -> str:
+    """Click Run and return the id of the run it submitted."""
+    before = _run_ids(server)
+    page.locator(".run-button button").click()
+    return wait_until(lambda: next(iter(_run_ids(server) - before), None), 60, "the run to be submitted")
+
+
+def _show_result(page, run_id: str) -> None:
+    option = page.locator(".result-run-picker select option").filter(has_text=run_id[:8])
+    option.wait_for(state="attached", timeout=60_000)  # offered at the next poll
+    page.locator(".result-run-picker select").select_option(label=option.text_content())
 
 
 def test_the_whole_flow_in_a_browser(server, tmp_path):
@@ -110,22 +133,13 @@ def test_a_knn_run_with_majority_voting_shows_its_calibration_and_consensus(serv
         for control in (".run-button button", ".majority-voting", ".k-input input"):
             box = page.locator(control).bounding_box()
             assert box["x"] + box["width"] <= 1366, control  # the run panel fits a laptop's screen
-        before = _run_ids(server)
-        page.locator(".run-button button").click()
-        run_id = wait_until(lambda: next(iter(_run_ids(server) - before), None), 60, "the run to be submitted")
-
-        def finished():
-            run = next(r for r in requests.get(server.url + "/api/runs", timeout=60).json() if r["run_id"] == run_id)
-            return run if run["status"] in ("done", "failed", "cancelled") else None
-
-        run = wait_until(finished, 300, f"run {run_id}", interval=1)
+        run_id = _run_from_page(page, server)
+        run = _finished(server, run_id)
         assert run["status"] == "done", run["error"]
         assert run["parameters"]["head"]["kind"] == "knn" and run["parameters"]["head"]["k"] >= 1
         assert run["parameters"]["majority_voting"] is True
 
-        option = page.locator(".result-run-picker select option").filter(has_text=run_id[:8])
-        option.wait_for(state="attached", timeout=60_000)  # offered at the next poll
-        page.locator(".result-run-picker select").select_option(label=option.text_content())
+        _show_result(page, run_id)
         page.locator(".reliability-diagram canvas").first.wait_for(timeout=60_000)
         page.locator(".reliability-caption").get_by_text("ECE").first.wait_for(timeout=30_000)
         page.locator(".metrics").get_by_text("Head: kNN reference mapping").wait_for(timeout=30_000)
@@ -139,3 +153,64 @@ def test_a_knn_run_with_majority_voting_shows_its_calibration_and_consensus(serv
         wait_until(lambda: colors.input_value() == "majority voting", 30, "the UMAP to colour by the consensus")
         page.locator(".confusion-matrix canvas").first.wait_for(timeout=60_000)
         _shot(page, "7-knn-majority-voting")
+
+
+def test_a_run_saved_as_an_annotator_labels_the_query_without_a_reference(server):
+    """At a laptop's width: a run with the file as its own reference is saved from its results as an annotator (the
+    suggested Cell Ontology terms accepted), is listed with the saved annotators, and labels the query in a run with
+    no reference; that run names the annotator and offers its labels' coarse cell classes."""
+    name = "PBMC baseline (browser)"
+    with browser_page({"width": 1366, "height": 3200}) as page:
+        page.goto(server.url + "/")
+        page.locator(".model-picker select").wait_for(timeout=120_000)
+        page.locator(".upload input[type=file]").set_input_files(str(PBMC))
+        page.locator(".check-report").get_by_text("599 cells").wait_for(timeout=120_000)
+        page.locator(".reference-picker select").select_option(index=1)  # the file as its own reference
+        reference_run = _run_from_page(page, server)
+        run = _finished(server, reference_run)
+        assert run["status"] == "done", run["error"]
+
+        _show_result(page, reference_run)
+        page.get_by_text("Save this run's head as an annotator").click()
+        ontology = page.locator(".ontology-table")
+        ontology.get_by_text("CL:0001054").wait_for(timeout=30_000)  # CD14 Monocytes, as suggested
+        page.locator(".annotator-name input").fill(name)
+        page.locator(".annotator-author input").fill("Ada")
+        page.locator(".save-annotator-button button").click()
+        page.locator(".save-annotator-message").get_by_text("mapped to the Cell Ontology").wait_for(timeout=30_000)
+        page.locator(".save-annotator").screenshot(path=str(SHOTS / "8-save-as-annotator.png"))
+        page.locator(".annotators-table").get_by_text(name, exact=True).wait_for(timeout=30_000)
+        saved = next(a for a in requests.get(server.url + "/api/annotators", timeout=60).json() if a["name"] == name)
+        assert saved["author"] == "Ada" and saved["ontology"]["CD14 Monocytes"] == "CL:0001054"
+
+        page.locator(".labels-from").get_by_text("saved annotator", exact=True).click()
+        picker = page.locator(".annotator-picker select")
+        picker.wait_for(timeout=30_000)
+        label = next(o for o in picker.locator("option").all_text_contents() if o.startswith(name))
+        picker.select_option(label=label)
+        assert not page.locator(".reference-picker select").is_visible()
+        assert not page.locator(".head-picker select").is_visible()
+        page.locator(".annotator-note").get_by_text("held-out macro-F1").wait_for(timeout=30_000)
+        for control in (".run-button", ".annotator-picker", ".truth-picker"):
+            box = page.locator(control).bounding_box()
+            assert box["x"] + box["width"] <= 1366, control  # the run panel still fits a laptop's screen
+        annotated = _run_from_page(page, server)
+        run = _finished(server, annotated)
+        assert run["status"] == "done", run["error"]
+        assert run["parameters"]["annotator"] == {"id": saved["annotator_id"], "name": name}
+        results = requests.get(server.url + f"/api/results/{annotated}", params={"limit": 5}, timeout=60).json()
+        assert results["cells"]["total"] == 599 and results["provenance"]["inputs"]["reference"] is None
+        assert "predicted_cell_class" in results["cells"]["items"][0]
+
+        _show_result(page, annotated)
+        page.locator(".metrics").get_by_text(f"Annotator {name}").wait_for(timeout=30_000)
+        page.locator(".label-level").get_by_text("cell class", exact=True).click()
+        page.locator(".metrics").get_by_text("Cell class (the Cell Ontology").wait_for(timeout=30_000)
+        wait_until(lambda: page.locator(".color-by select").input_value() == "predicted cell class", 30,
+                   "the UMAP to colour by cell class")
+        page.locator(".confusion-matrix canvas").first.wait_for(timeout=60_000)
+        page.locator(".umap-plot canvas").first.wait_for(timeout=60_000)
+        _shot(page, "9-annotator-run")
+        page.locator(".annotators-table").get_by_text(name, exact=True).click()
+        page.locator(".annotator-details").get_by_text("CL:0001054").wait_for(timeout=30_000)
+        page.locator(".annotators").screenshot(path=str(SHOTS / "10-annotators.png"))

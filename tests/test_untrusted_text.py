@@ -24,7 +24,12 @@ from tests.serving import browser_page, make_serve
 
 VIEWS = ["check report", "stored-dataset picker", "reference picker", "label and truth pickers", "run history",
          "run message and progress", "metrics", "confusion matrix", "per-class F1 bars", "UMAP legend",
-         "UMAP hover", "cell table", "comparison", "downloads"]
+         "UMAP hover", "cell table", "comparison", "downloads", "save-as-annotator form (ontology table, message)",
+         "annotators table and details", "annotator picker and note"]
+# an annotator's name is checked by the platform (letters, digits, a few signs); its description and author are free
+ANNOTATOR_NAME = "Lab hostile v1"
+DESCRIPTION = f"{PAYLOADS[1]} {PAYLOADS[6]} {PAYLOADS[9]}"
+AUTHOR = PAYLOADS[5]
 
 # the page's own violations are measured in app/security_headers.py; anything here is a payload trying to run
 WATCH_CSP = """window.__csp = [];
@@ -130,9 +135,10 @@ def test_no_payload_runs_in_any_view_and_each_shows_as_typed(server, hostile_fil
         page.locator(".upload-status").get_by_text(FILE_NAME, exact=False).wait_for(timeout=10_000)
         assert page.locator(".label-picker select").input_value() == LABEL_COLUMN
 
-        page.locator(".run-button button").click()  # the baseline on a 70/30 split of the file
         rows = page.locator(".run-history .tabulator-row").filter(has_text="done")
-        rows.first.wait_for(timeout=300_000)
+        before = rows.count()  # the REST test's run, when it ran first on this server
+        page.locator(".run-button button").click()  # the baseline on a 70/30 split of the file
+        rows.nth(before).wait_for(timeout=300_000)
         page.locator(".run-history").get_by_text(FILE_NAME).first.wait_for(timeout=10_000)
 
         reference = page.locator(".reference-picker select")
@@ -140,10 +146,11 @@ def test_no_payload_runs_in_any_view_and_each_shows_as_typed(server, hostile_fil
         assert any(o.startswith(FILE_NAME) for o in options), options
         reference.select_option(index=1)
         page.locator(".run-button button").click()  # the file as its own reference, truth column set
-        rows.nth(1).wait_for(timeout=300_000)
+        rows.nth(before + 1).wait_for(timeout=300_000)
 
-        # the results list learns of a finished run at the next poll: wait until it holds both runs
-        page.locator(".result-run-picker select option").nth(2).wait_for(state="attached", timeout=60_000)
+        # the results list learns of a finished run at the next poll: wait until it holds every finished run, then
+        # show the newest (the run with a reference)
+        page.locator(".result-run-picker select option").nth(before + 2).wait_for(state="attached", timeout=60_000)
         page.locator(".result-run-picker select").select_option(index=1)
         page.locator(".umap-plot canvas").first.wait_for(timeout=60_000)
         page.locator(".confusion-matrix canvas").first.wait_for(timeout=60_000)
@@ -159,6 +166,8 @@ def test_no_payload_runs_in_any_view_and_each_shows_as_typed(server, hostile_fil
         # the hover's tooltip is built from Bokeh DOM models whose strings become text nodes: the labels are there
         hover_text = set(page.evaluate(HOVER_TEXT))
         assert {f"{label}:" for label in labels} <= hover_text, sorted(hover_text)[:20]
+
+        _save_and_reuse_an_annotator(page, labels)
 
         page.locator(".compare-picker select").select_option(index=2)
         page.locator(".compare-plot canvas").first.wait_for(timeout=60_000)
@@ -179,10 +188,49 @@ def test_no_payload_runs_in_any_view_and_each_shows_as_typed(server, hostile_fil
         blocked = [v for v in page.evaluate("window.__csp") if v[0].startswith("script-src")]
         assert blocked == [], blocked
     record("security", f"stored XSS in the dashboard: {len(PAYLOADS) + 2} hostile strings (file name, column "
-           f"names, {len(PAYLOADS)} label-value and cell-id payloads) × {len(VIEWS)} views",
-           "headless Chromium: " + ", ".join(VIEWS),
+           f"names, {len(PAYLOADS)} label-value and cell-id payloads; an annotator's description and author) × "
+           f"{len(VIEWS)} views", "headless Chromium: " + ", ".join(VIEWS),
            "no payload ran (window flags unset), no element created (shadow roots searched), no script blocked "
-           "by the CSP; file name, column name, labels and cell ids shown as typed", "held", request.node.nodeid)
+           "by the CSP; file name, column name, labels, cell ids and the annotator's description and author shown "
+           "as typed", "held", request.node.nodeid)
+
+
+def _save_and_reuse_an_annotator(page, labels: list[str]) -> None:
+    """The run shown (the file as its own reference) saved as an annotator: its hostile classes in the ontology
+    table, a hostile name refused in plain words, a hostile description and author shown as typed in the
+    annotators table, its details and the run panel's annotator picker."""
+    page.get_by_text("Save this run's head as an annotator").click()
+    page.locator(".ontology-table").get_by_text(labels[0], exact=True).wait_for(timeout=30_000)
+    name = page.locator(".annotator-name input")
+    name.fill(PAYLOADS[0])
+    page.locator(".save-annotator-button button").click()
+    message = page.locator(".save-annotator-message")
+    message.get_by_text("An annotator's name is").wait_for(timeout=30_000)
+    name.fill(ANNOTATOR_NAME)
+    page.locator(".annotator-author input").fill(AUTHOR)
+    page.locator(".annotator-description input").fill(DESCRIPTION)
+    page.locator(".save-annotator-button button").click()
+    message.get_by_text("mapped to the Cell Ontology", exact=False).wait_for(timeout=30_000)
+
+    table = page.locator(".annotators-table")
+    table.get_by_text(AUTHOR, exact=True).wait_for(timeout=30_000)
+    table.get_by_text(FILE_NAME, exact=True).first.wait_for(timeout=10_000)  # the reference it learnt from
+    table.get_by_text(ANNOTATOR_NAME, exact=True).click()
+    details = page.locator(".annotator-details")
+    details.get_by_text(DESCRIPTION, exact=False).wait_for(timeout=30_000)
+    details.get_by_text(f"by {AUTHOR}", exact=False).wait_for(timeout=10_000)
+    for label in labels[:3]:
+        details.get_by_text(label, exact=False).first.wait_for(timeout=10_000)
+
+    page.locator(".labels-from").get_by_text("saved annotator", exact=True).click()
+    picker = page.locator(".annotator-picker select")
+    picker.wait_for(timeout=30_000)
+    label = next(o for o in picker.locator("option").all_text_contents() if o.startswith(ANNOTATOR_NAME))
+    picker.select_option(label=label)
+    note = page.locator(".annotator-note")
+    note.get_by_text(FILE_NAME, exact=False).wait_for(timeout=30_000)
+    note.get_by_text(AUTHOR, exact=False).wait_for(timeout=10_000)
+    page.locator(".labels-from").get_by_text("reference dataset", exact=True).click()
 
 
 def test_pages_carry_the_security_headers(server):

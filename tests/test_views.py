@@ -437,3 +437,270 @@ def test_a_majority_voting_run_offers_the_reference_fit_and_consensus_and_a_reli
     view.run = plain  # no consensus here: back to per-cell labels, no toggle, no diagram
     assert not view.has_consensus and view.label_source == PER_CELL and view.color_by == "predicted_label"
     assert not any("reliability-diagram" in classes(p) for p in metrics_panes())
+
+
+def _annotator(platform, name: str, model_id: str = "baseline", trained: bool = True, builtin: bool = False,
+               **fields) -> str:
+    """A saved annotator's row (its arrays are not needed to list, show or delete it)."""
+    from store.artifacts import new_id
+    from store.tables import AnnotatorEntry
+
+    row = AnnotatorEntry(id=new_id(), name=name, model_id=model_id, backend=model_id, model_checksum="0" * 64,
+                         trained=trained, head_kind="logistic_regression", head_sha256="f" * 64,
+                         label_column="celltype", builtin=builtin, classes={"B": 40, "CD4 T": 120, "NK": 12},
+                         reference={"file_name": "reference.h5ad", "sha256": "a" * 64, "cells": 172},
+                         check={"method": "held-out split (30%)", "n_cells": 52, "macro_f1": 0.91234,
+                                "accuracy": 0.95, "per_class_f1": {"B": 0.97, "CD4 T": 0.93}},
+                         ontology={"B": "CL:0000236", "CD4 T": "CL:0000624", "NK": None}, **fields)
+    with write_session(platform.engine) as s:
+        s.add(row)
+    return row.id
+
+
+def test_the_annotators_table_says_what_each_is_and_deletes_only_what_is_not_built_in(platform):
+    import asyncio
+
+    from dashboards.annotators import CONFIRM, AnnotatorsView, annotator_details, annotators_frame
+
+    builtin = next(a.id for a in platform.annotators.list() if a.builtin)  # shipped, installed at first start
+    untrained = _annotator(platform, "Geneformer PBMC", model_id="geneformer", trained=False)
+    kept = _annotator(platform, "Lab PBMC v1", author="Ada", description="pbmc3k, 3 types")
+    rows = platform.annotators.list()
+    frame = annotators_frame(rows, {"baseline": "Baseline (log1p + HVG + logistic regression)",
+                                    "geneformer": "Geneformer"})  # short model names: the table fits a laptop
+    by_name = frame.set_index("name")
+    assert list(frame.columns) == ["name", "model", "classes", "held-out macro-F1", "head", "built-in", "reference",
+                                   "author", "saved", "id"]
+    assert by_name.loc["Lab PBMC v1", ["model", "head", "classes", "held-out macro-F1", "reference", "author",
+                                       "built-in"]].tolist() == ["Baseline", "logistic regression", 3, 0.912,
+                                                                 "reference.h5ad", "Ada", ""]
+    assert by_name.loc["Geneformer PBMC", ["model", "built-in"]].tolist() == ["Geneformer (untrained)", ""]
+    assert frame.set_index("id").loc[builtin, "built-in"] == "yes"
+    text = shown(annotator_details(next(a for a in rows if a.id == kept), {"baseline": "Baseline"}))
+    assert "pbmc3k, 3 types" in text and "learnt from reference.h5ad (172 cells), labels celltype · by Ada" in text
+    assert "macro-F1 0.912 · accuracy 0.950" in text and "CD4 T (120 cells, F1 0.93): CL:0000624" in text
+    assert "NK (12 cells): not mapped to the Cell Ontology" in text
+    assert "untrained" in shown(annotator_details(next(a for a in rows if a.id == untrained), {}))
+
+    view = AnnotatorsView(platform)
+    assert len(view.table.value) == 3 and view.delete_button.disabled
+    assert view.table.formatters["name"] == {"type": "plaintext"}  # names, authors, files: shown as typed
+    row_of = {row_id: i for i, row_id in enumerate(view.table.value["id"])}
+    view.table.selection = [row_of[builtin]]
+    assert view.selected == builtin and "PBMC 3k (baseline)" in shown(view.details.object)
+    asyncio.run(view._on_delete(None))  # refused by the service, in its words
+    assert "is built in: it cannot be deleted" in shown(view.message.object) and len(platform.annotators.list()) == 3
+    view.table.selection = [row_of[kept]]
+    asyncio.run(view._on_delete(None))  # a first click asks
+    assert view.delete_button.name == CONFIRM and "for everyone on this server" in shown(view.message.object)
+    assert len(platform.annotators.list()) == 3
+    asyncio.run(view._on_delete(None))
+    assert {a.id for a in platform.annotators.list()} == {builtin, untrained} and view.deleted == 1
+    assert "Deleted annotator Lab PBMC v1" in shown(view.message.object)
+    assert set(view.table.value["id"]) == {builtin, untrained}
+
+
+def test_the_run_panel_runs_with_a_saved_annotator_instead_of_a_reference(platform, monkeypatch):
+    import asyncio
+
+    from dashboards.runs import ANNOTATOR, NO_TRUTH, REFERENCE, RunPanel, annotator_choices, run_options, submission
+
+    options = run_options(0.6, 0.1, None, 7, True)
+    assert options == {"confidence_threshold": 0.6, "novelty_threshold": 0.1, "majority_voting": True}
+    with_head = run_options(0.6, head="knn", k=7)
+    assert submission(ANNOTATOR, with_head, "ref-id", "celltype", "celltype", "ann-id") == {
+        "reference_id": None, "label_column": None, "truth_column": "celltype",
+        "options": {"confidence_threshold": 0.6, "novelty_threshold": 0.0, "majority_voting": False},
+        "annotator": "ann-id"}  # the annotator brings its head: no reference, label column, head or k
+    assert submission(REFERENCE, with_head, "ref-id", "celltype", NO_TRUTH, "ann-id") == {
+        "reference_id": "ref-id", "label_column": "celltype", "truth_column": None, "options": with_head,
+        "annotator": None}
+
+    builtin = platform.annotators.get("PBMC 3k (baseline)").id
+    other = _annotator(platform, "Geneformer PBMC", model_id="geneformer", trained=False)
+    mine = _annotator(platform, "Lab PBMC v1")
+    names = {"baseline": "Baseline", "geneformer": "Geneformer"}
+    assert annotator_choices(platform.annotators.list(), names) == {
+        "Lab PBMC v1 — Baseline · 3 classes": mine,
+        "Geneformer PBMC — Geneformer · 3 classes · untrained (predictions mean nothing)": other,
+        "PBMC 3k (baseline) — Baseline · 8 classes": builtin}
+
+    with open(PBMC, "rb") as fh:
+        ds = platform.datasets.ingest(fh, "pbmc.h5ad")
+    panel = RunPanel(platform)
+    layout = panel.__panel__()
+    reference, annotator, label = layout.objects[1].objects[1:4]
+    head = layout.objects[2].objects[0]
+    panel.param.update(datasets=platform.datasets.list(), dataset=ds.id, application="cell-type-annotation",
+                       model="baseline")
+    assert (reference.visible, annotator.visible, label.visible, head.visible) == (True, False, True, True)
+    assert not panel.note.visible
+    panel.labels_from = ANNOTATOR
+    assert (reference.visible, annotator.visible, label.visible, head.visible) == (False, True, False, False)
+    assert panel.annotator == mine  # the newest for the selected model
+    assert panel.truth_column == "celltype"  # the query has the annotator's label column: metrics against it
+    assert "3 classes learnt from reference.h5ad · held-out macro-F1 0.912" in shown(panel.note.object)
+
+    panel.annotator = other  # another model's annotator: said at once, refused before anything is submitted
+    assert panel.note.alert_type == "danger"
+    assert "reads Geneformer's embeddings, and the selected model is Baseline (" in shown(panel.note.object)
+    asyncio.run(panel._on_run(None))
+    assert "pick Geneformer in the model picker" in shown(panel.message.object) and platform.runs.list() == []
+
+    sent = {}
+
+    def submit(*args, **kwargs):
+        sent.update(args=args, kwargs=kwargs)
+        raise ValueError("<b>stopped</b> here")
+
+    monkeypatch.setattr(platform.runs, "submit", submit)
+    panel.annotator = mine
+    panel.head, panel.k = "knn", 5
+    asyncio.run(panel._on_run(None))
+    assert sent["args"] == ("cell-type-annotation", "baseline", ds.id)
+    assert sent["kwargs"] == {"reference_id": None, "label_column": None, "truth_column": "celltype",
+                              "options": {"confidence_threshold": 0.5, "novelty_threshold": 0.0,
+                                          "majority_voting": False}, "annotator": mine}
+    assert shown(panel.message.object) == "<b>stopped</b> here"  # the refusal, as typed
+
+    _annotator(platform, "Newer PBMC")
+    panel.annotators_changed += 1  # what the Dashboard does when one is saved
+    assert len(panel.param.annotator.objects) == 4 and panel.annotator == mine  # the pick is kept
+
+
+def test_a_run_with_a_reference_saves_as_an_annotator_with_confirmed_ontology_terms(platform, monkeypatch):
+    import asyncio
+    from types import SimpleNamespace
+
+    from app.annotators import Conflict
+    from dashboards.dashboard import Dashboard
+    from dashboards.results import EDITED, ontology_frame, ontology_mapping, savable
+
+    frame = ontology_frame(["CD14 Monocytes", "weird blob"],
+                           {"CD14 Monocytes": {"term_id": "CL:0001054", "term_label": "CD14-positive monocyte",
+                                               "how": "normalised"}, "weird blob": None})
+    assert frame.to_dict("records") == [
+        {"class": "CD14 Monocytes", "Cell Ontology id": "CL:0001054", "term": "CD14-positive monocyte",
+         "suggested": "normalised"},
+        {"class": "weird blob", "Cell Ontology id": "", "term": "", "suggested": "no suggestion"}]
+    frame.loc[1, "Cell Ontology id"] = " CL:0000236 "
+    assert ontology_mapping(frame) == {"CD14 Monocytes": "CL:0001054", "weird blob": "CL:0000236"}
+    frame.loc[0, "Cell Ontology id"] = ""
+    assert ontology_mapping(frame) == {"CD14 Monocytes": None, "weird blob": "CL:0000236"}
+
+    with open(PBMC, "rb") as fh:
+        reference = platform.datasets.ingest(fh, "reference.h5ad")
+    head = {"kind": "logistic_regression", "classes": ["B", "CD14 Monocytes", "NK"]}
+    run_id = _done_run_with_cells(platform, 50, run_fields={"reference_dataset_id": reference.id,
+                                                           "provenance": {"head": head}})
+    evaluation = _done_run_with_cells(platform, 50)  # trained on a split of its own query: nothing to save
+    assert not savable(SimpleNamespace(status="done", reference_dataset_id=None, parameters={}))
+    assert not savable(SimpleNamespace(status="done", reference_dataset_id="r",
+                                       parameters={"annotator": {"id": "a", "name": "x"}}))
+
+    dash = Dashboard(platform)
+    view = dash.results
+    view.run = evaluation
+    assert not view.can_save
+    view.run = run_id
+    assert view.can_save
+    table = view.ontology.value
+    assert table["class"].tolist() == head["classes"]
+    assert table.set_index("class").loc["CD14 Monocytes", "Cell Ontology id"] == "CL:0001054"  # suggested
+    assert view.ontology.formatters["class"] == {"type": "plaintext"}
+    row = table["class"].tolist().index("NK")
+    view.ontology.patch({"Cell Ontology id": [(row, "CL:0000938")]}, as_index=False)
+    view._on_ontology_edit(SimpleNamespace(column="Cell Ontology id", row=row, value="CL:0000938"))
+    assert view.ontology.value["term"].iloc[row] == EDITED
+
+    sent = {}
+    real = platform.annotators.save_from_run
+
+    def save(*args):
+        sent["args"] = args
+        return real(*args)
+
+    monkeypatch.setattr(platform.annotators, "save_from_run", save)
+    view.param.update(annotator_name="<b>bad</b>", annotator_author="Ada <i>L</i>")
+    asyncio.run(view._on_save(None))  # the service's refusal, shown as typed
+    assert view.save_message.alert_type == "danger" and "An annotator's name is 1-80 letters" in \
+        shown(view.save_message.object)
+    assert sent["args"][0] == run_id and sent["args"][4]["NK"] == "CL:0000938"
+
+    saved = SimpleNamespace(name="Lab PBMC v1", classes=dict.fromkeys(head["classes"], 10),
+                            ontology={"B": "CL:0000236", "CD14 Monocytes": "CL:0001054", "NK": None})
+    monkeypatch.setattr(platform.annotators, "save_from_run", lambda *args: saved)
+    view.annotator_name = "Lab PBMC v1"
+    before = dash.annotators_changed
+    asyncio.run(view._on_save(None))
+    text = shown(view.save_message.object)
+    assert text.startswith("Saved annotator Lab PBMC v1") and "3 classes, 2 mapped to the Cell Ontology" in text
+    assert dash.annotators_changed == before + 1 and dash.runs.annotators_changed == before + 1
+    assert dash.annotators.annotators_changed == before + 1
+
+    def taken(*_args):
+        raise Conflict("An annotator named '<script>x</script>' exists: choose another name.")
+
+    monkeypatch.setattr(platform.annotators, "save_from_run", taken)
+    asyncio.run(view._on_save(None))
+    assert shown(view.save_message.object) == "An annotator named '<script>x</script>' exists: choose another name."
+
+
+def test_an_annotator_run_with_ontology_terms_shows_cell_types_or_cell_classes(platform):
+    from dashboards.results import (
+        CELL_CLASS,
+        CELL_TYPE,
+        CLASS_COLUMN,
+        CONSENSUS,
+        PER_CELL,
+        ResultsView,
+        metrics_markdown,
+        shown_metrics,
+    )
+
+    n = 300
+    rng = np.random.default_rng(3)
+    classes = {"B": "B cell", "T": "T cell"}
+    predicted = rng.choice(["B", "T", "unassigned"], n)
+    metrics = {**_scores(0.8), "scope": "all labelled query cells", CONSENSUS: {**_scores(0.85), "clusters": 9},
+               CELL_CLASS: {**_scores(0.95, ("B cell", "T cell")), "scope": "cells whose true label maps"}}
+    head = {"kind": "logistic_regression", "annotator": "Lab PBMC v1",
+            "reference_check": {"macro_f1": 0.912, "method": "held-out split"}}
+    run_id = _done_run_with_cells(platform, n, {
+        "predicted_label": predicted, CLASS_COLUMN: [classes.get(p, "") for p in predicted],
+        "predicted_cell_type_ontology_term_id": ["CL:0000236" if p == "B" else "" for p in predicted],
+        CONSENSUS: rng.choice(["B", "T"], n), "true_label": rng.choice(["B", "T"], n)},
+        {"metrics": metrics, "parameters": {"annotator": {"id": "a1", "name": "Lab PBMC v1"}},
+         "provenance": {"head": head}})
+
+    view = ResultsView(platform)
+    view.run = run_id
+    assert view.has_cell_class and view.level == CELL_TYPE and not view.can_save  # an annotator's run
+    assert view.param.color_by.names["predicted cell class"] == CLASS_COLUMN
+    text = shown(metrics_markdown(view._runs[run_id]))
+    assert "At the cell-class level: macro-F1 0.950" in text
+    assert "Annotator Lab PBMC v1 · Head: Logistic regression (held-out macro-F1 0.912 on its reference)" in text
+
+    view.label_source = CONSENSUS
+    view.level = CELL_CLASS  # the coarse level is each cell's own call: per cell, coloured by class
+    assert view.label_source == PER_CELL and view.color_by == CLASS_COLUMN
+    plot = view._umaps().objects[0].objects[0].object
+    fig = hv.render(plot, backend="bokeh")
+    assert fig.title.text.endswith("UMAP by predicted cell class")
+    assert set(view._cache[run_id][CLASS_COLUMN]) == {"B cell", "T cell", "unassigned or unmapped"}
+    classed = shown(metrics_markdown(view._runs[run_id], PER_CELL, CELL_CLASS))
+    assert classed.startswith("Cell class (the Cell Ontology's coarse level, 2 classes): Macro-F1 0.950")
+    assert shown_metrics(metrics, PER_CELL, CELL_CLASS)["confusion_matrix"]["rows"] == ["B cell", "T cell"]
+    panes = [o for o in view._metrics().objects for o in getattr(o, "objects", [o])]
+    matrix = next(p for p in panes if "confusion-matrix" in (p.css_classes or []))
+    assert set(matrix.object.values()[0].dimension_values("true")) == {"B cell", "T cell"}
+    view.label_source = CONSENSUS  # the consensus is of cell types: back to that level
+    assert view.level == CELL_TYPE and view.color_by == CONSENSUS
+    view.level = CELL_CLASS
+    view.level = CELL_TYPE
+    assert view.color_by == "predicted_label"
+
+    plain = _done_run_with_cells(platform, 50)
+    view.level = CELL_CLASS
+    view.run = plain  # no classes here: no toggle, back to cell types
+    assert not view.has_cell_class and view.level == CELL_TYPE and view.color_by == "predicted_label"
