@@ -103,7 +103,7 @@ def test_plots_build_from_result_data_alone():
 def _done_run_with_cells(platform, n: int, extra: dict | None = None, run_fields: dict | None = None) -> str:
     """A finished run whose predictions file has n cells in row groups of 10,000 (as the pipeline writes), plus
     the per-cell ``extra`` columns (name -> values) and the Run row's ``run_fields`` (metrics, parameters, ...)."""
-    from inference.pipeline import PARQUET_ROW_GROUP
+    from inference.result_writer import PARQUET_ROW_GROUP
     from store.artifacts import new_id
     from store.tables import Run
 
