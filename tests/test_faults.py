@@ -162,7 +162,7 @@ def test_the_server_killed_with_runs_in_flight_then_restarted(tmp_path, request)
 
 
 def _disk_full_on_results(dask_worker) -> None:  # noqa: ANN001 - runs in the worker process
-    import inference.pipeline as pipeline
+    import inference.result_writer as pipeline  # where the annotated file is written
 
     original = pipeline._annotated_h5ad
 
@@ -175,7 +175,7 @@ def _disk_full_on_results(dask_worker) -> None:  # noqa: ANN001 - runs in the wo
 
 
 def _disk_back(dask_worker) -> None:  # noqa: ANN001
-    import inference.pipeline as pipeline
+    import inference.result_writer as pipeline
 
     pipeline._annotated_h5ad = getattr(pipeline, "_original_annotated_h5ad", pipeline._annotated_h5ad)
 
