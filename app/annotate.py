@@ -107,7 +107,7 @@ def annotate_files(settings: Settings, model: str | None, query: Path, out: Path
     with tempfile.TemporaryDirectory(prefix="annotate-", dir=store.home / "tmp") as tmp:
         result_dir, work = Path(tmp) / "result", Path(tmp) / "work"
         work.mkdir()
-        job = replace(application.job(request, accepted, result_dir, store.home / "heads"), write_csv=write_csv)
+        job = replace(application.job(request, accepted, result_dir, store.home), write_csv=write_csv)
         application.model_phase(job, backend, info, work, progress, lambda: False)
         outcome = application.cpu_phase(job, work, progress, lambda: False)
         with atomic_path(out) as tmp_out:

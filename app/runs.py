@@ -140,7 +140,7 @@ class RunsService:
                                 (run.parameters.get("annotator") or {}).get("id"))
         app = applications.get(run.application_id)
         accepted = Accepted(run.parameters, run.label_column, run.truth_column, run.cells_total)
-        return app.job(request, accepted, run_dir, self.platform.artifacts.home / "heads")
+        return app.job(request, accepted, run_dir, self.platform.artifacts.home)
 
     def _execute(self, run_id: str) -> None:
         actor_key = None

@@ -22,13 +22,14 @@ from inference.backends.base import Backend, check_stop
 from inference.calibration import reliability, uncalibrated
 from inference.consensus import majority_vote, over_cluster
 from inference.counts import AnnotationError, Counts, DataInput, load_counts
+from inference.embedding import embed_dataset, embedding_key
+from inference.embedding_store import EmbeddingStore
 from inference.heads import DEFAULT_HEAD, Head, head_cache_key
 from inference.layout import umap_layout
 from inference.metrics import LOW_CONFIDENCE, NOT_IN_REFERENCE, UNASSIGNED, annotation_metrics
 from inference.prediction import Prediction
 from inference.result_writer import write_results
 from inference.run_files import (
-    EMBEDDINGS,
     PROVENANCE,
     head_file,
     write_text,
@@ -64,6 +65,7 @@ class AnnotationJob:
     reference: DataInput | None = None  # None: evaluation mode on a stratified split of the query
     truth_column: str | None = None
     heads_dir: str | None = None
+    embeddings_dir: str | None = None  # the data home's embedding store: embeddings computed once per dataset
     confidence_threshold: float = 0.5
     novelty_threshold: float = 0.0  # cells fitting the reference less than this are unassigned (0: none)
     head: dict = field(default_factory=lambda: dict(DEFAULT_HEAD))
@@ -162,6 +164,7 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
              should_stop: Callable[[], bool] | None, workdir: Path | None) -> Prediction:
     cells: Counts | AnnData = query
     held_out = None
+    store = EmbeddingStore(job.embeddings_dir) if job.embeddings_dir else None
     if job.annotator_head:  # a saved annotator: its head instead of a reference
         head, key, head_reused, reference_cells = _annotator_head(job, backend, model_info)
         _check_annotator_genes(backend, query)
@@ -172,34 +175,45 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
             cells = query.whole()  # the query is its own reference: its cells are needed at once
             labels_all = _labels(cells, job.label_column, "query")
             held_out = stratified_split(labels_all, job.holdout_fraction, job.seed)
-            train = ~held_out & labels_all.notna().to_numpy()
-            reference = cells[train].copy()
-            ref_labels = labels_all[train].astype(str).to_numpy()
+            keep = ~held_out & labels_all.notna().to_numpy()
+            ref = _Reference(cells, keep, labels_all[keep].astype(str).to_numpy(), job.query.sha256)
             ref_key = f"{job.query.sha256}:split:{job.holdout_fraction}:{job.seed}"
             truth_column = job.label_column
         else:
             reference = load_counts(job.reference)
             ref_series = _labels(reference, job.label_column, "reference")
             keep = ref_series.notna().to_numpy()
-            reference = reference[keep].copy()
-            ref_labels = ref_series[keep].astype(str).to_numpy()
+            ref = _Reference(reference, keep, ref_series[keep].astype(str).to_numpy(), job.reference.sha256)
             ref_key = job.reference.sha256
             truth_column = job.truth_column
-        if len(set(ref_labels)) < 2:
-            raise AnnotationError(f"The reference's column {job.label_column!r} has {len(set(ref_labels))} class; "
+        if len(set(ref.labels)) < 2:
+            raise AnnotationError(f"The reference's column {job.label_column!r} has {len(set(ref.labels))} class; "
                                   "a classifier needs at least two cell types.")
         check_stop(should_stop)
-        head, key, head_reused = _trained_head(job, backend, model_info, reference, ref_labels, ref_key, timer,
-                                               should_stop)
-        reference_cells = int(reference.n_obs)
+        head, key, head_reused = _trained_head(job, backend, model_info, ref, ref_key, timer, should_stop, store)
+        reference_cells = int(ref.keep.sum())
     check_stop(should_stop)
 
     timer.stage(Stage.EMBEDDING_QUERY, 0, query.n_obs)
-    features, basis, proba, fit, genes_used, classifying = _embed_query(cells, backend, head, timer, should_stop,
-                                                                   workdir)
+    classified: list[tuple[np.ndarray, np.ndarray]] = []
+    predicting = 0.0
+
+    def classify(_start: int, features: np.ndarray) -> None:
+        nonlocal predicting
+        began = time.perf_counter()
+        out = head.predict(features)
+        classified.append((out.proba, out.reference_fit))
+        predicting += time.perf_counter() - began
+
+    embedded = embed_dataset(cells, backend, timer.report, should_stop, store,
+                             embedding_key(backend, model_info, job.query.sha256) if store else None,
+                             workdir, classify, QUERY_BLOCK)
+    features, basis, genes_used = embedded.features, embedded.basis, embedded.genes_used
+    proba = np.concatenate([c[0] for c in classified])
+    fit = np.concatenate([c[1] for c in classified])
     timer.stage(Stage.PREDICTING)
-    timer.timings["embedding query"] = round(timer.timings["embedding query"] - classifying, 3)
-    timer.timings["predicting"] = round(classifying, 3)
+    timer.timings["embedding query"] = round(timer.timings["embedding query"] - predicting, 3)
+    timer.timings["predicting"] = round(predicting, 3)
     best = proba.argmax(axis=1)
     confidence = proba[np.arange(len(best)), best]
     confident = confidence >= job.confidence_threshold
@@ -236,6 +250,7 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
                  "reference_cells": reference_cells, **head.describe(),
                  **({"annotator": job.annotator_name} if job.annotator_head else {})},
         "genes_used": genes_used,
+        "embedding": embedded.provenance,
     }
     return Prediction(cell_ids=query.obs_names.to_numpy().astype(str), predicted=predicted.astype(str),
                       confidence=confidence.astype(np.float32), assigned=assigned, proba=proba.astype(np.float32),
@@ -244,9 +259,22 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
                       held_out=held_out, metrics=metrics, provenance=provenance, timings=timer.timings)
 
 
-def _trained_head(job: AnnotationJob, backend: Backend, model_info: dict, reference: AnnData, ref_labels: np.ndarray,
-                  ref_key: str, timer: _Timer, should_stop: Callable[[], bool] | None) -> tuple[Head, str, bool]:
-    """The head for this model, reference and settings: from the cache, or embedded and trained (then cached)."""
+@dataclass
+class _Reference:
+    """The reference's cells, which of them are labelled (and trained on), their labels, and its file's sha256."""
+
+    cells: AnnData
+    keep: np.ndarray
+    labels: np.ndarray
+    sha256: str
+
+
+def _trained_head(job: AnnotationJob, backend: Backend, model_info: dict, ref: _Reference, ref_key: str,
+                  timer: _Timer, should_stop: Callable[[], bool] | None,
+                  store: EmbeddingStore | None) -> tuple[Head, str, bool]:
+    """The head for this model, reference and settings: from the cache, or embedded and trained (then cached).
+    A model that learns nothing from the reference embeds the whole reference file through the embedding store
+    (computed once, shared with every run on that file) and trains on its labelled rows."""
     settings = {**job.head, "backend_state": backend.has_state}
     key = head_cache_key(model_info.get("checksum", backend.key), ref_key, job.label_column, settings)
     head_path = head_file(job.heads_dir, key) if job.heads_dir else None
@@ -255,7 +283,14 @@ def _trained_head(job: AnnotationJob, backend: Backend, model_info: dict, refere
         if backend.has_state:
             backend.set_state(head.extra)
         return head, key, True
-    head = train_head(backend, reference, ref_labels, job.head, job.seed, timer, should_stop)
+    features = None
+    if store is not None and not backend.has_state:
+        timer.stage(Stage.EMBEDDING_REFERENCE, 0, ref.cells.n_obs)
+        embedded = embed_dataset(ref.cells, backend, timer.report, should_stop, store,
+                                 embedding_key(backend, model_info, ref.sha256))
+        features = np.asarray(embedded.features[ref.keep])
+    reference = ref.cells[ref.keep].copy() if features is None else ref.cells[ref.keep]
+    head = train_head(backend, reference, ref.labels, job.head, job.seed, timer, should_stop, features)
     if head_path:
         head_path.parent.mkdir(parents=True, exist_ok=True)
         head.save(head_path)
@@ -263,15 +298,17 @@ def _trained_head(job: AnnotationJob, backend: Backend, model_info: dict, refere
 
 
 def train_head(backend: Backend, reference: AnnData, labels: np.ndarray, settings: dict, seed: int = 0,
-               timer: _Timer | None = None, should_stop: Callable[[], bool] | None = None) -> Head:
-    """Fit the backend to the reference (the baseline learns its genes), embed it, train the head; the backend's
-    fitted state is kept with the head."""
+               timer: _Timer | None = None, should_stop: Callable[[], bool] | None = None,
+               features: np.ndarray | None = None) -> Head:
+    """Fit the backend to the reference (the baseline learns its genes), embed it (unless its ``features`` are
+    given), train the head; the backend's fitted state is kept with the head."""
     timer = timer or _Timer(None)
-    timer.stage(Stage.EMBEDDING_REFERENCE, 0, reference.n_obs)
-    backend.fit(reference)
-    ref_emb = backend.embed(reference, progress=timer.report, should_stop=should_stop)
+    if features is None:
+        timer.stage(Stage.EMBEDDING_REFERENCE, 0, reference.n_obs)
+        backend.fit(reference)
+        features = backend.embed(reference, progress=timer.report, should_stop=should_stop).features
     timer.stage(Stage.TRAINING_HEAD)
-    head = Head.train(ref_emb.features, labels, settings, seed=seed)
+    head = Head.train(features, labels, settings, seed=seed)
     if backend.has_state:
         head.extra = backend.state()
     return head
@@ -317,44 +354,6 @@ def _calibration(head: Head, proba: np.ndarray, truth: np.ndarray) -> dict[str, 
         out["temperature"] = round(float(temperature), 4)
         out["ece_before_temperature"] = reliability(raw.max(axis=1), correct)["ece"]
     return out
-
-
-def _embed_query(cells: Counts | AnnData, backend: Backend, head: Head, timer: _Timer,
-                 should_stop: Callable[[], bool] | None,
-                 workdir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, float]:
-    """Embed and classify ``QUERY_BLOCK`` cells at a time; features into ``workdir/embeddings.npy`` as they come
-    (a memory map), or into memory without a workdir. The basis is the features themselves where the model says so
-    (foundation models), else kept apart (the baseline's 50 PCs)."""
-    n = cells.n_obs
-    if isinstance(cells, Counts):
-        blocks = cells.blocks(QUERY_BLOCK)
-    else:
-        blocks = ((s, cells[s:s + QUERY_BLOCK]) for s in range(0, n, QUERY_BLOCK))
-    features = None
-    bases, probas, fits, genes_used, predicting = [], [], [], 0, 0.0
-    for start, block in blocks:
-        emb = backend.embed(block, progress=lambda done, _t, s=start: timer.report(s + done, n),
-                            should_stop=should_stop)
-        if features is None:
-            shape = (n, emb.features.shape[1])
-            if workdir:  # a new file, never one a published result may share by a hard link
-                (workdir / EMBEDDINGS).unlink(missing_ok=True)
-            features = (np.lib.format.open_memmap(workdir / EMBEDDINGS, mode="w+", dtype=np.float32, shape=shape)
-                        if workdir else np.empty(shape, dtype=np.float32))
-            own_basis, genes_used = emb.basis is not emb.features, emb.genes_used
-        features[start:start + block.n_obs] = emb.features
-        if own_basis:
-            bases.append(np.asarray(emb.basis, dtype=np.float32))
-        began = time.perf_counter()
-        out = head.predict(emb.features)
-        probas.append(out.proba)
-        fits.append(out.reference_fit)
-        predicting += time.perf_counter() - began
-        del emb
-    if isinstance(features, np.memmap):
-        features.flush()
-    basis = np.concatenate(bases) if own_basis else features
-    return features, basis, np.concatenate(probas), np.concatenate(fits), genes_used, predicting
 
 
 def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = None,

@@ -4,6 +4,7 @@ another worker can finish the run (embeddings written as they were produced stay
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,13 @@ class Prediction:
         np.savez(folder / "prediction.npz", **arrays)
         if not in_place:
             (folder / EMBEDDINGS).unlink(missing_ok=True)
-            np.save(folder / EMBEDDINGS, np.asarray(self.features, dtype=np.float32))
+            source = file_of(self.features)
+            try:  # the embedding store's file (immutable once published): linked, not copied
+                if source is None:
+                    raise OSError("in memory")
+                os.link(source, folder / EMBEDDINGS)
+            except OSError:
+                np.save(folder / EMBEDDINGS, np.asarray(self.features, dtype=np.float32))
         (folder / "prediction.json").write_text(json.dumps(
             {"metrics": self.metrics, "provenance": self.provenance, "timings": self.timings,
              "basis_is_features": basis_is_features}, default=str))

@@ -86,7 +86,7 @@ class ArtifactStore:
 
     def __init__(self, home: str | os.PathLike[str]) -> None:
         self.home = Path(home).resolve()
-        for sub in ("datasets", "runs", "heads", "annotators", "weights", "tmp"):
+        for sub in ("datasets", "runs", "heads", "annotators", "weights", "embeddings", "tmp"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
 
     def inside(self, *parts: str) -> Path:

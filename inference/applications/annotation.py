@@ -22,6 +22,7 @@ from inference.applications.base import (
 )
 from inference.checks import LABEL_MAX_CLASSES, LABEL_MIN_CLASSES, CheckReport
 from inference.counts import AnnotationError
+from inference.embedding_store import EMBEDDINGS_DIR
 from inference.heads import DEFAULT_HEAD, HEAD_KINDS, head_settings
 from inference.heads.knn import resolve_k
 from inference.pipeline import (
@@ -129,7 +130,7 @@ class CellTypeAnnotation(Application):
                         label_column=a.label_column, truth_column=truth or None,
                         cells_total=int(query.n_cells or 0))
 
-    def job(self, request: RunRequest, accepted: Accepted, out_dir: Path, heads_dir: Path) -> AnnotationJob:
+    def job(self, request: RunRequest, accepted: Accepted, out_dir: Path, home: Path) -> AnnotationJob:
         def inp(ds) -> DataInput:  # noqa: ANN001 - a DatasetInfo
             return DataInput(ds.path, ds.file_name, ds.sha256)
 
@@ -138,7 +139,8 @@ class CellTypeAnnotation(Application):
                              reference=inp(request.reference) if request.reference else None,
                              label_column=accepted.label_column,
                              truth_column=accepted.truth_column if request.reference or request.annotator else None,
-                             out_dir=str(out_dir), heads_dir=str(heads_dir),
+                             out_dir=str(out_dir), heads_dir=str(home / "heads"),
+                             embeddings_dir=str(home / EMBEDDINGS_DIR),
                              confidence_threshold=p.get("confidence_threshold", 0.5), seed=p.get("seed", 0),
                              novelty_threshold=p.get("novelty_threshold", 0.0),
                              head=p.get("head") or head_settings(), majority_voting=p.get("majority_voting", False),

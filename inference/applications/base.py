@@ -110,8 +110,9 @@ class Application(ABC):
         """Check a submission against the datasets' check reports; raise ``SubmissionError`` with what to do."""
 
     @abstractmethod
-    def job(self, request: RunRequest, accepted: Accepted, out_dir: Path, heads_dir: Path) -> Any:
-        """The picklable job description the workers get (paths and parameters, never open files)."""
+    def job(self, request: RunRequest, accepted: Accepted, out_dir: Path, home: Path) -> Any:
+        """The picklable job description the workers get (paths and parameters, never open files); ``home`` is
+        the data home (its ``heads`` and ``embeddings`` stores are shared by every run)."""
 
     @abstractmethod
     def model_phase(self, job: Any, backend: Any, model_info: dict, workdir: Path, progress: StageProgress,

@@ -73,6 +73,16 @@ class Backend(ABC):
     def state(self) -> dict[str, np.ndarray]:
         return {}
 
+    def embedding_settings(self) -> dict[str, object]:
+        """What besides the weights and precision changes this backend's embedding of a cell: part of the
+        embedding store's key, so an entry is never served for other settings (a fitted backend: what it learnt)."""
+        return {}
+
+    @property
+    def embedding_precision(self) -> str:
+        """The arithmetic the embedding is computed in (part of the embedding store's key)."""
+        return "fp32"
+
     def genes_present(self, adata: AnnData) -> tuple[int, int] | None:
         """(genes of ``adata`` this backend's fitted state reads, genes it reads), or None when its inputs are its
         vocabulary (checked with every upload instead)."""

@@ -106,6 +106,14 @@ class BaselineBackend(Backend):
     def provenance(self) -> dict[str, object]:
         return {"backend": self.backend, "checksum": "baseline:v2", "trained": True, "weights": "none"}
 
+    def embedding_settings(self) -> dict[str, object]:
+        """The baseline's embedding follows what it learnt from its reference (genes, scaling, PCA)."""
+        from inference.embedding_store import state_digest
+
+        if self.genes is None:
+            raise RuntimeError("The baseline has not been fitted on a reference.")
+        return {"state": state_digest(self.state())}
+
     def state(self) -> dict[str, np.ndarray]:
         """What ``fit`` learnt, as plain arrays (kept with the cached head)."""
         return {"genes": np.array(self.genes), "scaler_mean": self.scaler.mean_, "scaler_scale": self.scaler.scale_,

@@ -85,6 +85,13 @@ def restore_order(parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndar
     return out
 
 
+def effective_precision(device: str, precision: str = "helical") -> str:
+    """What ``autocast`` computes in: fp32 on the CPU whatever was asked, else fp16 (helical's), bf16 or fp32."""
+    if not str(device).startswith("cuda") or precision == "fp32":
+        return "fp32"
+    return "bf16" if precision == "bf16" else "fp16"
+
+
 def autocast(device: str, precision: str = "helical"):  # noqa: ANN201 - a context manager
     """Mixed precision on CUDA: ``helical`` (fp16 autocast, as helical runs it), ``bf16``, or ``fp32``."""
     import torch

@@ -14,7 +14,14 @@ import numpy as np
 from anndata import AnnData
 
 from inference.backends.base import Backend, Embedding, Progress, ShouldStop
-from inference.backends.common import autocast, check_complete, embed_in_batches, helical_input, resolve_device
+from inference.backends.common import (
+    autocast,
+    check_complete,
+    effective_precision,
+    embed_in_batches,
+    helical_input,
+    resolve_device,
+)
 from inference.batching import default_token_budget
 from inference.helical_env import isolated
 from inference.weights import GENEFORMER_VARIANTS, ResolvedWeights, WeightsError
@@ -127,6 +134,13 @@ class GeneformerBackend(Backend):
         vocab = m.tk.gene_token_dict
         genes = sum(1 for e in prepared.var["ensembl_id"] if e and e in vocab)
         return Embedding(features=features, basis=features, genes_used=genes)
+
+    def embedding_settings(self) -> dict[str, object]:
+        return {"emb_layer": self.emb_layer, "emb_mode": "cell"}
+
+    @property
+    def embedding_precision(self) -> str:
+        return effective_precision(self.device, self.precision)
 
     def describe(self) -> dict[str, object]:
         spec = GENEFORMER_VARIANTS[self.variant]

@@ -16,7 +16,14 @@ import pandas as pd
 from anndata import AnnData
 
 from inference.backends.base import Backend, Embedding, Progress, ShouldStop
-from inference.backends.common import autocast, check_complete, embed_in_batches, helical_input, resolve_device
+from inference.backends.common import (
+    autocast,
+    check_complete,
+    effective_precision,
+    embed_in_batches,
+    helical_input,
+    resolve_device,
+)
 from inference.batching import default_token_budget
 from inference.helical_env import isolated
 from inference.weights import SCGPT_VARIANT, ResolvedWeights, WeightsError
@@ -111,6 +118,10 @@ class ScGPTBackend(Backend):
         features = embed_in_batches(step, lengths, self.max_tokens, progress, should_stop)
         features = features / np.linalg.norm(features, axis=1, keepdims=True)  # as helical normalises
         return Embedding(features=features, basis=features, genes_used=len(dataset.gene_ids))
+
+    @property
+    def embedding_precision(self) -> str:
+        return effective_precision(self.device, self.precision)
 
     def describe(self) -> dict[str, object]:
         return {"backend": self.backend, "variant": self.variant, "device": self.device,
