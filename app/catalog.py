@@ -10,6 +10,7 @@ from store.engine import read_session, write_session
 from store.tables import Application, ModelEntry
 
 CELL_TYPE_ANNOTATION = "cell-type-annotation"
+EMBEDDING_INTEGRATION = "embedding-integration"
 
 SEED_SOURCE = (
     "Figure from the product's seed catalog (the design card's model table). It is not a published "
@@ -28,7 +29,7 @@ SEED_MODELS = [
         accuracy=0.92,
         accuracy_source=SEED_SOURCE,
         description="Transformer model for scRNA-seq",
-        applications=[CELL_TYPE_ANNOTATION],
+        applications=[CELL_TYPE_ANNOTATION, EMBEDDING_INTEGRATION],
         backend="geneformer",
         variant="gf-6L-10M-i2048",
     ),
@@ -39,7 +40,7 @@ SEED_MODELS = [
         accuracy=0.95,
         accuracy_source=SEED_SOURCE,
         description="GPT-style model for single-cell",
-        applications=[CELL_TYPE_ANNOTATION],
+        applications=[CELL_TYPE_ANNOTATION, EMBEDDING_INTEGRATION],
         backend="scgpt",
         variant="whole-human",
     ),
@@ -53,11 +54,27 @@ SEED_MODELS = [
             "Normalise to 10k counts, log1p, highly variable genes of the reference, logistic regression "
             "(scanpy + scikit-learn). No foundation model: the yardstick the others must beat."
         ),
-        applications=[CELL_TYPE_ANNOTATION],
+        applications=[CELL_TYPE_ANNOTATION, EMBEDDING_INTEGRATION],
         backend="baseline",
         variant="",
         weights_status="installed",
         weights_detail="No pretrained weights: the classifier is trained on your reference.",
+    ),
+    dict(
+        id="harmony",
+        name="Harmony (on the baseline's 50 PCs)",
+        speed="fast",
+        accuracy=None,
+        accuracy_source="Not an annotation model; its integration scores are measured per dataset (scIB metrics).",
+        description=(
+            "The baseline's PCA of highly variable genes, corrected across batches by Harmony (harmonypy): the "
+            "classical integration yardstick the foundation models' embeddings are compared with."
+        ),
+        applications=[EMBEDDING_INTEGRATION],
+        backend="harmony",
+        variant="",
+        weights_status="installed",
+        weights_detail="No pretrained weights: computed from the dataset's own cells.",
     ),
 ]
 SEEDED_FIELDS = ("name", "speed", "accuracy", "accuracy_source", "description", "applications", "backend",

@@ -96,6 +96,46 @@ class RunsService:
                options: dict | None = None, annotator: str | None = None) -> Run:
         """Validate, record the run as queued and return it at once; the work starts in the background.
         ``annotator`` (an id or name) stands in for a reference: its saved head labels the query."""
+        run = self._prepare(application_id, model_id, dataset_id, reference_id, label_column, truth_column,
+                            options, annotator)
+        return self._record([run])[0]
+
+    def submit_group(self, application_id: str, model_ids: list[str], dataset_id: str,
+                     reference_id: str | None = None, label_column: str | None = None,
+                     truth_column: str | None = None, options: dict | None = None) -> list[Run]:
+        """One run per model, sharing a group id so they are shown together; every model's submission is checked
+        before any is recorded (all or nothing)."""
+        models = list(dict.fromkeys(m for m in model_ids if m))
+        if not models:
+            raise InvalidRun("Give one or more models.")
+        group = new_id()
+        runs = [self._prepare(application_id, m, dataset_id, reference_id, label_column, truth_column, options,
+                              None, group) for m in models]
+        return self._record(runs)
+
+    def group(self, group_id: str) -> list[Run]:
+        """The runs submitted together, in submission order."""
+        validate_uuid4(group_id, "group id")
+        with read_session(self.platform.engine) as s:
+            runs = list(s.exec(select(Run).where(Run.group_id == group_id).order_by(Run.created_at)))
+        if not runs:
+            raise NotFound(f"No run group {group_id}.")
+        return runs
+
+    def _record(self, runs: list[Run]) -> list[Run]:
+        self.platform.lease.start(reconcile=False)  # this process owns the run while its heartbeat lasts
+        with write_session(self.platform.engine) as s:
+            for run in runs:
+                run.owner = self.platform.lease.instance_id
+                s.add(run)
+        for run in runs:
+            self._executor.submit(self._execute, run.id)
+        return runs
+
+    def _prepare(self, application_id: str, model_id: str, dataset_id: str, reference_id: str | None,
+                 label_column: str | None, truth_column: str | None, options: dict | None,
+                 annotator: str | None, group_id: str | None = None) -> Run:
+        """A validated, not yet recorded run."""
         options = dict(options or {})
         with read_session(self.platform.engine) as s:
             app_row = s.get(Application, application_id)
@@ -119,15 +159,10 @@ class RunsService:
         accepted = applications.get(application_id).validate(request)
         params = {"variant": variant or model.variant or None, **accepted.parameters,
                   "weights": model.weights_status}
-        self.platform.lease.start(reconcile=False)  # this process owns the run while its heartbeat lasts
-        run = Run(id=new_id(), owner=self.platform.lease.instance_id, application_id=application_id,
-                  model_id=model_id, dataset_id=query.id, reference_dataset_id=reference.id if reference else None,
-                  label_column=accepted.label_column, truth_column=accepted.truth_column,
-                  status=RunStatus.QUEUED, stage="queued", cells_total=accepted.cells_total, parameters=params)
-        with write_session(self.platform.engine) as s:
-            s.add(run)
-        self._executor.submit(self._execute, run.id)
-        return run
+        return Run(id=new_id(), application_id=application_id, model_id=model_id, dataset_id=query.id,
+                   reference_dataset_id=reference.id if reference else None, label_column=accepted.label_column,
+                   truth_column=accepted.truth_column, status=RunStatus.QUEUED, stage="queued",
+                   cells_total=accepted.cells_total, parameters=params, group_id=group_id)
 
     # ---- execution --------------------------------------------------------------------------------------
     def _job(self, run: Run, run_dir: Path) -> object:

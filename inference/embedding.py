@@ -22,6 +22,7 @@ from inference.run_files import EMBEDDINGS
 
 BLOCK = 10_000  # cells read and embedded at a time: memory follows the block, not the file
 OnBlock = Callable[[int, np.ndarray], None]
+REUSED = "embeddings reused"  # what progress says when a stored embedding is used
 
 
 @dataclass
@@ -66,25 +67,34 @@ def _compute(cells: Counts | AnnData, backend: Backend, writer: EmbeddingWriter,
 def embed_dataset(cells: Counts | AnnData, backend: Backend, progress: Callable[[int, int], None],
                   should_stop: ShouldStop | None = None, store: EmbeddingStore | None = None,
                   key: EmbeddingKey | None = None, workdir: Path | None = None, on_block: OnBlock | None = None,
-                  block: int = BLOCK) -> Embedded:
+                  block: int = BLOCK, prepare: Callable[[], None] | None = None,
+                  on_reused: Callable[[], None] | None = None) -> Embedded:
     """``cells`` embedded by ``backend``: from the store when ``key`` is there, else computed once into it (other
-    runs of the same key wait, then reuse). Without a store: into ``workdir`` (or memory without one)."""
+    runs of the same key wait, then reuse). Without a store: into ``workdir`` (or memory without one).
+    ``prepare`` runs only when the embedding is computed (a backend fitted on these cells fits there);
+    ``on_reused`` is told when a stored entry is used (progress says so)."""
     n = cells.n_obs
     if store is not None and key is not None:
         with store.claim(key, n) as got:
             if isinstance(got, StoredEmbedding):
+                if on_reused is not None:
+                    on_reused()
                 if on_block is not None:
                     for start in range(0, n, block):
                         check_stop(should_stop)
                         on_block(start, np.asarray(got.features[start:start + block]))
                 progress(n, n)
                 return Embedded(got.features, got.basis, got.genes_used, True, got.provenance())
+            if prepare is not None:
+                prepare()
             _compute(cells, backend, got, progress, should_stop, on_block, block)
         stored = store.get(key)
         if stored is None:  # deleted between publishing and reading: never expected, said plainly if it happens
             raise RuntimeError("The embedding just stored was removed while this run was reading it; run again.")
         return Embedded(stored.features, stored.basis, stored.genes_used, False,
                         {**stored.provenance(), "reused": False})
+    if prepare is not None:
+        prepare()
     writer = EmbeddingWriter(workdir, n, EMBEDDINGS)
     _compute(cells, backend, writer, progress, should_stop, on_block, block)
     writer.close()

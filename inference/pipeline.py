@@ -22,7 +22,7 @@ from inference.backends.base import Backend, check_stop
 from inference.calibration import reliability, uncalibrated
 from inference.consensus import majority_vote, over_cluster
 from inference.counts import AnnotationError, Counts, DataInput, load_counts
-from inference.embedding import embed_dataset, embedding_key
+from inference.embedding import REUSED, embed_dataset, embedding_key
 from inference.embedding_store import EmbeddingStore
 from inference.heads import DEFAULT_HEAD, Head, head_cache_key
 from inference.layout import umap_layout
@@ -34,8 +34,8 @@ from inference.run_files import (
     head_file,
     write_text,
 )
-
-StageProgress = Callable[[str, int, int], None]
+from inference.timing import StageProgress
+from inference.timing import StageTimer as _Timer
 
 
 class Stage(StrEnum):
@@ -121,27 +121,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-class _Timer:
-    def __init__(self, progress: StageProgress | None) -> None:
-        self.progress = progress
-        self.timings: dict[str, float] = {}
-        self._stage, self._start = None, 0.0
-
-    def stage(self, name: str, done: int = 0, total: int = 0) -> None:
-        self.finish()
-        self._stage, self._start = str(name), time.perf_counter()  # plain text in timings and events
-        self.report(done, total)
-
-    def report(self, done: int, total: int) -> None:
-        if self.progress:
-            self.progress(self._stage, done, total)
-
-    def finish(self) -> None:
-        if self._stage:
-            self.timings[self._stage] = round(self.timings.get(self._stage, 0) + time.perf_counter() - self._start, 3)
-            self._stage = None
-
-
 def run_annotation(job: AnnotationJob, backend: Backend, model_info: dict,
                    progress: StageProgress | None = None,
                    should_stop: Callable[[], bool] | None = None) -> dict[str, object]:
@@ -207,7 +186,8 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
 
     embedded = embed_dataset(cells, backend, timer.report, should_stop, store,
                              embedding_key(backend, model_info, job.query.sha256) if store else None,
-                             workdir, classify, QUERY_BLOCK)
+                             workdir, classify, QUERY_BLOCK,
+                             on_reused=lambda: timer.say(REUSED, query.n_obs, query.n_obs))
     features, basis, genes_used = embedded.features, embedded.basis, embedded.genes_used
     proba = np.concatenate([c[0] for c in classified])
     fit = np.concatenate([c[1] for c in classified])
@@ -287,7 +267,8 @@ def _trained_head(job: AnnotationJob, backend: Backend, model_info: dict, ref: _
     if store is not None and not backend.has_state:
         timer.stage(Stage.EMBEDDING_REFERENCE, 0, ref.cells.n_obs)
         embedded = embed_dataset(ref.cells, backend, timer.report, should_stop, store,
-                                 embedding_key(backend, model_info, ref.sha256))
+                                 embedding_key(backend, model_info, ref.sha256),
+                                 on_reused=lambda: timer.say(REUSED, ref.cells.n_obs, ref.cells.n_obs))
         features = np.asarray(embedded.features[ref.keep])
     reference = ref.cells[ref.keep].copy() if features is None else ref.cells[ref.keep]
     head = train_head(backend, reference, ref.labels, job.head, job.seed, timer, should_stop, features)

@@ -35,7 +35,13 @@ def _v2_to_v3(conn: Connection) -> None:
     """Annotators: a new table (``annotators``), made by create_all; nothing existing changes."""
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(conn: Connection) -> None:
+    """Runs submitted together (an integration's models) share a ``group_id``."""
+    conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN group_id VARCHAR")
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_runs_group_id ON runs (group_id)")
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 class TerminalStatusError(RuntimeError):

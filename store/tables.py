@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class RunStatus(StrEnum):
@@ -122,6 +122,7 @@ class Run(SQLModel, table=True):
     provenance: dict[str, Any] = _json(dict)
     result_dir: str | None = None
     owner: str | None = Field(default=None, index=True)  # the ServerInstance that runs it
+    group_id: str | None = Field(default=None, index=True)  # runs submitted together (one per model), shown together
 
 
 class ClassifierHead(SQLModel, table=True):

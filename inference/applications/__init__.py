@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from inference.applications.annotation import CellTypeAnnotation
 from inference.applications.base import Application
+from inference.applications.integration import EmbeddingIntegration
 
 REGISTRY: dict[str, Application] = {app.id: app for app in (
     CellTypeAnnotation(),
+    EmbeddingIntegration(),
 )}
 
 

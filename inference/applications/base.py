@@ -126,6 +126,7 @@ class Application(ABC):
     def progress(self, stage: str, done: int, total: int) -> float:
         """One figure in [0, 0.99] from a stage and its cells done."""
         weights = {"starting": 0.0, "loading model": 0.05, **self.stages}
+        stage = stage.split(":")[0]  # "embedding query: embeddings reused" is the embedding stage
         if stage not in weights:
             return 0.0
         names = list(weights)

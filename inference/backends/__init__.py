@@ -1,4 +1,4 @@
-"""Backends: Geneformer and scGPT through helical, and the baseline. One line each in ``BACKENDS``."""
+"""Backends: Geneformer and scGPT through helical, the baseline, Harmony. One line each in ``BACKENDS``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ BACKENDS: dict[str, tuple[str, str, str | None, bool]] = {
     "geneformer": ("inference.backends.geneformer", "GeneformerBackend", DEFAULT_GENEFORMER, True),
     "scgpt": ("inference.backends.scgpt", "ScGPTBackend", SCGPT_VARIANT, False),
     "baseline": ("inference.backends.baseline", "BaselineBackend", None, False),
+    "harmony": ("inference.backends.harmony", "HarmonyBackend", None, False),
 }
 
 

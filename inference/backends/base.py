@@ -40,6 +40,7 @@ class Backend(ABC):
     variant: str = ""
     loads: int = 0
     needs_weights: ClassVar[bool] = True
+    corrects_batches: ClassVar[bool] = False  # an integration method: ``correct`` after ``embed``
     weights = None  # inference.weights.ResolvedWeights, for backends that need them
 
     @property
@@ -71,6 +72,15 @@ class Backend(ABC):
         return False
 
     def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def correct(self, embedding: np.ndarray, batch: np.ndarray, seed: int = 0) -> np.ndarray:
+        """An integration method's correction of ``embedding`` across ``batch`` (``corrects_batches`` only)."""
+        raise NotImplementedError(f"{self.key} does not correct for batches.")
+
+    def fit_settings(self) -> dict[str, object]:
+        """What ``fit`` depends on besides the cells (a backend fitted on the dataset it embeds is keyed by this
+        and the dataset, so a stored embedding is found without fitting again)."""
         return {}
 
     def embedding_settings(self) -> dict[str, object]:

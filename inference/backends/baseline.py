@@ -106,6 +106,9 @@ class BaselineBackend(Backend):
     def provenance(self) -> dict[str, object]:
         return {"backend": self.backend, "checksum": "baseline:v2", "trained": True, "weights": "none"}
 
+    def fit_settings(self) -> dict[str, object]:
+        return {"n_top_genes": self.n_top_genes, "n_pcs": self.n_pcs, "seed": self.seed, "flavor": "seurat"}
+
     def embedding_settings(self) -> dict[str, object]:
         """The baseline's embedding follows what it learnt from its reference (genes, scaling, PCA)."""
         from inference.embedding_store import state_digest
