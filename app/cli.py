@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.cli_annotators import add_parser as add_annotators_parser
+from app.cli_integrate import add_parser as add_integrate_parser
 from app.settings import Settings, SettingsError
 
 
@@ -267,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cells whose reference_fit is below it are 'unassigned' (0 to 1; default 0: none)")
     ann.set_defaults(func=cmd_annotate)
     add_annotators_parser(sub)
+    add_integrate_parser(sub)
     return parser
 
 

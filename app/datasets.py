@@ -6,16 +6,17 @@ import logging
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlmodel import select
+from sqlmodel import or_, select
 
 from app.annotate import vocabularies
 from inference.checks import CheckReport, check_file
+from inference.embedding_store import EmbeddingStore
 from store.artifacts import InvalidIdError, file_suffix, new_id, validate_file_name, validate_uuid4
 from store.engine import read_session, write_session
-from store.tables import Dataset
+from store.tables import ACTIVE, Dataset, Run
 
 log = logging.getLogger(__name__)
-__all__ = ["CheckReport", "DatasetRejected", "DatasetService", "NotFound"]  # CheckReport: for the views
+__all__ = ["CheckReport", "DatasetInUse", "DatasetRejected", "DatasetService", "NotFound"]  # CheckReport: for the views
 
 
 class DatasetRejected(ValueError):
@@ -32,6 +33,10 @@ class DatasetRejected(ValueError):
 
 class NotFound(LookupError):
     pass
+
+
+class DatasetInUse(RuntimeError):
+    """A deletion that would take runs with it: active runs always refuse it, finished ones unless asked."""
 
 
 class DatasetService:
@@ -88,3 +93,62 @@ class DatasetService:
     def list(self) -> list[Dataset]:
         with read_session(self.platform.engine) as s:
             return list(s.exec(select(Dataset).order_by(Dataset.created_at.desc())))
+
+    # ---- the embedding store and deletion ----------------------------------------------------------------
+    @property
+    def embeddings(self) -> EmbeddingStore:
+        return EmbeddingStore(self.platform.artifacts.home / "embeddings")
+
+    def embeddings_of(self, dataset_id: str) -> dict:
+        """The dataset's stored embeddings (one entry per model, weights and settings) and their size."""
+        ds = self.get(dataset_id)
+        entries = self.embeddings.entries(ds.sha256)
+        return {"dataset_id": ds.id, "bytes": sum(e["bytes"] for e in entries),
+                "entries": [{"key": e["digest"], "checksum": e["key"]["checksum"], "variant": e["key"]["variant"],
+                             "precision": e["key"]["precision"], "settings": e["key"]["settings"],
+                             "cells": e["cells"], "dims": e["dims"], "bytes": e["bytes"],
+                             "seconds": e.get("seconds")} for e in entries]}
+
+    def embeddings_size(self, ds: Dataset) -> int:
+        return self.embeddings.size(ds.sha256)
+
+    def delete_embeddings(self, dataset_id: str) -> dict:
+        """Remove the dataset's stored embeddings (the next run computes them again); runs keep their own copy."""
+        ds = self.get(dataset_id)
+        return {"dataset_id": ds.id, "bytes_freed": self.embeddings.delete(ds.sha256)}
+
+    def delete(self, dataset_id: str, cascade: bool = False) -> dict:
+        """Delete the dataset: its row, its file and its stored embeddings; with ``cascade``, its finished runs
+        too (rows and folders). Refused while a queued or running run uses it, and without ``cascade`` while a
+        finished run does. Rows go in one transaction first, so no half-deleted dataset or run is ever listed."""
+        import shutil
+
+        ds = self.get(dataset_id)
+        with write_session(self.platform.engine) as s:
+            runs = list(s.exec(select(Run).where(or_(Run.dataset_id == ds.id, Run.reference_dataset_id == ds.id))))
+            active = [r for r in runs if r.status in ACTIVE]
+            if active:
+                raise DatasetInUse(f"{ds.file_name} is used by {len(active)} queued or running run(s) "
+                                   f"({', '.join(r.id[:8] for r in active[:5])}): cancel them or wait, then delete.")
+            if runs and not cascade:
+                raise DatasetInUse(f"{ds.file_name} has {len(runs)} finished run(s): delete with cascade "
+                                   "(REST ?cascade=true, CLI --cascade) to delete them with it.")
+            for run in runs:
+                s.delete(run)
+            s.delete(s.get(Dataset, ds.id))
+        freed = 0
+        for run in runs:
+            folder = self.platform.artifacts.run_dir(run.id)
+            freed += _bytes(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        path = self.path(ds)
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+        freed += self.embeddings.delete(ds.sha256)
+        log.info("deleted dataset %s (%s) with %d run(s), %d bytes", ds.id, ds.file_name, len(runs), freed)
+        return {"dataset_id": ds.id, "runs_deleted": [r.id for r in runs], "bytes_freed": freed}
+
+
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0

@@ -16,6 +16,8 @@ def _json(schema: dict, description: str = "OK") -> dict:
 
 ANNOTATOR_ID = {"name": "annotator_id", "in": "path", "required": True, "schema": {"type": "string"},
                 "description": "an annotator's id or name"}
+DATASET_ID = {"name": "dataset_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+GROUP_ID = {"name": "group_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 REF = "#/components/schemas/"
 COMMON_ERRORS = {"401": _error("Missing or wrong bearer token"), "400": _error("Invalid input")}
@@ -66,7 +68,9 @@ def openapi_document() -> dict:
             "summary": "Submit a run (answers at once)", "operationId": "submit",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF + "Submit"}}}},
             "responses": {"202": _json({"type": "object", "properties": {
-                "run_id": {"type": "string", "format": "uuid"}, "status": {"type": "string"}},
+                "run_id": {"type": "string", "format": "uuid"}, "status": {"type": "string"},
+                "group_id": {"type": "string", "format": "uuid"},
+                "runs": {"type": "array", "items": {"type": "object"}}},
                 "required": ["run_id", "status"]}, "Accepted"),
                 "404": _error("Unknown application, model or dataset"),
                 "415": _error("The body is not sent as application/json (code unsupported_media_type)"),
@@ -91,7 +95,8 @@ def openapi_document() -> dict:
         "/api/download/{run_id}": {"get": {
             "summary": "The annotated file, streamed", "operationId": "download",
             "parameters": [RUN_ID, {"name": "format", "in": "query",
-                                    "schema": {"type": "string", "enum": ["h5ad", "csv", "cellxgene"]}}],
+                                    "schema": {"type": "string", "enum": ["h5ad", "csv", "cellxgene"]},
+                                    "description": "cellxgene: annotation runs only"}],
             "responses": {"200": {"description": "The file", "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "text/csv": {"schema": {"type": "string"}}}},
@@ -137,6 +142,37 @@ def openapi_document() -> dict:
             "responses": {"200": {"description": "The file", "content": {
                 "application/zip": {"schema": {"type": "string", "format": "binary"}}}},
                 "404": _error("Unknown annotator"), **COMMON_ERRORS}}},
+        "/api/datasets/{dataset_id}": {
+            "get": {"summary": "One dataset, with the bytes its stored embeddings take", "operationId": "getDataset",
+                    "parameters": [DATASET_ID],
+                    "responses": {"200": _json({"$ref": REF + "Dataset"}), "404": _error("Unknown dataset"),
+                                  **COMMON_ERRORS}},
+            "delete": {"summary": "Delete a dataset: its file, its stored embeddings and (with cascade) its finished "
+                                  "runs", "operationId": "deleteDataset",
+                       "parameters": [DATASET_ID, {"name": "cascade", "in": "query", "required": False,
+                                                   "schema": {"type": "string", "enum": ["true", "false"]},
+                                                   "description": "also delete the finished runs that use it"}],
+                       "responses": {"200": _json({"type": "object"}, "Deleted"), "404": _error("Unknown dataset"),
+                                     "409": _error("Used by a queued or running run, or by finished runs without "
+                                                   "cascade=true (code in_use)"), **CROSS_SITE, **COMMON_ERRORS}}},
+        "/api/datasets/{dataset_id}/embeddings": {
+            "get": {"summary": "The dataset's stored embeddings (one per model, weights and settings) and sizes",
+                    "operationId": "datasetEmbeddings", "parameters": [DATASET_ID],
+                    "responses": {"200": _json({"type": "object"}), "404": _error("Unknown dataset"),
+                                  **COMMON_ERRORS}},
+            "delete": {"summary": "Free the dataset's stored embeddings (runs keep their own)",
+                       "operationId": "deleteDatasetEmbeddings", "parameters": [DATASET_ID],
+                       "responses": {"200": _json({"type": "object"}), "404": _error("Unknown dataset"),
+                                     **CROSS_SITE, **COMMON_ERRORS}}},
+        "/api/groups/{group_id}": {"get": {
+            "summary": "The runs submitted together (one per model) and their metrics side by side",
+            "operationId": "group", "parameters": [GROUP_ID],
+            "responses": {"200": _json({"type": "object", "required": ["group_id", "runs", "table"], "properties": {
+                "group_id": {"type": "string"}, "application": {"type": "string"}, "dataset": {"type": "string"},
+                "runs": {"type": "array", "items": {"$ref": REF + "Run"}},
+                "table": {"type": "array", "items": {"type": "object"},
+                          "description": "one row per model: its scIB metrics and aggregate scores"}}}),
+                "404": _error("Unknown group"), **COMMON_ERRORS}}},
         "/api/runs": {"get": {"summary": "List runs, newest first", "operationId": "listRuns",
                               "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Run"}}),
                                             **COMMON_ERRORS}}},
@@ -159,9 +195,13 @@ def openapi_document() -> dict:
             "dataset_id": {"type": "string", "format": "uuid"}, "file_name": {"type": "string"},
             "sha256": {"type": "string"}, "size_bytes": {"type": "integer"}, "n_cells": nullable("integer"),
             "n_genes": nullable("integer"), "created_at": {"type": "string"}, "check": {"type": "object"},
-            "report": {"type": "object"}}},
-        "Submit": {"type": "object", "required": ["application", "model", "dataset"], "properties": {
-            "application": {"type": "string"}, "model": {"type": "string"},
+            "report": {"type": "object"}, "embeddings_bytes": {"type": "integer"}}},
+        "Submit": {"type": "object", "required": ["application", "dataset"], "properties": {
+            "application": {"type": "string"}, "model": {"type": "string", "description": "one run of this model"},
+            "models": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 20,
+                       "description": "instead of model: one run per model, grouped (group_id)"},
+            "batch_column": {**nullable("string"), "description": "embedding-integration: the obs column of each "
+                                                                  "cell's batch, donor, condition or lab"},
             "dataset": {"type": "string", "description": "query dataset id"},
             "reference": nullable("string"), "label_column": nullable("string"),
             "truth_column": nullable("string"),
@@ -175,7 +215,10 @@ def openapi_document() -> dict:
                 "k": {"type": "integer", "minimum": 1, "description": "neighbours of the knn head"},
                 "majority_voting": {"type": "boolean",
                                     "description": "also label each over-cluster by its majority"},
-                "seed": {"type": "integer"}, "variant": {"type": "string"}}}}},
+                "seed": {"type": "integer"}, "variant": {"type": "string"},
+                "max_metric_cells": {"type": "integer", "minimum": 100,
+                                     "description": "embedding-integration: above it, the scIB metrics use a "
+                                                    "seeded sample stratified by batch and cell type"}}}}},
         "Annotator": {"type": "object", "required": ["annotator_id", "name", "model", "classes"], "properties": {
             "annotator_id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"},
             "author": {"type": "string"}, "created_at": {"type": "string"}, "model": {"type": "string"},
@@ -198,7 +241,7 @@ def openapi_document() -> dict:
             "device": nullable("string"), "model": {"type": "string"}}},
         "Run": {"type": "object", "required": ["run_id", "status"], "properties": {
             "run_id": {"type": "string"}, "status": {"type": "string"}, "model": {"type": "string"},
-            "dataset": {"type": "string"}, "macro_f1": nullable("number")}},
+            "dataset": {"type": "string"}, "macro_f1": nullable("number"), "group_id": nullable("string")}},
         "Results": {"type": "object", "required": ["run_id", "metrics", "classes", "cells"], "properties": {
             "run_id": {"type": "string"}, "metrics": {"type": "object"},
             "classes": {"type": "array", "items": {"type": "string"}}, "confusion_matrix": {},
@@ -209,8 +252,9 @@ def openapi_document() -> dict:
     }
     return {"openapi": "3.1.0",
             "info": {"title": "Helical AI Platform API", "version": version,
-                     "description": "Cell type annotation with bio foundation models. Models whose `weights` are "
-                                    "`generated` are untrained: their predictions mean nothing."},
+                     "description": "Cell type annotation and batch integration with bio foundation models. "
+                                    "Models whose `weights` are `generated` are untrained: their predictions and "
+                                    "embeddings mean nothing."},
             "paths": paths, "components": {"schemas": schemas,
                                            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
             "security": [{}, {"bearer": []}]}

@@ -18,6 +18,7 @@ from app.downloads import download_signature
 from app.loopwatch import WATCH
 from app.rest_annotators import ROUTES as ANNOTATOR_ROUTES
 from app.rest_base import ApiError, ApiHandler, attachment, platform
+from app.rest_datasets import DATASET_ROUTES
 from app.rest_json import application_json, dataset_json, model_json, run_json
 from app.rest_upload import UploadHandler
 from inference.devices import DeviceUnavailable, choose_device
@@ -52,23 +53,48 @@ class ModelsHandler(ApiHandler):
 
 class DatasetsHandler(ApiHandler):
     async def get(self) -> None:
-        self.send([dataset_json(d) for d in await self.call(platform().datasets.list)])
+        p = platform()
+
+        def listing() -> list[dict]:
+            return [dataset_json(d, p.datasets.embeddings_size(d)) for d in p.datasets.list()]
+
+        self.send(await self.call(listing))
 
 
 class SubmitHandler(ApiHandler):
     async def post(self) -> None:
+        """One run (``model``), or one per model, grouped (``models``: a list); ``batch_column`` goes to the
+        options (the integration application's)."""
         body = self.body_json()
-        missing = [k for k in ("application", "model", "dataset") if not body.get(k)]
+        missing = [k for k in ("application", "dataset") if not body.get(k)]
+        if not body.get("model") and not body.get("models"):
+            missing.insert(1, "model (or models)")
         if missing:
             raise ApiError(400, "invalid_request", f"Missing field(s): {', '.join(missing)}.")
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise ApiError(400, "invalid_request", "options must be an object.")
-        for key in ("application", "model", "dataset", "reference", "label_column", "truth_column"):
+        for key in ("application", "model", "dataset", "reference", "label_column", "truth_column", "batch_column"):
             if body.get(key) is not None and not isinstance(body[key], str):
                 raise ApiError(400, "invalid_request", f"{key} must be a string.")
         if body.get("annotator") is not None and not isinstance(body["annotator"], str):
             raise ApiError(400, "invalid_request", "annotator must be a string (an annotator's id or name).")
+        if body.get("batch_column") is not None:
+            options = {**options, "batch_column": body["batch_column"]}
+        models = body.get("models")
+        if models is not None:
+            if body.get("model") or not isinstance(models, list) or not models \
+                    or not all(isinstance(m, str) and m for m in models) or len(models) > 20:
+                raise ApiError(400, "invalid_request", "models must be a list of 1-20 model ids (and model left "
+                                                       "out): one run per model, grouped.")
+            if body.get("annotator") is not None:
+                raise ApiError(400, "invalid_request", "An annotator names its model: give model, not models.")
+            runs = await self.call(platform().runs.submit_group, body["application"], models, body["dataset"],
+                                   body.get("reference"), body.get("label_column"), body.get("truth_column"),
+                                   options)
+            self.send({"group_id": runs[0].group_id, "run_id": runs[0].id, "status": runs[0].status,
+                       "runs": [{"run_id": r.id, "model": r.model_id, "status": r.status} for r in runs]}, 202)
+            return
         run = await self.call(platform().runs.submit, body["application"], body["model"], body["dataset"],
                               body.get("reference"), body.get("label_column"), body.get("truth_column"), options,
                               body.get("annotator"))
@@ -203,6 +229,7 @@ ROUTES = [
     (rf"/api/runs/{UUID}/cancel", CancelHandler, {}),
     (r"/api/runs", RunsHandler, {}),
     *ANNOTATOR_ROUTES,
+    *DATASET_ROUTES,
     (r"/api/health", HealthHandler, {}),
     (r"/api/openapi.json", OpenApiHandler, {}),
     (r"/api/docs/?", DocsHandler, {}),

@@ -17,7 +17,7 @@ import tornado.web
 
 from app.annotators import AnnotatorFileError, AnnotatorInUse, Conflict
 from app.cross_site import cross_site_refusal, is_json
-from app.datasets import DatasetRejected, NotFound
+from app.datasets import DatasetInUse, DatasetRejected, NotFound
 from app.loopwatch import WATCH
 from app.platform import Platform
 from app.runs import InvalidRun, ModelCannotUse, RunNotFinished
@@ -64,7 +64,7 @@ def translate(exc: BaseException) -> ApiError:
         return ApiError(400, "invalid_file", str(exc), exc.report)
     if isinstance(exc, Conflict):
         return ApiError(409, "conflict", str(exc))
-    if isinstance(exc, AnnotatorInUse):
+    if isinstance(exc, (AnnotatorInUse, DatasetInUse)):
         return ApiError(409, "in_use", str(exc))
     if isinstance(exc, AnnotatorFileError):
         return ApiError(400, "invalid_annotator", str(exc))

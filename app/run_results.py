@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from inference import applications
 from inference.run_files import ANNOTATED, CELLXGENE, CSV, PREDICTIONS, PROBABILITY_PREFIX, atomic_path
 from store.artifacts import ArtifactStore
 from store.tables import Run, RunStatus
@@ -43,7 +44,8 @@ class ResultsReader:
         columns = names if probabilities else [c for c in names if not c.startswith(PROBABILITY_PREFIX)]
         page, total = self.page(run_id, offset, limit, columns)
         classes = run.provenance.get("head", {}).get("classes", [])
-        return {"run_id": run_id, "metrics": run.metrics, "classes": classes,
+        return {"run_id": run_id, "application": run.application_id, "group_id": run.group_id,
+                "metrics": run.metrics, "classes": classes,
                 "confusion_matrix": run.metrics.get("confusion_matrix"), "provenance": run.provenance,
                 "predicted_counts": run.parameters.get("predicted_counts", {}),
                 "cells": {"offset": offset, "limit": limit, "total": total,
@@ -83,6 +85,9 @@ class ResultsReader:
     def export(self, run_id: str, fmt: str) -> Path:
         """The annotated .h5ad, or the per-cell CSV (written once, atomically, from the predictions)."""
         folder = self.result_dir(run_id)
+        offered = applications.get(self.get_run(run_id).application_id).downloads
+        if fmt not in offered:
+            raise ValueError(f"This run's results come as {', '.join(offered)}, not {fmt!r}.")
         if fmt == "h5ad":
             return folder / ANNOTATED
         if fmt == "cellxgene":

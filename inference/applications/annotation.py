@@ -44,6 +44,7 @@ class CellTypeAnnotation(Application):
     stages = {Stage.CHECKING: 0.02, Stage.EMBEDDING_REFERENCE: 0.33, Stage.TRAINING_HEAD: 0.05,
               Stage.EMBEDDING_QUERY: 0.33, Stage.PREDICTING: 0.02, Stage.MAJORITY_VOTING: 0.02, Stage.UMAP: 0.12,
               Stage.WRITING: 0.06}
+    downloads = ("h5ad", "csv", "cellxgene")
 
     def validate(self, request: RunRequest) -> Accepted:
         if request.annotator is not None:

@@ -104,6 +104,7 @@ class Application(ABC):
     # share of a run's time per stage, in order, for one progress figure ("starting" and "loading model" are
     # the run service's own and come first)
     stages: ClassVar[dict[str, float]]
+    downloads: ClassVar[tuple[str, ...]] = ("h5ad", "csv")  # the result's file formats (REST ?format=)
 
     @abstractmethod
     def validate(self, request: RunRequest) -> Accepted:
