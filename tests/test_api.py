@@ -35,9 +35,10 @@ def files(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_the_whole_flow(server, files, tmp_path):
-    apps = api(server, "GET", "/api/applications").json()
-    assert apps == [{"id": "cell-type-annotation", "name": "Cell type annotation",
-                     "description": apps[0]["description"]}]
+    apps = {a["id"]: a for a in api(server, "GET", "/api/applications").json()}
+    assert set(apps) == {"cell-type-annotation", "embedding-integration"}
+    assert apps["cell-type-annotation"]["name"] == "Cell type annotation"
+    assert apps["embedding-integration"]["name"] == "Embeddings and batch integration"
     models = {m["id"]: m for m in api(server, "GET", "/api/applications/cell-type-annotation/models").json()}
     assert {"baseline", "geneformer", "scgpt"} <= set(models)
     assert models["geneformer"]["weights"] == "generated" and models["geneformer"]["untrained"] is True

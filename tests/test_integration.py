@@ -315,3 +315,55 @@ def test_dataset_deletion_takes_its_embeddings_and_waits_for_active_runs(platfor
     assert out["runs_deleted"] == [run.id] and out["bytes_freed"] > 0
     assert not platform.datasets.path(ds).exists() and not (store.root / ds.sha256).exists()
     assert platform.datasets.list() == []
+
+
+def test_the_command_line_integrates_and_manages_datasets(tmp_path, multibatch):
+    """`helical-platform integrate` writes every model's embedding and UMAP with the metrics table; a second call
+    embeds nothing (the data home's store); `datasets` lists, shows and deletes what the server would."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "HELICAL_PLATFORM_HOME": str(tmp_path / "home")}
+    cli = shutil.which("helical-platform") or str(Path(os.sys.executable).parent / "helical-platform")
+    out = tmp_path / "integrated.h5ad"
+    args = [cli, "integrate", str(multibatch), "--models", "baseline,harmony", "--batch-column", "batch",
+            "--label-column", "celltype", "--out", str(out)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "Batch correction" in done.stdout and "[integration metrics]" in done.stderr
+    result = ad.read_h5ad(out)
+    assert {"X_baseline", "X_harmony", "X_umap_baseline", "X_umap_harmony"} <= set(result.obsm)
+    table = json.loads(result.uns["helical_platform"]["integration_metrics_json"])
+    assert table["harmony"]["aggregates"]["Batch correction"] > table["baseline"]["aggregates"]["Batch correction"]
+    again = subprocess.run(args[:4] + ["baseline", *args[5:]], env=env, capture_output=True, text=True, cwd=REPO,
+                           timeout=900)
+    assert again.returncode == 0 and "[embedding: embeddings reused]" in again.stderr, again.stderr
+    for extra, words in ((["--batch-column", "nope"], "'nope' cannot be the batch column"),
+                         (["--models", "baseline,unknown"], "Unknown model 'unknown'")):
+        bad = subprocess.run(args + extra, env=env, capture_output=True, text=True, cwd=REPO,
+                             timeout=300)
+        assert bad.returncode == 1 and words in bad.stderr, bad.stderr
+
+    from app.platform import Platform
+    from app.settings import Settings
+
+    p = Platform(Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "home")}), start_cluster=False)
+    try:
+        with open(multibatch, "rb") as fh:
+            ds = p.datasets.ingest(fh, multibatch.name)  # the same bytes: its stored embeddings are the CLI's
+    finally:
+        p.close()
+    listed = subprocess.run([cli, "datasets", "list"], env=env, capture_output=True, text=True, timeout=300)
+    assert ds.id in listed.stdout and "embeddings" in listed.stdout and " 0.0 MB" not in listed.stdout.split(
+        "embeddings")[-1]
+    shown = subprocess.run([cli, "datasets", "embeddings", ds.id], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert json.loads(shown.stdout)["bytes"] > 0
+    deleted = subprocess.run([cli, "datasets", "delete", ds.id], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert deleted.returncode == 0, deleted.stderr
+    assert not (tmp_path / "home" / "embeddings" / ds.sha256).exists()

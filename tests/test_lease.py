@@ -110,10 +110,13 @@ def test_a_version_1_database_is_migrated_and_keeps_its_runs(home_settings):
     with sqlite3.connect(db) as conn:  # as the previous release left it
         conn.execute("DROP INDEX ix_runs_owner")
         conn.execute("ALTER TABLE runs DROP COLUMN owner")
+        conn.execute("DROP INDEX ix_runs_group_id")
+        conn.execute("ALTER TABLE runs DROP COLUMN group_id")
         conn.execute("DROP TABLE server_instances")
         conn.execute("UPDATE schema_meta SET value = '1' WHERE key = 'schema_version'")
     engine = make_engine(f"sqlite:///{db}")
-    assert init_schema(engine) == SCHEMA_VERSION == 3
+    assert init_schema(engine) == SCHEMA_VERSION == 4
     with read_session(engine) as s:
-        assert s.get(Run, run_id).status == "done" and s.get(Run, run_id).owner is None
+        run = s.get(Run, run_id)
+        assert run.status == "done" and run.owner is None and run.group_id is None
     engine.dispose()
