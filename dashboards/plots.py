@@ -141,6 +141,31 @@ def reliability_plot(calibration: dict, width: int = 420, height: int = 380) -> 
         show_grid=True)
 
 
+def scores_heatmap(scores: pd.DataFrame, best: dict[str, set[str]] | None = None, title: str = "",
+                   width: int = 980) -> hv.Overlay:
+    """Rows of ``scores`` (models) against its columns (scores in 0-1, better higher) in their order, each value
+    written in, with a star after the best of a column (``best``: column -> row labels); a missing value stays
+    blank. The text is dark on light cells and white on dark ones."""
+    best = best or {}
+    rows, columns = [str(i) for i in scores.index], [str(c) for c in scores.columns]
+    records = [(c, r, float(v)) for r, (_, values) in zip(rows, scores.iterrows(), strict=True)
+               for c, v in zip(columns, values, strict=True) if pd.notna(v)]
+    x = hv.Dimension("score", values=columns)
+    y = hv.Dimension("model", values=rows)
+    heat = hv.HeatMap(records, kdims=[x, y], vdims=["value"]).opts(
+        cmap="Blues", clim=(0, 1), colorbar=True, clabel="score", xrotation=35, width=width,
+        height=150 + 42 * len(rows), invert_yaxis=True, tools=["hover"], title=title, xlabel="", ylabel="",
+        toolbar=None)
+
+    def text(c: str, r: str, v: float) -> str:
+        return f"{v:.2f}" + (" ★" if r in best.get(c, ()) else "")
+
+    labels = [hv.Labels([(c, r, text(c, r, v)) for c, r, v in records if dark == (v > 0.6)], kdims=[x, y],
+                        vdims=["text"]).opts(text_font_size="9pt", text_color="white" if dark else "black")
+              for dark in (False, True)]
+    return heat * labels[0] * labels[1]
+
+
 def disagreement(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> pd.DataFrame:
     """Cells of run A with 'agree' or 'disagree' against run B on the same cells (by cell id)."""
     merged = a[["cell_id", "umap_1", "umap_2", "predicted_label", "confidence"]].merge(

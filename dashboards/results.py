@@ -10,8 +10,10 @@ import pandas as pd
 import panel as pn
 import param
 
+from app.catalog import EMBEDDING_INTEGRATION
 from app.downloads import download_url
 from app.result_columns import PROBABILITY_PREFIX, run_columns
+from dashboards.integration import IntegrationView
 from dashboards.plots import NO_CLASS, confusion_heatmap, disagreement, f1_bars, reliability_plot, umap_plot
 from dashboards.runs import HEADS
 from dashboards.safe_text import html, md, plain_formatters
@@ -50,6 +52,9 @@ PER_CLASS_PREFIX = PROBABILITY_PREFIX
 # last two looked at); the least recently drawn goes first. A million cells cost ~50 MB.
 MAX_CACHED_RUNS = 4
 PAGE_ROWS = 20
+# application id -> the view of its runs (a view with ``run`` and ``finished``); any other application's runs are
+# shown by this module's annotation views
+RESULT_VIEWS = {EMBEDDING_INTEGRATION: IntegrationView}
 UNTRAINED_BANNER = ("**This run used generated, untrained weights.** The pipeline ran for real, but these "
                     "predictions mean nothing. Stage trained weights to annotate for real.")
 
@@ -248,6 +253,9 @@ class ResultsView(PlatformView):
     saved = param.Integer(default=0, doc="Bumped when this view saves an annotator.")
     page = param.Integer(default=0, bounds=(0, None), doc="Page of the per-cell table (read from the server).")
     finished = param.Integer(default=0, doc="Bumped when a run finishes: the run pickers then offer it.")
+    opened = param.String(default="", doc="A run opened elsewhere (the run history): shown here.")
+    own = param.Boolean(default=True, doc="Whether the run shown is drawn by this module's (annotation) views, "
+                                          "rather than by its application's own (RESULT_VIEWS).")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)
@@ -267,7 +275,9 @@ class ResultsView(PlatformView):
                                           sizing_mode="stretch_width")
         self.save_message = pn.pane.Alert("", visible=False, css_classes=["save-annotator-message"],
                                           sizing_mode="stretch_width")
+        self.views = {app: make(self.platform) for app, make in RESULT_VIEWS.items()}
         self.refresh()
+        self._follow_run()
         self._fill_colors()
         self._fill_save_form()
 
@@ -276,14 +286,37 @@ class ResultsView(PlatformView):
         done = [r for r in self.platform.runs.list() if r.status == "done"]
         names = {m.id: m.name for m in self.platform.models()}
         self._runs = {r.id: r for r in done}
-        labels = {f"{names.get(r.model_id, r.model_id)} · {r.created_at:%H:%M:%S} · {r.id[:8]}": r.id for r in done}
+        labels = {f"{names.get(r.model_id, r.model_id)} · {r.created_at:%H:%M:%S} · {r.id[:8]}"
+                  + (" · integration" if r.application_id == EMBEDDING_INTEGRATION else ""): r.id for r in done}
         self._labels = labels
         self.param.run.objects = {"(none)": "", **labels}
-        self.param.compare_with.objects = {"(none)": "", **labels}
+        self.param.compare_with.objects = {"(none)": "", **{k: v for k, v in labels.items()
+                                                            if self._runs[v].application_id not in self.views}}
         if self.run not in self._runs:
             self.run = next(iter(labels.values()), "")
-        if self.compare_with not in self._runs:
+        if self.compare_with not in self.param.compare_with.objects.values():
             self.compare_with = ""
+
+    def _shows_own(self) -> bool:
+        """Whether the run shown is one this module's views draw (not one of RESULT_VIEWS' applications)."""
+        run = self._runs.get(self.run) if self.run else None
+        return run is not None and run.application_id not in self.views
+
+    @param.depends("run", "finished", watch=True)
+    def _follow_run(self) -> None:
+        """Hand the run to its application's view, if it has one; the others show nothing."""
+        run = self._runs.get(self.run) if self.run else None
+        application = run.application_id if run is not None else None
+        self.own = application not in self.views
+        for app, view in self.views.items():
+            view.param.update(run=self.run if app == application else "", finished=self.finished)
+
+    @param.depends("opened", watch=True)
+    def _open(self) -> None:
+        if self.opened and self.opened not in self._runs:
+            self.refresh()  # it finished since the last poll told us
+        if self.opened in self._runs:
+            self.run = self.opened
 
     @param.depends("run", watch=True)
     def _fill_colors(self) -> None:
@@ -393,6 +426,8 @@ class ResultsView(PlatformView):
     def _umaps(self) -> pn.viewable.Viewable:
         if not self.run:
             return pn.pane.Markdown("No finished run yet.")
+        if not self._shows_own():
+            return pn.Column()
         run = self._runs[self.run]
         color = self.color_by if self.color_by in self._kinds else DEFAULT_COLOR
         cells = self._cells(self.run, color)
@@ -425,7 +460,7 @@ class ResultsView(PlatformView):
 
     @param.depends("run", "normalised", "label_source", "level")
     def _metrics(self) -> pn.viewable.Viewable:
-        if not self.run:
+        if not self._shows_own():
             return pn.Column()
         run = self._runs[self.run]
         parts = []
@@ -457,7 +492,7 @@ class ResultsView(PlatformView):
     @param.depends("run", "page")
     def _table(self) -> pn.viewable.Viewable:
         """One page of cells, read from the run's parquet row groups: a million-cell run costs one page."""
-        if not self.run:
+        if not self._shows_own():
             return pn.Column()
         rows, total = self.platform.runs.page(self.run, self.page * PAGE_ROWS, PAGE_ROWS)
         last = max(0, (total - 1) // PAGE_ROWS)
@@ -478,7 +513,7 @@ class ResultsView(PlatformView):
 
     @param.depends("run")
     def _downloads(self) -> pn.viewable.Viewable:
-        if not self.run:
+        if not self._shows_own():
             return pn.Column()
         run_id = self.run
         short = run_id[:8]
@@ -504,15 +539,19 @@ class ResultsView(PlatformView):
                                                css_classes=["compare-picker"])
         return pn.Column(
             "## 3 · Results",
-            pn.Row(run_select, compare,
-                   pn.widgets.Checkbox.from_param(self.param.normalised, name="row-normalised", align="end")),
-            pn.Row(pn.widgets.Select.from_param(self.param.color_by, name="Colour the UMAP by",
-                                                css_classes=["color-by"], width=220),
-                   pn.widgets.RadioButtonGroup.from_param(self.param.label_source, css_classes=["label-source"],
-                                                          visible=self.param.has_consensus, align="end"),
-                   pn.widgets.RadioButtonGroup.from_param(self.param.level, css_classes=["label-level"],
-                                                          visible=self.param.has_cell_class, align="end")),
-            self._save_form(), self._metrics, self._umaps, "### Cells", self._table, self._downloads,
+            pn.Row(run_select, pn.Row(compare, pn.widgets.Checkbox.from_param(self.param.normalised,
+                                                                              name="row-normalised", align="end"),
+                                      visible=self.param.own)),
+            *self.views.values(),
+            pn.Column(
+                pn.Row(pn.widgets.Select.from_param(self.param.color_by, name="Colour the UMAP by",
+                                                    css_classes=["color-by"], width=220),
+                       pn.widgets.RadioButtonGroup.from_param(self.param.label_source, css_classes=["label-source"],
+                                                              visible=self.param.has_consensus, align="end"),
+                       pn.widgets.RadioButtonGroup.from_param(self.param.level, css_classes=["label-level"],
+                                                              visible=self.param.has_cell_class, align="end")),
+                self._save_form(), self._metrics, self._umaps, "### Cells", self._table, self._downloads,
+                visible=self.param.own, sizing_mode="stretch_width"),
             sizing_mode="stretch_width")
 
     def _save_form(self) -> pn.viewable.Viewable:

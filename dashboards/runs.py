@@ -9,8 +9,10 @@ import pandas as pd
 import panel as pn
 import param
 
+from app.catalog import EMBEDDING_INTEGRATION
 from app.datasets import CheckReport
 from dashboards.data import labelled_datasets
+from dashboards.integration_form import IntegrationForm
 from dashboards.safe_text import md, plain_formatters
 from dashboards.view import PlatformView
 
@@ -23,6 +25,10 @@ KNN = "knn"
 REFERENCE, ANNOTATOR = "reference", "annotator"
 LABELS_FROM = {"reference dataset": REFERENCE, "saved annotator": ANNOTATOR}
 NO_ANNOTATOR = "(no saved annotators yet: save one from a run's results)"
+# application id -> its own submission form (a view taking ``dataset``/``datasets``, giving ``submitted``); any
+# other application gets this panel's annotation form
+SUBMISSION_FORMS = {EMBEDDING_INTEGRATION: IntegrationForm}
+FOLLOWED = ("dataset", "datasets")  # what a form follows from this panel
 
 
 def run_options(confidence: float, novelty: float = 0.0, head: str | None = "logistic_regression",
@@ -142,6 +148,7 @@ class RunPanel(PlatformView):
                                     doc="Also over-cluster the query and give every cell its cluster's most common "
                                         "label; shown beside the per-cell labels.")
     finished = param.Integer(default=0, doc="Bumped when one of this session's runs finishes.")
+    opened = param.String(default="", doc="Id of the finished run last clicked in the history, to be shown.")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)
@@ -153,6 +160,13 @@ class RunPanel(PlatformView):
         self.history = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True, pagination="local",
                                             page_size=10, css_classes=["run-history"], sizing_mode="stretch_width",
                                             hidden_columns=["id"])
+        self.history.on_click(self._on_history_click)
+        self.forms = {app: make(self.platform, **{n: getattr(self, n) for n in FOLLOWED})
+                      for app, make in SUBMISSION_FORMS.items()}
+        for form in self.forms.values():
+            self.param.watch(lambda *events, f=form: f.param.update(**{e.name: e.new for e in events}),
+                             list(FOLLOWED))
+            form.param.watch(self._follow_submitted, "submitted")
         self.note = pn.pane.Alert("", alert_type="light", visible=False, css_classes=["annotator-note"],
                                   sizing_mode="stretch_width", margin=(0, 10))
         self._annotators: dict = {}
@@ -231,12 +245,34 @@ class RunPanel(PlatformView):
             self._say(md(exc), "danger")
             return
         self._say(f"Submitted run {run.id[:8]} with {md(name)}.", "success")
+        self._follow(run.id, name)
+        self.refresh_history()
+
+    def _follow(self, run_id: str, name: str) -> None:
+        """A progress bar for a run submitted in this session, updated at each poll until it ends."""
         bar = pn.indicators.Progress(value=0, max=100, bar_color="primary", sizing_mode="stretch_width",
                                      css_classes=["run-progress"])
         text = pn.pane.Markdown(f"**{md(name)}** — queued", css_classes=["run-progress-text"])
-        self._mine[run.id] = (bar, text)
+        self._mine[run_id] = (bar, text)
         self.in_flight.append(pn.Column(text, bar, sizing_mode="stretch_width"))
+
+    def _follow_submitted(self, event) -> None:  # noqa: ANN001 - param's Event
+        """What an application's own form submitted is followed as this panel's runs are."""
+        names = self._model_names()
+        for run_id, model_id in event.new:
+            self._follow(run_id, names.get(model_id, model_id))
         self.refresh_history()
+
+    def _on_history_click(self, event) -> None:  # noqa: ANN001 - panel's CellClickEvent
+        """A finished run clicked in the history is opened in the results (clicked again: opened again)."""
+        frame = self.history.value
+        if event.row is None or not 0 <= event.row < len(frame) or frame["status"].iloc[event.row] != "done":
+            return
+        run_id = str(frame["id"].iloc[event.row])
+        if run_id == self.opened:
+            self.param.trigger("opened")
+        else:
+            self.opened = run_id
 
     def submission_options(self) -> dict:
         """The submission's options, from this panel's choices (no head or k with an annotator: it has its own)."""
@@ -310,8 +346,7 @@ class RunPanel(PlatformView):
                                                                        button_style="outline",
                                                                        css_classes=["labels-from"], width=270),
                                 margin=0)
-        return pn.Column(
-            "## 2 · Run",
+        annotation = pn.Column(
             pn.Row(labels_from, reference, annotator,
                    pn.widgets.Select.from_param(self.param.label_column, name="Label column", width=200,
                                                 css_classes=["label-picker"], visible=by_reference),
@@ -332,5 +367,10 @@ class RunPanel(PlatformView):
                    pn.widgets.FloatSlider.from_param(self.param.novelty, name="Novelty threshold (reference fit)",
                                                      css_classes=["novelty-threshold"], width=240),
                    self.button),
-            self.message, self.in_flight, "### All runs on this server", self.history,
+            self.message, visible=self.param.application.rx().rx.pipe(lambda a: a not in self.forms),
             sizing_mode="stretch_width")
+        forms = [pn.Column(form, visible=self.param.application.rx() == app, sizing_mode="stretch_width")
+                 for app, form in self.forms.items()]
+        return pn.Column("## 2 · Run", annotation, *forms, self.in_flight,
+                         "### All runs on this server (click a finished one to open it)", self.history,
+                         sizing_mode="stretch_width")

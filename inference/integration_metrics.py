@@ -65,9 +65,26 @@ def stratified_sample(strata: np.ndarray, max_cells: int, seed: int) -> np.ndarr
         order = np.argsort(-(quota - take), kind="stable")
         take[order[:left]] += 1
     take = np.minimum(floor + take, sizes)
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(sizes)[:-1])  # each stratum's cells, in order
     rng = np.random.default_rng(seed)
-    chosen = [rng.choice(np.flatnonzero(inverse == i), size=int(k), replace=False) for i, k in enumerate(take)]
+    chosen = [rng.choice(cells, size=int(k), replace=False) for cells, k in zip(members, take, strict=True)]
     return np.sort(np.concatenate(chosen))
+
+
+def sample_cells(batch: np.ndarray, labels: np.ndarray | None, max_cells: int, seed: int) -> tuple[np.ndarray, dict]:
+    """The cells the metrics are computed on (sorted indices) and the record of how they were chosen: all of them
+    up to max_cells, else a stratified_sample by batch x label (batch alone without labels)."""
+    batch = np.asarray(batch).astype(str)
+    stratified_by = ["batch"] if labels is None else ["batch", "label"]
+    strata = batch if labels is None else np.char.add(np.char.add(batch, "\x1f"), np.asarray(labels).astype(str))
+    n = len(batch)
+    sampled = n > max_cells
+    keep = stratified_sample(strata, max_cells, seed) if sampled else np.arange(n)
+    return keep, {"sampled": bool(sampled), "cells": int(len(keep)), "of": int(n), "seed": int(seed),
+                  "rule": f"above {max_cells:,} cells, a seeded random sample of about {max_cells:,} cells, "
+                          f"stratified by {' x '.join(stratified_by)} in proportion to each stratum's size, keeping "
+                          f"at least {MIN_PER_STRATUM} cells of every stratum (all of a smaller one)",
+                  "stratified_by": stratified_by}
 
 
 def integration_metrics(embedding: np.ndarray, batch: np.ndarray, labels: np.ndarray | None,
@@ -88,7 +105,8 @@ def integration_metrics(embedding: np.ndarray, batch: np.ndarray, labels: np.nda
     progress(stage, done, total) is called after each step (the neighbour graph, then each library metric call);
     should_stop() is checked before each, raising Cancelled.
 
-    Returns {"metrics": {name: float}, "aggregates": {"Bio conservation", "Batch correction", "Total"},
+    Returns {"metrics": {name: float, or None where the library gives NaN (KBET when no label has 10 cells in two
+    batches)}, "aggregates": {"Bio conservation", "Batch correction", "Total"},
     "sample": {...}, "library": {"scib-metrics": version, "neighbours": how}}.
     """
     import pandas as pd
@@ -117,23 +135,14 @@ def integration_metrics(embedding: np.ndarray, batch: np.ndarray, labels: np.nda
         raise ValueError(f"one row per cell: embedding {embedding.shape}, batch {batch.shape}, unintegrated "
                          f"{unintegrated.shape}" + ("" if labels is None else f", labels {np.shape(labels)}"))
     k = max(NEIGHBOUR_VALUES)
-    if min(n, max_cells if max_cells is not None else n) < k:
-        raise ValueError(f"the metrics need at least {k} cells (the library's largest neighbourhood), got "
-                         f"{min(n, max_cells or n)}")
+    max_cells = DEFAULT_MAX_CELLS if max_cells is None else int(max_cells)
+    if min(n, max_cells) < k:
+        raise ValueError(f"the metrics need at least {k} cells (the library's largest neighbourhood): "
+                         f"{n} cells, max_cells {max_cells}")
     if len(np.unique(batch)) < 2:
         raise ValueError(f"batch-integration metrics need at least 2 batches, got {len(np.unique(batch))}")
     labels = None if labels is None else np.asarray(labels).astype(str)
-
-    max_cells = DEFAULT_MAX_CELLS if max_cells is None else int(max_cells)
-    stratified_by = ["batch"] if labels is None else ["batch", "label"]
-    strata = batch if labels is None else np.char.add(np.char.add(batch, "\x1f"), labels)
-    sampled = n > max_cells
-    keep = stratified_sample(strata, max_cells, seed) if sampled else np.arange(n)
-    sample = {"sampled": bool(sampled), "cells": int(len(keep)), "of": int(n), "seed": int(seed),
-              "rule": f"above {max_cells:,} cells, a seeded random sample of about {max_cells:,} cells, "
-                      f"stratified by {' x '.join(stratified_by)} in proportion to each stratum's size, keeping at "
-                      f"least {MIN_PER_STRATUM} cells of every stratum (all of a smaller one)",
-              "stratified_by": stratified_by}
+    keep, sample = sample_cells(batch, labels, max_cells, seed)
 
     # Benchmarker's own AnnData for one embedding: X = the embedding, obs batch/labels, obsm X_pre, uns neighbours.
     # A float32 C-ordered copy: the library's KMeans centres its input in place, and the caller's array stays intact.
@@ -165,11 +174,11 @@ def integration_metrics(embedding: np.ndarray, batch: np.ndarray, labels: np.nda
 
     check()
     neighbours = exact_neighbours(x, k)
-    for k in NEIGHBOUR_VALUES:
-        ad.uns[f"{k}_neighbor_res"] = neighbours.subset_neighbors(n=k)
+    for m in NEIGHBOUR_VALUES:
+        ad.uns[f"{m}_neighbor_res"] = neighbours.subset_neighbors(n=m)
     step()
 
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | None] = {}
     types: dict[str, str] = {}
     for metric_type, name, use in calls:
         check()
@@ -177,15 +186,15 @@ def integration_metrics(embedding: np.ndarray, batch: np.ndarray, labels: np.nda
         if isinstance(use, dict):
             fn = _partial(fn, use)
         value = getattr(MetricAnnDataAPI, name)(ad, fn)
-        values = {f"{name}_{k}": v for k, v in value.items()} if isinstance(value, dict) else {name: value}
+        values = {f"{name}_{part}": v for part, v in value.items()} if isinstance(value, dict) else {name: value}
         for key, v in values.items():
             clean = metric_name_cleaner.get(key, key)
-            metrics[clean] = float(v)
+            metrics[clean] = None if np.isnan(float(v)) else float(v)  # JSON has no NaN
             types[clean] = metric_type
         step()
 
     def mean(metric_type: str) -> float | None:
-        vals = [v for k, v in metrics.items() if types[k] == metric_type and not np.isnan(v)]
+        vals = [v for key, v in metrics.items() if types[key] == metric_type and v is not None]
         return float(np.mean(vals)) if vals else None
 
     bio = mean("Bio conservation") if labels is not None else None

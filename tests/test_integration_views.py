@@ -22,6 +22,7 @@ from dashboards.integration import (
     column_titles,
     metric_order,
     metrics_table,
+    pending_note,
     row_labels,
     scores_caption,
     scores_frame,
@@ -114,6 +115,16 @@ def test_untrained_models_are_named_so_in_their_rows():
             SimpleNamespace(id="2", model_id="geneformer", parameters={"weights": "generated"})]
     labels = row_labels(runs, {"harmony": "Harmony (on the baseline's 50 PCs)", "geneformer": "Geneformer"})
     assert labels == {"1": "Harmony", "2": "Geneformer (untrained)"}
+
+
+def test_runs_of_the_group_not_done_are_said_with_their_stage_or_error_as_text():
+    runs = [SimpleNamespace(id="1", status="running", stage="embedding: embeddings reused", error=None),
+            SimpleNamespace(id="2", status="failed", stage="failed", error="<img src=x onerror=alert(1)> ran out"),
+            SimpleNamespace(id="3", status="done", stage="done", error=None)]
+    note = pending_note(runs, {"1": "Harmony", "2": "scGPT (untrained)", "3": "Baseline"})
+    assert shown(note) == ("Harmony : running (embedding: embeddings reused) — shown here when done. scGPT "
+                           "(untrained) : failed — <img src=x onerror=alert(1)> ran out")
+    assert "<img" not in note
 
 
 def _cells(n: int = 300, seed: int = 0, cell_types: bool = True) -> pd.DataFrame:
