@@ -99,7 +99,8 @@ def test_two_models_integrated_side_by_side_in_a_browser(server):
         results.wait_for(timeout=60_000)
         harmony_id = next(r["run_id"] for r in runs if r["model"] == "harmony")
         picked = page.locator(".result-run-picker select")
-        assert harmony_id[:8] in picked.locator("option:checked").text_content()  # the run clicked is the one shown
+        wait_until(lambda: harmony_id[:8] in picked.locator("option:checked").text_content(), 30,
+                   "the run clicked in the history to be the one shown")
         page.locator(".integration-umap canvas").nth(3).wait_for(timeout=120_000)  # 2 models × batch, cell type
         page.locator(".integration-heatmap canvas").first.wait_for(timeout=60_000)
         assert not page.locator(".confusion-matrix").is_visible()
