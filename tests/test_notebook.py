@@ -24,3 +24,8 @@ def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
                "application/vnd.bokehjs_exec.v0+json" in o.get("data", {}) or
                "text/html" in o.get("data", {}) for o in shown)
     assert "macro-F1" in "".join(o.get("text", "") for o in nb.cells[4].outputs)
+    integration = nb.cells[6].outputs
+    reused = "".join(o.get("text", "") for o in integration)
+    assert "embeddings reused" in reused and "True" in reused  # Harmony's PCs are the baseline's, embedded once
+    table = "".join(o.get("data", {}).get("text/html", "") for o in integration)
+    assert "Batch correction" in table and "harmony" in table
