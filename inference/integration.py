@@ -78,14 +78,44 @@ def embed_cells(cells: Counts, backend: Backend, model_info: dict, sha256: str, 
     def reused() -> None:
         timer.say(REUSED, cells.n_obs, cells.n_obs)
 
+    key = dataset_key(backend, model_info, sha256)
+    prepare = (lambda: backend.fit(cells.whole())) if backend.has_state else None
+    return embed_dataset(cells, backend, timer.report, should_stop, store, key, workdir, prepare=prepare,
+                         on_reused=reused)
+
+
+def dataset_key(backend: Backend, model_info: dict, sha256: str) -> EmbeddingKey:
+    """The store's key of ``backend``'s embedding of a whole dataset: a backend that learns from its data is keyed
+    by what it fits with (fitted on the dataset itself), the others as annotation keys them."""
     if backend.has_state:
-        key = EmbeddingKey(str(model_info.get("checksum", backend.key)), backend.variant or "",
-                           backend.embedding_precision, sha256, {"fitted_on": "the dataset itself",
-                                                                 **backend.fit_settings()})
-        return embed_dataset(cells, backend, timer.report, should_stop, store, key, workdir,
-                             prepare=lambda: backend.fit(cells.whole()), on_reused=reused)
-    key = embedding_key(backend, model_info, sha256)
-    return embed_dataset(cells, backend, timer.report, should_stop, store, key, workdir, on_reused=reused)
+        return EmbeddingKey(str(model_info.get("checksum", backend.key)), backend.variant or "",
+                            backend.embedding_precision, sha256, {"fitted_on": "the dataset itself",
+                                                                  **backend.fit_settings()})
+    return embedding_key(backend, model_info, sha256)
+
+
+def correction_key(job: IntegrationJob, backend: Backend, model_info: dict, input_key: dict | None) -> EmbeddingKey:
+    """The store's key of an integration method's correction: its input's key, the batch column, seed, method."""
+    settings = {"input": input_key, "batch_column": job.batch_column, "seed": job.seed,
+                "method": model_info.get("integration", backend.key)}
+    return EmbeddingKey(f"{backend.key}-correction", "", "fp32", job.data.sha256, settings)
+
+
+def _all_stored(job: IntegrationJob, backend: Backend, model_info: dict,
+                store: EmbeddingStore | None) -> Embedded | None:
+    """The dataset's embedding when the store has everything this model's run needs (and its correction, for a
+    method that corrects): then the run opens no file at all, which keeps a second run's model phase at
+    milliseconds. None when anything is missing (the ordinary path then computes it, under the key's lock)."""
+    if store is None:
+        return None
+    found = store.get(dataset_key(backend, model_info, job.data.sha256))
+    if found is None:
+        return None
+    embedded = Embedded(found.features, found.basis, found.genes_used, True, found.provenance())
+    if backend.corrects_batches and store.get(correction_key(job, backend, model_info,
+                                                             embedded.provenance.get("key"))) is None:
+        return None
+    return embedded
 
 
 def embed_model(job: IntegrationJob, backend: Backend, model_info: dict, workdir: Path,
@@ -95,11 +125,18 @@ def embed_model(job: IntegrationJob, backend: Backend, model_info: dict, workdir
     timer = StageTimer(progress)
     timer.stage(Stage.CHECKING)
     store = EmbeddingStore(job.embeddings_dir) if job.embeddings_dir else None
-    with Counts(job.data) as cells:
-        batch = obs_column(cells.obs, job.batch_column, "batch")
-        check_stop(should_stop)
-        timer.stage(Stage.EMBEDDING, 0, cells.n_obs)
-        embedded = embed_cells(cells, backend, model_info, job.data.sha256, store, timer, should_stop)
+    embedded = _all_stored(job, backend, model_info, store)
+    batch: np.ndarray | None = None
+    if embedded is not None:
+        n = len(embedded.features)
+        timer.stage(Stage.EMBEDDING, 0, n)
+        timer.say(REUSED, n, n)
+    else:
+        with Counts(job.data) as cells:
+            batch = obs_column(cells.obs, job.batch_column, "batch")
+            check_stop(should_stop)
+            timer.stage(Stage.EMBEDDING, 0, cells.n_obs)
+            embedded = embed_cells(cells, backend, model_info, job.data.sha256, store, timer, should_stop)
     embedding = embedded.basis
     provenance = {"embedding": {**embedded.provenance, "dims_used": int(embedding.shape[1])},
                   "genes_used": embedded.genes_used}
@@ -114,20 +151,26 @@ def embed_model(job: IntegrationJob, backend: Backend, model_info: dict, workdir
         "timings": timer.timings}, default=str))
 
 
-def _corrected(job: IntegrationJob, backend: Backend, model_info: dict, embedded: Embedded, batch: np.ndarray,
-               store: EmbeddingStore | None) -> tuple[np.ndarray, dict]:
-    """The integration method's correction, itself kept in the store (keyed by its input and the batch column)."""
-    settings = {"input": embedded.provenance.get("key"), "batch_column": job.batch_column, "seed": job.seed,
-                "method": model_info.get("integration", backend.key)}
-    key = EmbeddingKey(f"{backend.key}-correction", "", "fp32", job.data.sha256, settings)
+def _corrected(job: IntegrationJob, backend: Backend, model_info: dict, embedded: Embedded,
+               batch: np.ndarray | None, store: EmbeddingStore | None) -> tuple[np.ndarray, dict]:
+    """The integration method's correction, itself kept in the store (keyed by its input and the batch column).
+    ``batch`` None: not read yet (the store had the correction a moment ago); read only if it has gone since."""
+    key = correction_key(job, backend, model_info, embedded.provenance.get("key"))
     if store is None:
-        return backend.correct(embedded.basis, batch, job.seed), {"reused": False}
-    with store.claim(key, len(batch)) as got:
+        return backend.correct(embedded.basis, _batch(job, batch), job.seed), {"reused": False}
+    with store.claim(key, len(embedded.basis)) as got:
         if isinstance(got, StoredEmbedding):
             return got.features, got.provenance()
-        got.write(0, backend.correct(np.asarray(embedded.basis), batch, job.seed))
+        got.write(0, backend.correct(np.asarray(embedded.basis), _batch(job, batch), job.seed))
     stored = store.get(key)
     return stored.features, {**stored.provenance(), "reused": False}
+
+
+def _batch(job: IntegrationJob, batch: np.ndarray | None) -> np.ndarray:
+    if batch is not None:
+        return batch
+    with Counts(job.data) as cells:
+        return obs_column(cells.obs, job.batch_column, "batch")
 
 
 def _link_or_save(array: np.ndarray, path: Path) -> None:

@@ -229,6 +229,31 @@ def test_store_computes_once_and_is_keyed_by_weights_and_settings(tmp_path, mult
     assert np.array_equal(a, b)  # the same weights really: only the key differs, and it is not served across
 
 
+def test_a_second_harmony_run_opens_no_file_and_reuses_the_correction(tmp_path, multibatch, monkeypatch):
+    """Everything Harmony's model phase needs is in the store after its first run: the second reads nothing."""
+    import inference.integration as integration
+    from app.annotate import sha256_of
+
+    data = DataInput(str(multibatch), multibatch.name, sha256_of(multibatch))
+    home = tmp_path / "home"
+    harmony = create_backend("harmony", None, None, device="cpu")
+    harmony.load()
+    first = _integrate("harmony", harmony, harmony.provenance(), data, home, "first")
+    assert first["provenance"]["embedding"]["reused"] is False and first["provenance"]["integration"]["reused"] is False
+
+    def no_file(*_args, **_kwargs):  # noqa: ANN202
+        raise AssertionError("the second run opened the dataset")
+
+    monkeypatch.setattr(integration, "Counts", no_file)
+    second = _integrate("harmony", harmony, harmony.provenance(), data, home, "second")
+    assert second["provenance"]["embedding"]["reused"] is True and second["provenance"]["integration"]["reused"]
+    a, b = (np.load(home / "tmp" / name / "integration.npy") for name in ("first", "second"))
+    assert np.array_equal(a, b)
+    other_method = {**harmony.provenance(), "integration": "harmony with other settings"}
+    with pytest.raises(AssertionError, match="opened the dataset"):  # another correction: the file is needed
+        _integrate("harmony", harmony, other_method, data, home, "third")
+
+
 def test_concurrent_runs_of_one_key_embed_once(tmp_path, pbmc_small):
     store = EmbeddingStore(tmp_path / "embeddings")
     backend = create_backend("baseline", None, None)
