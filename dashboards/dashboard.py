@@ -44,9 +44,10 @@ class Dashboard(PlatformView):
     """The whole page, composed of smaller views; every session gets its own, sharing one Platform.
 
     The views are linked here, by parameters: the picked application and model and the data panel's dataset flow
-    into the run panel; a finished run tells the results view to offer it, and one clicked in the run history is
-    opened there; an annotator saved (results view) or deleted (annotators view) bumps ``annotators_changed``,
-    which the annotators view and the run panel's annotator choices follow."""
+    into the run panel; a finished run tells the results view to offer it (and the data panel to read the stored
+    embeddings again), and one clicked in the run history is opened there; an annotator saved (results view) or
+    deleted (annotators view) bumps ``annotators_changed``, which the annotators view and the run panel's
+    annotator choices follow."""
 
     annotators_changed = param.Integer(default=0, doc="Bumped whenever this session saves or deletes an annotator.")
 
@@ -60,6 +61,7 @@ class Dashboard(PlatformView):
         link(self.picker, self.runs, "application", "model")
         link(self.data, self.runs, "dataset", "datasets")
         link(self.runs, self.results, "finished", "opened")
+        link(self.runs, self.data, "finished")
         # two views change the annotators: a shared counter, so neither needs to know the other's count
         self.results.param.watch(self._annotators_changed, "saved")
         self.annotators.param.watch(self._annotators_changed, "deleted")

@@ -12,6 +12,29 @@ from app.datasets import CheckReport
 from dashboards.safe_text import code, md
 from dashboards.view import PlatformView
 
+
+def size_text(n_bytes: int) -> str:
+    """Bytes as people read them (one decimal from a kilobyte on)."""
+    if n_bytes < 1000:
+        return f"{n_bytes:,} bytes"
+    size = float(n_bytes)
+    for unit in ("kB", "MB", "GB"):
+        size /= 1000
+        if size < 1000:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1000:.1f} TB"
+
+
+def embeddings_markdown(info: dict) -> str:
+    """The line saying what the embedding store holds for a dataset (``DatasetService.embeddings_of``)."""
+    entries = info["entries"]
+    if not entries:
+        return "**Stored embeddings:** none yet: the first run of each model computes them once, later runs reuse them."
+    return (f"**Stored embeddings:** {len(entries)} ({size_text(info['bytes'])}), each computed once and reused by "
+            "every run of either application with the same weights and settings. Deleting them frees the space; "
+            "the next run computes them again.")
+
+
 LEVEL_ICON = {level: f'<span style="color:{color}">●</span>' for level, color in
               (("green", "#2e7d32"), ("amber", "#ef8f00"), ("red", "#c62828"))}
 
@@ -69,6 +92,7 @@ class DataPanel(PlatformView):
 
     dataset = param.Selector(default=None, doc="The dataset to annotate (query), by id; '' for none.")
     datasets = param.List(default=[], doc="The stored datasets (rows), as last read: set anew whenever one is added.")
+    finished = param.Integer(default=0, doc="Bumped when a run finishes: the stored embeddings are read again.")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)
@@ -84,6 +108,11 @@ class DataPanel(PlatformView):
         self.server_button = pn.widgets.Button(name="Use this file", button_type="default")
         self.server_button.on_click(self._on_server_file)
         self.dropper.param.watch(self._on_upload, "value")
+        self.embeddings = pn.pane.Markdown("", css_classes=["dataset-embeddings"], sizing_mode="stretch_width",
+                                           visible=False)
+        self.embeddings_button = pn.widgets.Button(name="Delete stored embeddings", button_type="default",
+                                                   css_classes=["delete-embeddings"], visible=False)
+        self.embeddings_button.on_click(self._delete_embeddings)
         self.refresh()
 
     def refresh(self) -> None:
@@ -132,6 +161,24 @@ class DataPanel(PlatformView):
         if ds is not None:
             self.report.object = report_markdown(ds.check_report, ds.file_name)
 
+    @param.depends("dataset", "finished", watch=True)
+    def _show_embeddings(self) -> None:
+        ds = self.get(self.dataset)
+        info = self.platform.datasets.embeddings_of(ds.id) if ds is not None else None
+        self.embeddings.object = embeddings_markdown(info) if info is not None else ""
+        self.embeddings.visible = info is not None
+        self.embeddings_button.visible = bool(info and info["entries"])
+
+    async def _delete_embeddings(self, _event) -> None:  # noqa: ANN001
+        ds = self.get(self.dataset)
+        if ds is None:
+            return
+        out = await asyncio.to_thread(self.platform.datasets.delete_embeddings, ds.id)
+        self.status.object = (f"Deleted the stored embeddings of {md(ds.file_name)} ({size_text(out['bytes_freed'])}"
+                              "); the next run of each model computes them again.")
+        self.status.alert_type = "success"
+        self._show_embeddings()
+
     def __panel__(self) -> pn.viewable.Viewable:
         tabs = [("Upload", pn.Column(self.dropper, sizing_mode="stretch_width")),
                 ("Stored datasets", pn.widgets.Select.from_param(
@@ -140,4 +187,5 @@ class DataPanel(PlatformView):
         if self.platform.settings.files_root is not None:
             tabs.append(("File on the server", pn.Column(self.server_path, self.server_button)))
         return pn.Column("## 1 · Data", pn.Tabs(*tabs, sizing_mode="stretch_width"), self.status, self.report,
+                         pn.Row(self.embeddings, self.embeddings_button, sizing_mode="stretch_width"),
                          sizing_mode="stretch_width")

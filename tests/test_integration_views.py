@@ -313,3 +313,42 @@ def test_the_results_view_hands_integration_runs_to_their_view_and_opens_a_run_c
     assert results._metrics().objects == [] and results._table().objects == []  # annotation views stand aside
     results.run = ""
     assert not view.body.visible and view.run == ""
+
+
+def test_the_data_panel_shows_a_datasets_stored_embeddings_and_deletes_them(platform, multibatch):
+    """Size per dataset, deletable from the page: what the store holds is read at each run's end."""
+    import anndata as ad
+
+    from dashboards.data import DataPanel, size_text
+    from inference.backends import create_backend
+    from inference.embedding import embed_dataset, embedding_key
+
+    ds = _ingest(platform, multibatch, "stored-embeddings.h5ad")
+    panel = DataPanel(platform)
+    panel.dataset = ds.id
+    assert shown(panel.embeddings.object).startswith("Stored embeddings: none yet")
+    assert not panel.embeddings_button.visible
+
+    backend = create_backend("baseline", None, None)
+    cells = ad.read_h5ad(multibatch)
+    backend.fit(cells)
+    embed_dataset(cells, backend, lambda *a: None, store=platform.datasets.embeddings,
+                  key=embedding_key(backend, backend.provenance(), ds.sha256))
+    size = platform.datasets.embeddings_size(ds)
+    assert size > 0
+    panel.finished += 1  # a run ended: read again
+    assert shown(panel.embeddings.object).startswith(f"Stored embeddings: 1 ({size_text(size)}), each computed once")
+    assert panel.embeddings_button.visible
+
+    asyncio.run(panel._delete_embeddings(None))
+    assert platform.datasets.embeddings_size(ds) == 0 and platform.datasets.path(ds).is_file()  # the file stays
+    assert shown(panel.status.object) == (f"Deleted the stored embeddings of stored-embeddings.h5ad "
+                                          f"({size_text(size)}); the next run of each model computes them again.")
+    assert not panel.embeddings_button.visible
+
+
+def test_sizes_are_written_as_people_read_them():
+    from dashboards.data import size_text
+
+    assert [size_text(n) for n in (0, 999, 1000, 2_456_789, 3 * 10**9, 5 * 10**12)] == [
+        "0 bytes", "999 bytes", "1.0 kB", "2.5 MB", "3.0 GB", "5.0 TB"]
