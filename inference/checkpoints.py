@@ -18,10 +18,13 @@ import pandas as pd
 
 from inference.genes import gencode
 from inference.weights import (
+    DEFAULT_UCE,
     GENEFORMER_VARIANTS,
     SCGPT_VARIANT,
+    UCE_VARIANTS,
     WeightsError,
     model_key,
+    optional_files,
     read_manifest,
     required_files,
     sha256_file,
@@ -138,8 +141,10 @@ def _scgpt_model(folder: Path, size: str, seed: int) -> dict:
 
 
 def generate(root: Path, size: str = "tiny", geneformer_variants: list[str] | None = None,
-             scgpt: bool = True, seed: int = 0) -> list[str]:
-    """Write untrained checkpoints for the given models under ``root``; returns the model keys written."""
+             scgpt: bool = True, seed: int = 0, uce: bool = False) -> list[str]:
+    """Write untrained checkpoints for the given models under ``root``; returns the model keys written.
+    UCE (``uce``: its 4-layer release's layout, ``inference/checkpoints_uce.py``) only when asked: loading it
+    takes about 4 GB, whatever its size, as helical allocates the release's token table."""
     if size not in SIZES:
         raise WeightsError(f"Unknown size {size!r}: choose tiny or real.")
     variants = list(geneformer_variants if geneformer_variants is not None else ["gf-6L-10M-i2048"])
@@ -161,9 +166,14 @@ def generate(root: Path, size: str = "tiny", geneformer_variants: list[str] | No
             entries.append(("geneformer", v, arch))
         if scgpt:
             entries.append(("scgpt", SCGPT_VARIANT, _scgpt_model(staging / "scgpt" / "scGPT_CP", size, seed)))
+        if uce:
+            from inference.checkpoints_uce import write_uce
+
+            layers = UCE_VARIANTS[DEFAULT_UCE]["layers"]
+            entries.append(("uce", DEFAULT_UCE, write_uce(staging / "uce", DEFAULT_UCE, size, layers, seed)))
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         for backend, variant, arch in entries:
-            rels = required_files(backend, variant) + (["scgpt/scGPT_CP/args.json"] if backend == "scgpt" else [])
+            rels = required_files(backend, variant) + optional_files(backend, variant)
             for rel in rels:
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(staging / rel, root / rel)

@@ -42,6 +42,10 @@ GENEFORMER_VARIANTS: dict[str, dict[str, object]] = {
 }
 DEFAULT_GENEFORMER = "gf-6L-10M-i2048"
 SCGPT_VARIANT = "whole-human"
+# UCE's two releases (helical's ``model_name``): the weights file is ``uce/<variant>.torch``; they differ in layers.
+UCE_VARIANTS: dict[str, dict[str, int]] = {"4layer_model": {"layers": 4}, "33l_8ep_1024t_1280": {"layers": 33}}
+DEFAULT_UCE = "4layer_model"
+UCE_PROTEIN_EMBEDDINGS = "uce/protein_embeddings/Homo_sapiens.GRCh38.gene_symbol_to_embedding_ESM2.pt"
 
 
 class WeightsError(RuntimeError):
@@ -65,12 +69,23 @@ def required_files(backend: str, variant: str) -> list[str]:
                 f"{base}/{variant}/training_args.bin", f"{base}/{variant}/{v['file']}"]
     if backend == "scgpt":
         return ["scgpt/scGPT_CP/vocab.json", "scgpt/scGPT_CP/best_model.pt"]
+    if backend == "uce":
+        if variant not in UCE_VARIANTS:
+            raise WeightsError(f"Unknown UCE variant {variant!r}; choose one of {', '.join(UCE_VARIANTS)}.")
+        return [f"uce/{variant}.torch", "uce/all_tokens.torch", UCE_PROTEIN_EMBEDDINGS, "uce/species_offsets.json",
+                "uce/species_chrom.csv"]
     raise WeightsError(f"The {backend!r} backend has no weights.")
 
 
 def optional_files(backend: str, variant: str) -> list[str]:
-    """Files read when present: scGPT's ``args.json`` (its architecture, as the scGPT releases ship it)."""
-    return ["scgpt/scGPT_CP/args.json"] if backend == "scgpt" else []
+    """Files read when present: the architecture of a checkpoint that is not the release's own (scGPT's
+    ``args.json``, as scGPT releases ship it; ``uce/args.json``, written only for generated UCE files)."""
+    return {"scgpt": ["scgpt/scGPT_CP/args.json"], "uce": ["uce/args.json"]}.get(backend, [])
+
+
+def weights_variants() -> dict[str, list[str]]:
+    """Every model with weights and its variants: what is staged, verified and listed."""
+    return {"geneformer": list(GENEFORMER_VARIANTS), "scgpt": [SCGPT_VARIANT], "uce": list(UCE_VARIANTS)}
 
 
 def helical_cache_dir() -> Path:
@@ -213,11 +228,11 @@ def _copy_into(src_root: Path, rels: list[str], dest_root: Path) -> dict[str, di
 
 
 def _find_layout_root(folder: Path) -> Path:
-    """The folder holding ``geneformer/`` or ``scgpt/`` (the given one, or a cache path below it)."""
+    """The folder holding ``geneformer/``, ``scgpt/`` or ``uce/`` (the given one, or a cache path below it)."""
     for candidate in (folder, folder / ".cache" / "helical" / "models", folder / "models"):
-        if (candidate / "geneformer").is_dir() or (candidate / "scgpt").is_dir():
+        if any((candidate / backend).is_dir() for backend in weights_variants()):
             return candidate
-    raise WeightsError(f"{folder} has no geneformer/ or scgpt/ folder: give a copy of helical's cache "
+    raise WeightsError(f"{folder} has no {'/, '.join(weights_variants())}/ folder: give a copy of helical's cache "
                        "(~/.cache/helical/models) or an archive of it.")
 
 
@@ -251,7 +266,7 @@ def stage(src: Path, weights_root: Path, trained: bool = True, note: str = "") -
             layout = _find_layout_root(src)
         staged: dict[str, list[str]] = {}
         manifest = read_manifest(weights_root)
-        for backend, variants in (("geneformer", list(GENEFORMER_VARIANTS)), ("scgpt", [SCGPT_VARIANT])):
+        for backend, variants in weights_variants().items():
             for variant in variants:
                 rels = required_files(backend, variant)
                 if not all((layout / rel).is_file() for rel in rels):
@@ -292,7 +307,7 @@ def verify(root: Path) -> list[tuple[str, str]]:
 def catalog(locations: WeightsLocations) -> list[dict[str, str]]:
     """Status of every model variant: for ``weights list``, the catalog and the UI."""
     rows = []
-    for backend, variants in (("geneformer", list(GENEFORMER_VARIANTS)), ("scgpt", [SCGPT_VARIANT])):
+    for backend, variants in weights_variants().items():
         for variant in variants:
             status, detail = locations.status(backend, variant)
             rows.append({"backend": backend, "variant": variant, "status": status, "detail": detail})
@@ -300,7 +315,13 @@ def catalog(locations: WeightsLocations) -> list[dict[str, str]]:
 
 
 def vocabulary_genes(weights: ResolvedWeights) -> tuple[str, frozenset[str]]:
-    """(kind, genes) of a model's vocabulary: Ensembl ids for Geneformer, symbols for scGPT."""
+    """(kind, genes) of a model's vocabulary: Ensembl ids for Geneformer, symbols for scGPT and UCE (the keys of
+    its protein-embedding table, read memory-mapped: the real table holds a 5,120-d vector per gene)."""
+    if weights.backend == "uce":
+        import torch
+
+        table = torch.load(weights.root / UCE_PROTEIN_EMBEDDINGS, map_location="cpu", weights_only=True, mmap=True)
+        return "symbol", frozenset(str(k).upper() for k in table)
     if weights.backend == "geneformer":
         version = GENEFORMER_VARIANTS[weights.variant]["version"]
         tokens = json.loads((weights.root / f"geneformer/{version}/token_dictionary.json").read_text())

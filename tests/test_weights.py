@@ -39,6 +39,13 @@ def test_our_layout_is_helicals_own_download_list():
             assert GENEFORMER_VARIANTS[name]["embsize"] == cfg.config["embsize"]
             assert GENEFORMER_VARIANTS[name]["input_size"] == cfg.config["input_size"]
         assert required_files("scgpt", "whole-human") == scGPTConfig().config["list_of_files_to_download"]
+        from helical.models.uce import UCEConfig
+
+        from inference.weights import UCE_VARIANTS
+
+        for variant in UCE_VARIANTS:
+            listed = UCEConfig(model_name=variant).config["list_of_files_to_download"]
+            assert sorted(required_files("uce", variant)) == sorted(listed)
 
 
 def test_generated_checkpoints_have_helicals_files_and_say_untrained(tiny_weights):
