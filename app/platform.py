@@ -74,6 +74,9 @@ class Platform:
         removed = self.artifacts.remove_partials(older_than_s=PARTIALS_AGE_S)
         if removed:
             log.warning("removed %d partial files left by an interrupted write", len(removed))
+        stale = self.datasets.embeddings.remove_partials()  # writers gone: nobody holds their key's lock
+        if stale:
+            log.warning("removed %d half-written stored embeddings left by an interrupted run", len(stale))
         return self
 
     @classmethod

@@ -2,12 +2,15 @@
 
     python bench/models.py                 # CPU: gf-6L-10M-i2048 and scGPT, real-size random-init, 200 cells
     python bench/models.py --cells 50      # quicker
+    python bench/models.py --backends uce --cells 40   # UCE (4-layer architecture; about 5 GB per process)
     python bench/models.py --device cuda --variant gf-12L-38M-i4096 --precision bf16 fp32 --cells 2000
 
 Each measurement runs in a fresh process, so its peak memory (ru_maxrss) is its own. Bare helical is timed on
 ``process_data`` + ``get_embeddings`` at helical's default batch size (24); ours on ``embed`` (which calls the
-same ``process_data``). Prints one JSON line per measurement and a table; ``--markdown`` appends the table to
-a file. Checkpoints are generated once into bench/out/weights (untrained: only the speed means anything).
+same ``process_data``). UCE's bare output differs from ours by about 1e-3: helical pads its batches and its float
+attention mask shifts the shorter cells; ours equals helical's cell alone (tests/test_uce.py).
+Prints one JSON line per measurement and a table; ``--markdown`` appends the table to a file. Checkpoints are
+generated once into bench/out/weights (untrained: only the speed means anything).
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def measure(args: argparse.Namespace) -> dict:
     from inference.weights import WeightsLocations
 
     loc = WeightsLocations(staged=OUT / "none", generated=Path(args.weights), helical_cache=OUT / "none")
-    backend = create_backend(args.backend, args.variant, loc, device=args.device, precision=args.precision)
+    variant = args.variant if args.backend == "geneformer" else None  # --variant names a Geneformer variant
+    backend = create_backend(args.backend, variant, loc, device=args.device, precision=args.precision)
     backend.load()
     cells = ad.read_h5ad(CELLS_FILE)[: args.cells].copy()
     rss_loaded = rss_mib()
@@ -52,6 +56,14 @@ def measure(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     if args.path == "ours":
         emb = backend.embed(cells).features
+    elif args.backend == "uce":  # helical's process_data needs its counts file while it embeds
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="bench-uce-") as tmp:
+            prepared = backend.prepare(cells, Path(tmp))[0]
+            with isolated():
+                backend.model.config["batch_size"] = args.bare_batch
+                emb = backend.model.get_embeddings(prepared)
     else:
         prepared = backend.tokenize(cells)[0] if args.backend == "geneformer" else backend.prepare(cells)[0]
         with isolated():
@@ -74,9 +86,9 @@ def measure(args: argparse.Namespace) -> dict:
     }
 
 
-def ensure_weights(folder: Path, size: str, variants: list[str]) -> None:
+def ensure_weights(folder: Path, size: str, variants: list[str], uce: bool = False) -> None:
     from inference.checkpoints import generate
-    from inference.weights import WeightsError, WeightsLocations
+    from inference.weights import DEFAULT_UCE, WeightsError, WeightsLocations
 
     loc = WeightsLocations(staged=OUT / "none", generated=folder, helical_cache=OUT / "none")
     missing = []
@@ -90,9 +102,16 @@ def ensure_weights(folder: Path, size: str, variants: list[str]) -> None:
         need_scgpt = False
     except WeightsError:
         need_scgpt = True
-    if missing or need_scgpt:
-        print(f"generating {size} checkpoints {missing} scgpt={need_scgpt} in {folder}", file=sys.stderr)
-        generate(folder, size, missing, scgpt=need_scgpt)
+    need_uce = False
+    if uce:
+        try:
+            loc.resolve("uce", DEFAULT_UCE, verify=False)
+        except WeightsError:
+            need_uce = True
+    if missing or need_scgpt or need_uce:
+        print(f"generating {size} checkpoints {missing} scgpt={need_scgpt} uce={need_uce} in {folder}",
+              file=sys.stderr)
+        generate(folder, size, missing, scgpt=need_scgpt, uce=need_uce)
 
 
 def atlas_hours(cells_per_s: float, cells: int = 1_000_000) -> str:
@@ -124,7 +143,7 @@ def main() -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     weights = OUT / f"weights-{args.size}"
-    ensure_weights(weights, args.size, [args.variant])
+    ensure_weights(weights, args.size, [args.variant], uce="uce" in args.backends)
     rows = []
     for backend in args.backends:
         for precision in args.precision:

@@ -155,6 +155,7 @@ class EmbeddingStore:
                 if found is not None:
                     yield found
                     return
+                _remove_dead_partials(folder)  # a writer of this key that died: we hold its lock now
                 staging = folder.parent / f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:8]}-{folder.name}"
                 staging.mkdir()
                 writer = EmbeddingWriter(staging, n_cells)
@@ -172,6 +173,29 @@ class EmbeddingStore:
                     shutil.rmtree(staging, ignore_errors=True)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def remove_partials(self) -> list[Path]:
+        """Remove the half-written entries of writers that are gone (a killed worker or server): a staging
+        folder whose key's lock nobody holds. One whose lock is held belongs to a live writer and stays."""
+        removed = []
+        for staging in self.root.glob(f"*/{PARTIAL_PREFIX}*"):
+            digest = staging.name.split("-", 2)[-1]  # .partial-<8 hex>-<key digest>
+            lock_path = staging.parent / f"{digest}.lock"
+            try:
+                with open(lock_path, "a+") as lock:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # being written now
+                    try:
+                        if staging.exists():
+                            shutil.rmtree(staging, ignore_errors=True)
+                            removed.append(staging)
+                    finally:
+                        fcntl.flock(lock, fcntl.LOCK_UN)
+            except FileNotFoundError:  # the dataset's entries were deleted meanwhile
+                continue
+        return removed
 
     def entries(self, dataset_sha256: str) -> list[dict[str, Any]]:
         """A dataset's entries: key, cells, dims, bytes."""
@@ -193,6 +217,12 @@ class EmbeddingStore:
         freed = _bytes(folder)
         shutil.rmtree(folder, ignore_errors=True)
         return freed
+
+
+def _remove_dead_partials(folder: Path) -> None:
+    """Staging folders of ``folder``'s key; the caller holds the key's lock, so their writers are gone."""
+    for staging in folder.parent.glob(f"{PARTIAL_PREFIX}*-{folder.name}"):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _bytes(folder: Path) -> int:

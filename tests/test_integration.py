@@ -254,6 +254,31 @@ def test_a_second_harmony_run_opens_no_file_and_reuses_the_correction(tmp_path, 
         _integrate("harmony", harmony, other_method, data, home, "third")
 
 
+def test_half_written_entries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    """A worker killed while embedding leaves a staging folder: the next start (or the next writer of that key)
+    removes it; one whose key's lock is held is being written and stays."""
+    import fcntl
+
+    from inference.embedding_store import EmbeddingKey
+
+    store = EmbeddingStore(tmp_path / "embeddings")
+    dead_key, live_key = (EmbeddingKey("c" * 64, "", "fp32", "d" * 64, {"n": i}) for i in (1, 2))
+    dead, live = (store.folder(k).parent / f".partial-0000000{i}-{store.folder(k).name}"
+                  for i, k in enumerate((dead_key, live_key)))
+    for staging in (dead, live):
+        staging.mkdir(parents=True)
+        (staging / "features.npy").write_bytes(b"half")
+    with open(store.folder(live_key).parent / f"{store.folder(live_key).name}.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a live writer (any process: flock is per open file)
+        assert store.remove_partials() == [dead]
+        assert live.is_dir() and not dead.exists()
+    dead.mkdir()
+    with store.claim(dead_key, 3) as writer:  # the next writer of the key clears what a dead one left
+        assert not dead.exists()
+        writer.write(0, np.ones((3, 2), dtype=np.float32))
+    assert store.get(dead_key) is not None and store.remove_partials() == [live]
+
+
 def test_concurrent_runs_of_one_key_embed_once(tmp_path, pbmc_small):
     store = EmbeddingStore(tmp_path / "embeddings")
     backend = create_backend("baseline", None, None)
