@@ -97,6 +97,7 @@ def test_cancel_stops_the_run_and_leaves_no_folder(platform, pbmc):
 
 
 def test_a_killed_worker_fails_the_run_quickly_and_the_next_run_works(platform, pbmc, request):
+    platform.datasets.delete_embeddings(pbmc.id)  # stored by earlier runs: this one must embed, to be killed
     run = _submit(platform, "geneformer", pbmc)
     wait_until(lambda: platform.runs.status(run.id)["stage"] == "embedding query", 240, "the query embedding")
     pid = platform.runs.workers[run.id]["pid"]  # from the run's own progress events

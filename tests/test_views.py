@@ -320,7 +320,7 @@ def test_the_run_options_come_from_the_head_picker_k_voting_and_thresholds(platf
     assert "k" not in run_options(0.5, head="logistic_regression", k=7)  # k belongs to the kNN head only
 
     panel = RunPanel(platform)
-    k_input = panel.__panel__().objects[2].objects[1]
+    k_input = panel.__panel__().objects[1].objects[1].objects[1]  # the annotation form's second row
     assert k_input.visible is False and k_input.value is None
     panel.head, panel.k, panel.majority_voting, panel.novelty = "knn", 5, True, 0.25
     assert k_input.visible is True
@@ -529,8 +529,9 @@ def test_the_run_panel_runs_with_a_saved_annotator_instead_of_a_reference(platfo
         ds = platform.datasets.ingest(fh, "pbmc.h5ad")
     panel = RunPanel(platform)
     layout = panel.__panel__()
-    reference, annotator, label = layout.objects[1].objects[1:4]
-    head = layout.objects[2].objects[0]
+    annotation = layout.objects[1]  # the annotation form (another application brings its own)
+    reference, annotator, label = annotation.objects[0].objects[1:4]
+    head = annotation.objects[1].objects[0]
     panel.param.update(datasets=platform.datasets.list(), dataset=ds.id, application="cell-type-annotation",
                        model="baseline")
     assert (reference.visible, annotator.visible, label.visible, head.visible) == (True, False, True, True)
