@@ -56,15 +56,10 @@ def make_data(n: int, data: Path = DATA, seed: int = 0) -> Path:
     x = sp.vstack([x[~in_b], x[in_b] @ sp.diags(scale)]).tocsr()  # rows reordered: a first, then b
     order = np.concatenate([np.flatnonzero(~in_b), np.flatnonzero(in_b)])
     x.eliminate_zeros()
-    adata = ad.AnnData(x)
-    sc.pp.normalize_total(adata)
-    sc.pp.log1p(adata)
-    sc.pp.highly_variable_genes(adata, n_top_genes=2000)
-    adata = adata[:, adata.var["highly_variable"]].copy()
-    adata.X = adata.X.toarray()
-    sc.pp.scale(adata, max_value=10)
-    sc.tl.pca(adata, n_comps=50, random_state=0)
-    pcs = np.asarray(adata.obsm["X_pca"], dtype=np.float32)
+    sys.path.insert(0, str(REPO))
+    from tests.multibatch import plain_pcs
+
+    pcs = plain_pcs(ad.AnnData(x))
     batch = batch[order]
     labels = np.asarray(full.obs["celltype"], dtype=str)[rows][order]
     corrected = pcs.copy()

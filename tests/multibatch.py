@@ -42,3 +42,19 @@ def write_multibatch(source: Path, dest: Path, seed: int = 0, **effect: float) -
     """``source`` (an .h5ad of raw counts) written to ``dest`` with two batches, the second shifted."""
     with_batch_effect(ad.read_h5ad(source), seed, **effect).write_h5ad(dest, compression="gzip")
     return dest
+
+
+def plain_pcs(adata: ad.AnnData) -> np.ndarray:
+    """The plain scanpy recipe a user would write (normalise, log1p, 2,000 HVGs, scale, PCA 50) on raw counts:
+    the uncorrected embedding tests and benchmarks score, computed without the platform's code."""
+    import scanpy as sc
+
+    adata = adata.copy()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    sc.pp.highly_variable_genes(adata, n_top_genes=2000)
+    adata = adata[:, adata.var["highly_variable"]].copy()
+    adata.X = adata.X.toarray()
+    sc.pp.scale(adata, max_value=10)
+    sc.tl.pca(adata, n_comps=50, random_state=0)
+    return np.asarray(adata.obsm["X_pca"], dtype=np.float32)

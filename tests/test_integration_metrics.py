@@ -30,10 +30,10 @@ def data() -> dict:
     import anndata as ad
     import harmonypy
     import pandas as pd
-    import scanpy as sc
     import scipy.sparse as sp
 
     from tests.conftest import PBMC
+    from tests.multibatch import plain_pcs
 
     raw = ad.read_h5ad(PBMC)
     rng = np.random.default_rng(0)
@@ -42,16 +42,9 @@ def data() -> dict:
     factor[rng.choice(raw.n_vars, raw.n_vars // 10, replace=False)] = 2.0  # x3 = x + 2x
     x = sp.csr_matrix(raw.X, dtype=np.float32)
     x = sp.csr_matrix(x + sp.diags((batch == "b").astype(np.float32)) @ x @ sp.diags(factor))
-    adata = ad.AnnData(x, obs=pd.DataFrame({"batch": batch}, index=raw.obs_names))
-    sc.pp.normalize_total(adata)
-    sc.pp.log1p(adata)
-    sc.pp.highly_variable_genes(adata, n_top_genes=2000)
-    adata = adata[:, adata.var["highly_variable"]].copy()
-    adata.X = adata.X.toarray()
-    sc.pp.scale(adata, max_value=10)
-    sc.tl.pca(adata, n_comps=50, random_state=0)
-    pcs = np.asarray(adata.obsm["X_pca"], dtype=np.float32)
-    z = np.asarray(harmonypy.run_harmony(pcs, adata.obs, "batch", verbose=False).Z_corr)
+    obs = pd.DataFrame({"batch": batch}, index=raw.obs_names)
+    pcs = plain_pcs(ad.AnnData(x, obs=obs))
+    z = np.asarray(harmonypy.run_harmony(pcs, obs, "batch", verbose=False).Z_corr)
     z = z if z.shape[0] == raw.n_obs else z.T  # cells x PCs in harmonypy 2.x (PCs x cells before)
     return {"pcs": pcs, "harmony": np.asarray(z, dtype=np.float32), "batch": batch,
             "labels": np.asarray(raw.obs["celltype"], dtype=str)}
