@@ -45,6 +45,21 @@ SEED_MODELS = [
         variant="whole-human",
     ),
     dict(
+        id="uce",
+        name="UCE (Universal Cell Embeddings, 4 layers)",
+        speed="slow",
+        accuracy=None,
+        accuracy_source=("Not measured by this platform yet. Speed measured here: 0.54 cells/s on 2 CPU cores "
+                         "(docs/BENCHMARKS.md)."),
+        description=(
+            "Cells as sentences of expressed genes, each gene a protein-language-model (ESM2) token, ordered by "
+            "chromosome; a 1,280-d cell embedding. Human gene symbols, raw counts."
+        ),
+        applications=[CELL_TYPE_ANNOTATION, EMBEDDING_INTEGRATION],
+        backend="uce",
+        variant="4layer_model",
+    ),
+    dict(
         id="baseline",
         name="Baseline (log1p + HVG + logistic regression)",
         speed="fast",

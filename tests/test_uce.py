@@ -120,3 +120,42 @@ def test_uce_is_listed_staged_and_its_vocabulary_read(uce_root, tmp_path):
     assert resolved.origin == "staged" and resolved.trained is False  # the source's manifest says untrained
     kind, genes = vocabulary_genes(resolved)
     assert kind == "symbol" and {"CD3E", "MS4A1", "LYZ"} <= genes
+
+
+def test_a_uce_run_on_the_dask_cluster_embeds_as_bare_helical(uce, uce_root, pbmc_small, tmp_path):
+    """The catalog's UCE through the runs service on a LocalCluster: the server generates its files (the same as
+    this module's, same seed), the worker's actor loads them, and the annotated file's embedding equals bare
+    helical's cell by cell."""
+    import anndata as ad
+
+    from app.platform import Platform
+    from app.settings import Settings
+    from inference.run_files import ANNOTATED, PROVENANCE
+    from tests.serving import wait_until
+
+    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "home"), "HELICAL_PLATFORM_WORKERS": "1",
+                                  "HELICAL_PLATFORM_DEVICE": "cpu"})
+    platform = Platform(settings)
+    try:
+        model = {m.id: m for m in platform.models()}["uce"]
+        assert (model.backend, model.variant, model.weights_status) == ("uce", "4layer_model", "generated")
+        ours, theirs = read_manifest(settings.generated_weights_dir), read_manifest(uce_root)
+        assert {k: v["sha256"] for k, v in ours["files"].items() if k.startswith("uce")} == {
+            k: v["sha256"] for k, v in theirs["files"].items() if k.startswith("uce")}
+        path = tmp_path / "pbmc60.h5ad"
+        pbmc_small.write_h5ad(path)
+        with open(path, "rb") as fh:
+            dataset = platform.datasets.ingest(fh, "pbmc 60 cells.h5ad")
+        platform.compute(timeout=180)
+        run = platform.runs.submit("cell-type-annotation", "uce", dataset.id, label_column="celltype")
+        status = wait_until(lambda: (s := platform.runs.status(run.id))["status"] in ("done", "failed") and s,
+                            600, "the UCE run to finish")
+        assert status["status"] == "done", status
+        out = ad.read_h5ad(platform.artifacts.run_dir(run.id) / ANNOTATED)
+        assert out.obsm["X_uce"].shape == (60, 1280)
+        alone = _bare_helical(uce, pbmc_small.copy(), batch_size=1)
+        assert np.abs(out.obsm["X_uce"] - alone).max() <= 1e-5
+        provenance = json.loads((platform.artifacts.run_dir(run.id) / PROVENANCE).read_text())
+        assert (provenance["model"]["variant"], provenance["model"]["trained"]) == ("4layer_model", False)
+    finally:
+        platform.close()
