@@ -12,7 +12,7 @@ import param
 from dashboards.safe_text import code, md, plain_formatters
 from dashboards.view import PlatformView
 
-HEAD_WORDS = {"logistic_regression": "logistic regression", "knn": "kNN"}
+HEAD_WORDS = {"logistic_regression": "logistic regression", "knn": "kNN", "fine_tuned_linear": "fine-tuned model"}
 DELETE, CONFIRM = "Delete selected annotator", "Yes, delete it"
 # what tells annotators apart first (a laptop's screen shows these without scrolling), then where they came from
 COLUMNS = ["name", "model", "classes", "held-out macro-F1", "head", "built-in", "reference", "author", "saved", "id"]

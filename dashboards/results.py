@@ -45,7 +45,7 @@ SAVE_NOTE = ("Cell Ontology id of each class, as suggested: change or clear any 
              "cell class.")
 SAVE_UNTRAINED = ("**This run used generated, untrained weights**: an annotator saved from it is marked untrained, "
                   "and its predictions mean nothing.")
-HEAD_NAMES = {kind: name for name, kind in HEADS.items()}
+HEAD_NAMES = {**{kind: name for name, kind in HEADS.items()}, "fine_tuned_linear": "Fine-tuned model"}
 # one column per class: paged in the cell table (top probabilities), not offered as colours
 PER_CLASS_PREFIX = PROBABILITY_PREFIX
 # per session, the UMAP columns of this many runs stay in memory (the one shown, the one compared with it, and the

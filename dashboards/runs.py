@@ -19,8 +19,9 @@ from dashboards.view import PlatformView
 NO_REFERENCE = "(none: evaluate on a 70/30 split of the query)"
 NO_TRUTH = "(none)"
 # what a user picks -> the head kind a run's options name (inference.heads.HEAD_KINDS; a test keeps them in step)
-HEADS = {"Logistic regression": "logistic_regression", "kNN reference mapping": "knn"}
-KNN = "knn"
+HEADS = {"Logistic regression": "logistic_regression", "kNN reference mapping": "knn",
+         "Fine-tune the model": "fine-tune"}
+KNN, FINE_TUNE = "knn", "fine-tune"
 # where a run's labels come from: a reference dataset (a head trained for the run) or a saved annotator
 REFERENCE, ANNOTATOR = "reference", "annotator"
 LABELS_FROM = {"reference dataset": REFERENCE, "saved annotator": ANNOTATOR}
@@ -28,20 +29,23 @@ NO_ANNOTATOR = "(no saved annotators yet: save one from a run's results)"
 # application id -> its own submission form (a view taking ``dataset``/``datasets``, giving ``submitted``); any
 # other application gets this panel's annotation form
 SUBMISSION_FORMS = {EMBEDDING_INTEGRATION: IntegrationForm}
+TUNING = {"epochs": "Epochs (at most)", "learning_rate": "Learning rate", "frozen_layers": "Frozen layers"}
 FOLLOWED = ("dataset", "datasets")  # what a form follows from this panel
 
 
 def run_options(confidence: float, novelty: float = 0.0, head: str | None = "logistic_regression",
-                k: int | None = None, majority_voting: bool = False) -> dict:
+                k: int | None = None, majority_voting: bool = False, tuning: dict | None = None) -> dict:
     """The options of a submission from the run panel's choices: k only for the kNN head, and only when given
-    (blank: the platform picks it from the reference's class sizes). ``head`` None: no head at all (an annotator
-    brings its own)."""
+    (blank: the platform picks it from the reference's class sizes); ``tuning`` (epochs, learning_rate,
+    frozen_layers) only for fine-tuning. ``head`` None: no head at all (an annotator brings its own)."""
     options = {"confidence_threshold": float(confidence), "novelty_threshold": float(novelty),
                "majority_voting": bool(majority_voting)}
     if head:
         options["head"] = head
         if head == KNN and k is not None:
             options["k"] = int(k)
+        if head == FINE_TUNE:
+            options.update(tuning or {})
     return options
 
 
@@ -52,7 +56,8 @@ def submission(labels_from: str, options: dict, reference: str | None = None, la
     truth = None if truth_column in (None, NO_TRUTH) else truth_column
     if labels_from == ANNOTATOR:
         return {"reference_id": None, "label_column": None, "truth_column": truth,
-                "options": {k: v for k, v in options.items() if k not in ("head", "k")}, "annotator": annotator or None}
+                "options": {k: v for k, v in options.items() if k not in ("head", "k", *TUNING)},
+                "annotator": annotator or None}
     return {"reference_id": reference or None, "label_column": label_column, "truth_column": truth,
             "options": options, "annotator": None}
 
@@ -139,6 +144,11 @@ class RunPanel(PlatformView):
                           doc="How the reference's labels reach the query: a logistic regression on the embeddings "
                               "(probabilities calibrated by temperature scaling), or a distance-weighted vote of the "
                               "k nearest reference cells.")
+    epochs = param.Integer(default=10, bounds=(1, 200), doc="Fine-tuning: the most passes over the reference "
+                                                           "(it stops earlier when validation macro-F1 stalls).")
+    learning_rate = param.Number(default=5e-5, bounds=(1e-7, 0.1), doc="Fine-tuning: AdamW's learning rate.")
+    frozen_layers = param.Integer(default=2, bounds=(0, 48), doc="Fine-tuning: the first encoder layers kept as "
+                                                                "they are.")
     k = param.Integer(default=None, allow_None=True, bounds=(1, None),
                       doc="Neighbours that vote (kNN only). Blank: automatic (15, or the smallest class's size).")
     novelty = param.Number(default=0.0, bounds=(0, 1), step=0.05,
@@ -277,7 +287,7 @@ class RunPanel(PlatformView):
     def submission_options(self) -> dict:
         """The submission's options, from this panel's choices (no head or k with an annotator: it has its own)."""
         return run_options(self.confidence, self.novelty, None if self.labels_from == ANNOTATOR else self.head,
-                           self.k, self.majority_voting)
+                           self.k, self.majority_voting, {t: getattr(self, t) for t in TUNING})
 
     def _say(self, text: str, kind: str) -> None:
         self.message.object, self.message.alert_type, self.message.visible = text, kind, True
@@ -335,6 +345,7 @@ class RunPanel(PlatformView):
 
     def __panel__(self) -> pn.viewable.Viewable:
         by_reference = self.param.labels_from.rx() == REFERENCE
+        tuning = (self.param.head.rx() == FINE_TUNE).rx.and_(by_reference)
         reference = pn.widgets.Select.from_param(self.param.reference, name="Reference (labelled)",
                                                  css_classes=["reference-picker"], sizing_mode="stretch_width",
                                                  visible=by_reference)
@@ -356,6 +367,11 @@ class RunPanel(PlatformView):
                    pn.widgets.IntInput.from_param(self.param.k, name="k (blank: auto)", placeholder="automatic",
                                                   css_classes=["k-input"], width=130,
                                                   visible=(self.param.head.rx() == KNN).rx.and_(by_reference)),
+                   *[pn.widgets.FloatInput.from_param(self.param.learning_rate, name="Learning rate", width=120,
+                                                      css_classes=["tuning"], visible=tuning, format="0.0e+0")
+                     if t == "learning_rate" else
+                     pn.widgets.IntInput.from_param(getattr(self.param, t), name=TUNING[t], width=110,
+                                                    css_classes=["tuning"], visible=tuning) for t in TUNING],
                    pn.widgets.Checkbox.from_param(self.param.majority_voting,
                                                   name="Majority voting (cluster consensus)",
                                                   css_classes=["majority-voting"], align="end"),

@@ -19,12 +19,13 @@ import pandas as pd
 from anndata import AnnData
 
 from inference.backends.base import Backend, check_stop
+from inference.backends.fine_tuned import for_head
 from inference.calibration import reliability, uncalibrated
 from inference.consensus import majority_vote, over_cluster
 from inference.counts import AnnotationError, Counts, DataInput, load_counts
 from inference.embedding import REUSED, embed_dataset, embedding_key
 from inference.embedding_store import EmbeddingStore
-from inference.heads import DEFAULT_HEAD, Head, head_cache_key
+from inference.heads import DEFAULT_HEAD, FINE_TUNE, Head, head_cache_key
 from inference.layout import umap_layout
 from inference.metrics import LOW_CONFIDENCE, NOT_IN_REFERENCE, UNASSIGNED, annotation_metrics
 from inference.prediction import Prediction
@@ -172,6 +173,7 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
         head, key, head_reused = _trained_head(job, backend, model_info, ref, ref_key, timer, should_stop, store)
         reference_cells = int(ref.keep.sum())
     check_stop(should_stop)
+    backend = for_head(backend, head.extra)  # a fine-tuned head embeds with its own backbone
 
     timer.stage(Stage.EMBEDDING_QUERY, 0, query.n_obs)
     classified: list[tuple[np.ndarray, np.ndarray]] = []
@@ -263,6 +265,16 @@ def _trained_head(job: AnnotationJob, backend: Backend, model_info: dict, ref: _
         if backend.has_state:
             backend.set_state(head.extra)
         return head, key, True
+    if job.head.get("kind") == FINE_TUNE:
+        from inference.finetune_head import train_fine_tuned_head
+
+        if head_path:
+            head_path.parent.mkdir(parents=True, exist_ok=True)
+        head = train_fine_tuned_head(backend, ref.cells[ref.keep], ref.labels, job.head, model_info, job.seed, timer,
+                                     should_stop, head_path.with_suffix(".safetensors") if head_path else None)
+        if head_path:
+            head.save(head_path)
+        return head, key, False
     features = None
     if store is not None and not backend.has_state:
         timer.stage(Stage.EMBEDDING_REFERENCE, 0, ref.cells.n_obs)

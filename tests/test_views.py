@@ -309,15 +309,19 @@ def test_the_run_options_come_from_the_head_picker_k_voting_and_thresholds(platf
     import asyncio
 
     from dashboards.runs import HEADS, RunPanel, run_options
-    from inference.heads import HEAD_KINDS
+    from inference.heads import HEAD_OPTIONS
 
-    assert set(HEADS.values()) == set(HEAD_KINDS)  # the picker offers every head the pipeline has
+    assert set(HEADS.values()) == set(HEAD_OPTIONS)  # the picker offers every head a run can ask for
     assert run_options(0.5) == {"confidence_threshold": 0.5, "novelty_threshold": 0.0,
                                 "head": "logistic_regression", "majority_voting": False}
     assert run_options(0.6, 0.2, "knn", 7, True) == {"confidence_threshold": 0.6, "novelty_threshold": 0.2,
                                                      "head": "knn", "k": 7, "majority_voting": True}
     assert "k" not in run_options(0.5, head="knn")  # blank: automatic
     assert "k" not in run_options(0.5, head="logistic_regression", k=7)  # k belongs to the kNN head only
+    tuning = {"epochs": 3, "learning_rate": 1e-4, "frozen_layers": 1}
+    assert run_options(0.5, head="fine-tune", tuning=tuning) == {
+        "confidence_threshold": 0.5, "novelty_threshold": 0.0, "head": "fine-tune", "majority_voting": False, **tuning}
+    assert "epochs" not in run_options(0.5, head="knn", tuning=tuning)  # fine-tuning options with fine-tuning only
 
     panel = RunPanel(platform)
     k_input = panel.__panel__().objects[1].objects[1].objects[1]  # the annotation form's second row
@@ -333,6 +337,10 @@ def test_the_run_options_come_from_the_head_picker_k_voting_and_thresholds(platf
                        model="baseline", k=10_000)
     asyncio.run(panel._on_run(None))  # refused before anything runs, in plain words, where submissions say so
     assert panel.message.alert_type == "danger" and "k = 10000 is larger" in shown(panel.message.object)
+    panel.param.update(k=None, head="fine-tune", epochs=3)  # the baseline has no model to fine-tune
+    assert panel.submission_options()["epochs"] == 3
+    asyncio.run(panel._on_run(None))
+    assert panel.message.alert_type == "danger" and "cannot be fine-tuned here" in shown(panel.message.object)
     assert platform.runs.list() == []
 
 

@@ -23,7 +23,10 @@ from inference.applications.base import (
 from inference.checks import LABEL_MAX_CLASSES, LABEL_MIN_CLASSES, CheckReport
 from inference.counts import AnnotationError
 from inference.embedding_store import EMBEDDINGS_DIR
-from inference.heads import DEFAULT_HEAD, HEAD_KINDS, head_settings
+from inference.finetune import ADAPTERS as FINE_TUNABLE
+from inference.finetune import can_fine_tune
+from inference.finetune_head import FINE_TUNE_OPTIONS, head_options
+from inference.heads import DEFAULT_HEAD, FINE_TUNE, HEAD_OPTIONS, head_settings
 from inference.heads.knn import resolve_k
 from inference.pipeline import (
     MIN_ANNOTATOR_GENE_SHARE,
@@ -82,6 +85,9 @@ class CellTypeAnnotation(Application):
             raise SubmissionError("seed must be a whole number.") from None
         head = _head(options, CheckReport(labels_from.check_report).label_columns.get(label_column, {}),
                      evaluation=reference is None, file_name=labels_from.file_name)
+        if head["kind"] == FINE_TUNE and not can_fine_tune(request.model.backend):
+            raise SubmissionError(f"{request.model.name} cannot be fine-tuned here: head = fine-tune is offered for "
+                                  f"{', '.join(FINE_TUNABLE)}. Use the logistic_regression or knn head.")
         voting = options.get("majority_voting", False)
         if not isinstance(voting, bool):
             raise SubmissionError("majority_voting must be true or false.")
@@ -99,8 +105,9 @@ class CellTypeAnnotation(Application):
         if request.model.id != a.model_id:
             raise SubmissionError(f"Annotator {a.name!r} reads {a.model_id}'s embeddings: choose the model "
                                   f"{a.model_id}, not {request.model.id}.")
-        if "head" in request.options or "k" in request.options:
-            raise SubmissionError(f"Annotator {a.name!r} brings its own head: leave head and k out.")
+        if {"head", "k", *FINE_TUNE_OPTIONS} & set(request.options):
+            raise SubmissionError(f"Annotator {a.name!r} brings its own head: leave head, k and the fine-tuning "
+                                  "options out.")
         truth = request.truth_column
         if truth and truth not in CheckReport(query.check_report).label_columns:
             raise SubmissionError(f"{truth!r} is not a label column of the query {query.file_name}.")
@@ -179,8 +186,18 @@ def _head(options: dict, class_counts: dict[str, int], evaluation: bool, file_na
     """The head's settings, checked against the reference's class sizes (in evaluation mode, the sizes of the
     training split) so an impossible k is refused before anything runs."""
     kind = options.get("head", DEFAULT_HEAD["kind"])
-    if not isinstance(kind, str) or kind not in HEAD_KINDS:
-        raise SubmissionError(f"head must be one of {', '.join(HEAD_KINDS)} (got {str(kind)[:40]!r}).")
+    if not isinstance(kind, str) or kind not in HEAD_OPTIONS:
+        raise SubmissionError(f"head must be one of {', '.join(HEAD_OPTIONS)} (got {str(kind)[:40]!r}).")
+    tuning = sorted(set(options) & FINE_TUNE_OPTIONS)
+    if kind == FINE_TUNE:
+        if "k" in options:
+            raise SubmissionError("k applies to the knn head only: leave it out with head = fine-tune.")
+        try:
+            return head_options(options)
+        except AnnotationError as exc:
+            raise SubmissionError(str(exc)) from None
+    if tuning:
+        raise SubmissionError(f"{', '.join(tuning)} apply to head = fine-tune only: add it, or leave them out.")
     k = options.get("k")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
         raise SubmissionError("k (the number of neighbours of the knn head) must be a whole number.")

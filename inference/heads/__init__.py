@@ -17,13 +17,17 @@ import numpy as np
 from inference.calibration import calibration_split
 from inference.counts import AnnotationError
 from inference.heads.base import Classifier
+from inference.heads.fine_tuned import FineTunedHead
 from inference.heads.knn import KnnHead
 from inference.heads.logistic import LogisticHead
 from inference.metrics import annotation_metrics
 from inference.novelty import ReferenceFit
 from inference.run_files import atomic_path
 
-HEAD_KINDS: dict[str, type[Classifier]] = {LogisticHead.kind: LogisticHead, KnnHead.kind: KnnHead}
+HEAD_KINDS: dict[str, type[Classifier]] = {LogisticHead.kind: LogisticHead, KnnHead.kind: KnnHead,
+                                           FineTunedHead.kind: FineTunedHead}
+FINE_TUNE = "fine-tune"  # the head option that fine-tunes the model itself (inference/finetune.py)
+HEAD_OPTIONS = [k for k, c in HEAD_KINDS.items() if c.trainable] + [FINE_TUNE]
 DEFAULT_HEAD = {"kind": LogisticHead.kind, "C": 1.0, "max_iter": 2000, "class_weight": None}
 HEAD_FORMAT = 2  # heads cached before the PCA space and reference fit existed are not reused
 SPACE_COMPONENTS = 50
@@ -36,8 +40,8 @@ def head_cache_key(model_checksum: str, reference_sha256: str, label_column: str
 
 def head_settings(kind: str = LogisticHead.kind, k: int | None = None) -> dict:
     """The settings of a head kind as a run records them."""
-    if kind not in HEAD_KINDS:
-        raise AnnotationError(f"Unknown head {kind!r}: choose {' or '.join(HEAD_KINDS)}.")
+    if kind not in HEAD_KINDS or not HEAD_KINDS[kind].trainable:
+        raise AnnotationError(f"Unknown head {kind!r}: choose {' or '.join(HEAD_OPTIONS)}.")
     if kind == KnnHead.kind:
         return {"kind": kind, "k": k}
     return dict(DEFAULT_HEAD)

@@ -17,6 +17,7 @@ class Classifier(ABC):
 
     kind: ClassVar[str] = ""
     uses_space: ClassVar[bool] = False
+    trainable: ClassVar[bool] = True  # trained on features by ``train`` (a fine-tuned head is made with its model)
     classes: np.ndarray
     # (mask of held-back reference cells, their calls by a head trained without them), when training made one
     held_out: tuple[np.ndarray, np.ndarray] | None = None

@@ -1,0 +1,297 @@
+"""Fine-tuning a foundation model on a labelled reference, with helical's fine-tuning classes.
+
+helical's ``train()`` gives no per-epoch control: no callback, no early stopping, and calling it once per epoch
+re-creates the optimizer (AdamW's moments are lost). So the loop is ours and everything inside a step is
+helical's: its fine-tuning model (backbone + classification head), its tokenisation and its ``_forward``. A model
+plugs in through a ``FineTuneAdapter`` (``inference/finetune_<model>.py``).
+
+What a run gets back is the best epoch's weights (by validation macro-F1 on a stratified part of the reference),
+saved as one safetensors file with its sha256: the backbone's tensors, the head's ``head.weight``/``head.bias``,
+and in the file's metadata the base weights' checksum (an annotator made from it refuses other weights), the
+classes, the settings and the per-epoch history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from inference.backends.base import check_stop
+from inference.calibration import calibration_split
+from inference.counts import AnnotationError
+from inference.metrics import annotation_metrics
+from inference.run_files import atomic_path
+
+FORMAT = "helical-platform fine-tuned model 1"
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    """A run's fine-tuning options (``options``: epochs, learning_rate, frozen_layers, ...), checked."""
+
+    epochs: int = 10
+    learning_rate: float = 5e-5
+    frozen_layers: int = 2
+    batch_size: int = 12
+    validation_fraction: float = 0.2
+    patience: int = 2
+    seed: int = 0
+
+    @classmethod
+    def from_options(cls, options: dict) -> FineTuneSettings:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise AnnotationError(f"Unknown fine-tuning option(s) {', '.join(unknown)}: use "
+                                  f"{', '.join(sorted(known))}.")
+        s = cls(**options)
+        checks = [
+            (isinstance(s.epochs, int) and 1 <= s.epochs <= 200, "epochs must be a whole number from 1 to 200"),
+            (isinstance(s.learning_rate, int | float) and 0 < s.learning_rate <= 0.1,
+             "learning_rate must be above 0 and at most 0.1 (typical: 1e-5 to 1e-4)"),
+            (isinstance(s.frozen_layers, int) and s.frozen_layers >= 0, "frozen_layers must be 0 or more"),
+            (isinstance(s.batch_size, int) and 1 <= s.batch_size <= 512, "batch_size must be from 1 to 512"),
+            (isinstance(s.validation_fraction, int | float) and 0.05 <= s.validation_fraction <= 0.5,
+             "validation_fraction must be from 0.05 to 0.5"),
+            (isinstance(s.patience, int) and s.patience >= 1, "patience must be 1 or more epochs"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise AnnotationError(f"Fine-tuning: {message}.")
+        return s
+
+
+@dataclass
+class EpochReport:
+    """What a user watches per epoch: the loss, validation macro-F1, and how long the rest will take."""
+
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    val_macro_f1: float
+    seconds: float
+    eta_s: float
+    best: bool
+
+
+@dataclass
+class FineTuned:
+    """The best epoch's weights and what made them."""
+
+    tensors: dict[str, object]  # name -> torch.Tensor (CPU): the backbone's and ``head.weight``/``head.bias``
+    classes: list[str]
+    base: dict[str, object]  # backend, variant, checksum and trained flag of the weights fine-tuned from
+    settings: FineTuneSettings
+    history: list[EpochReport] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    frozen_layers: int = 0
+    train_cells: int = 0
+    validation_cells: int = 0
+
+    def metadata(self) -> dict[str, object]:
+        return {"format": FORMAT, "classes": self.classes, "base": self.base, "settings": asdict(self.settings),
+                "history": [asdict(h) for h in self.history], "best_epoch": self.best_epoch,
+                "stopped_early": self.stopped_early, "frozen_layers": self.frozen_layers,
+                "train_cells": self.train_cells, "validation_cells": self.validation_cells}
+
+
+class FineTuneAdapter(Protocol):
+    """One model's side: helical's fine-tuning model for ``n_classes``, its tokenised cells, one forward step."""
+
+    layers: int  # the backbone's encoder layers (frozen_layers may not exceed it)
+
+    def prepare(self, adata: object) -> int:
+        """Tokenise the cells (helical's ``process_data``); returns how many."""
+
+    def forward(self, idx: np.ndarray) -> object:
+        """Logits (a torch tensor with grad) of the tokenised cells ``idx``, through helical's ``_forward``."""
+
+    def freeze(self, n_layers: int) -> None:
+        """Keep the first ``n_layers`` encoder layers as they are (helical's ``freeze_layers``)."""
+
+    def modules(self) -> list[object]:
+        """The torch modules that train (backbone and head), to switch train/eval mode."""
+
+    def parameters(self) -> list[object]: ...
+
+    def state(self) -> dict[str, object]:
+        """The tensors to save: the backbone's, named as the backend's model names them, and the head's."""
+
+
+Progress = Callable[[EpochReport], None]
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Cells held back to choose the epoch and stop early: ``fraction`` of every type with 5 cells or more."""
+    held = calibration_split(labels, fraction, seed)
+    if held.sum() == 0:
+        raise AnnotationError("The reference is too small to hold cells back for validation: fine-tuning needs at "
+                              "least 5 cells of some cell type. Add cells, or use the logistic head.")
+    return held
+
+
+def fine_tune(adapter: FineTuneAdapter, adata: object, labels: np.ndarray, settings: FineTuneSettings,
+              base: dict[str, object], progress: Progress | None = None,
+              should_stop: Callable[[], bool] | None = None) -> FineTuned:
+    """Train ``adapter``'s model on the labelled cells; keep the epoch with the best validation macro-F1 and stop
+    after ``patience`` epochs without improvement. Cancellable between steps (``Cancelled``)."""
+    import torch
+
+    labels = np.asarray(labels).astype(str)
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise AnnotationError("Fine-tuning needs at least two cell types in the reference's label column.")
+    if settings.frozen_layers > adapter.layers:
+        raise AnnotationError(f"frozen_layers is {settings.frozen_layers} but this model has {adapter.layers} "
+                              f"encoder layers: choose 0 to {adapter.layers}.")
+    y = np.array([classes.index(v) for v in labels])
+    held = validation_split(labels, settings.validation_fraction, settings.seed)
+    train_idx, val_idx = np.flatnonzero(~held), np.flatnonzero(held)
+    adapter.prepare(adata)
+    torch.manual_seed(settings.seed)
+    adapter.freeze(settings.frozen_layers)
+    optimizer = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=settings.learning_rate)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    rng = np.random.default_rng(settings.seed)
+    target = torch.as_tensor(y)
+    result = FineTuned({}, classes, base, settings, frozen_layers=settings.frozen_layers,
+                       train_cells=len(train_idx), validation_cells=len(val_idx))
+    best_key: tuple[float, float] | None = None
+    best_state: dict[str, object] = {}
+    since_best = 0
+    for epoch in range(1, settings.epochs + 1):
+        began = time.perf_counter()
+        _mode(adapter, training=True)
+        losses = []
+        order = rng.permutation(train_idx)  # a new seeded order each epoch
+        for start in range(0, len(order), settings.batch_size):
+            check_stop(should_stop)
+            batch = order[start:start + settings.batch_size]
+            loss = loss_fn(adapter.forward(batch), target[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()) * len(batch))
+        val_loss, val_f1 = _validate(adapter, val_idx, y, classes, loss_fn, settings.batch_size, should_stop)
+        seconds = time.perf_counter() - began
+        key = (val_f1, -val_loss)
+        improved = best_key is None or key > best_key
+        if improved:
+            best_key, since_best, result.best_epoch = key, 0, epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in adapter.state().items()}
+        else:
+            since_best += 1
+        stop = since_best >= settings.patience
+        remaining = 0 if stop else settings.epochs - epoch
+        report = EpochReport(epoch, settings.epochs, round(sum(losses) / len(train_idx), 5), round(val_loss, 5),
+                             round(val_f1, 4), round(seconds, 2), round(remaining * seconds, 1), improved)
+        result.history.append(report)
+        if progress is not None:
+            progress(report)
+        if stop:
+            result.stopped_early = epoch < settings.epochs
+            break
+    _mode(adapter, training=False)
+    result.tensors = best_state
+    return result
+
+
+def _mode(adapter: FineTuneAdapter, training: bool) -> None:
+    for module in adapter.modules():  # nn.Module.train of each part: helical's classes override train()
+        module.train(training)
+
+
+def _validate(adapter: FineTuneAdapter, idx: np.ndarray, y: np.ndarray, classes: list[str], loss_fn: object,
+              batch_size: int, should_stop: Callable[[], bool] | None) -> tuple[float, float]:
+    import torch
+
+    _mode(adapter, training=False)
+    calls, total = [], 0.0
+    with torch.no_grad():
+        for start in range(0, len(idx), batch_size):
+            check_stop(should_stop)
+            batch = idx[start:start + batch_size]
+            logits = adapter.forward(batch)
+            total += float(loss_fn(logits, torch.as_tensor(y[batch]))) * len(batch)
+            calls.append(logits.argmax(dim=1).cpu().numpy())
+    predicted = np.asarray(classes)[np.concatenate(calls)]
+    truth = np.asarray(classes)[y[idx]]
+    return total / len(idx), float(annotation_metrics(truth, predicted)["macro_f1"])
+
+
+def save_fine_tuned(result: FineTuned, path: Path) -> str:
+    """Write the safetensors file (atomically); returns its sha256."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in result.tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"helical_platform": json.dumps(result.metadata())})
+    return sha256_of_file(path)
+
+
+def sha256_of_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class LoadedFineTuned:
+    backbone: dict[str, object]
+    head_weight: np.ndarray
+    head_bias: np.ndarray
+    metadata: dict[str, object]
+
+
+def read_fine_tuned(path: Path, sha256: str, base_checksum: str) -> LoadedFineTuned:
+    """The file's tensors, refused unless the file is the one recorded (``sha256``) and it was fine-tuned from the
+    weights now loaded (``base_checksum``)."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise AnnotationError(f"The fine-tuned weights {Path(path).name} are missing from the data home.")
+    actual = sha256_of_file(path)
+    if actual != sha256:
+        raise AnnotationError(f"The fine-tuned weights {Path(path).name} have changed since they were saved "
+                              f"(sha256 {actual[:12]}…, recorded {sha256[:12]}…): they are not loaded.")
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("helical_platform", "{}"))
+        if meta.get("format") != FORMAT:
+            raise AnnotationError(f"{Path(path).name} is not a fine-tuned model saved by this platform.")
+        if meta["base"].get("checksum") != base_checksum:
+            raise AnnotationError(
+                f"These fine-tuned weights were trained from {meta['base'].get('backend')} "
+                f"{meta['base'].get('variant')} weights with checksum {str(meta['base'].get('checksum'))[:12]}…, "
+                f"but the weights installed now have checksum {base_checksum[:12]}…: stage the weights it was "
+                "fine-tuned from, or fine-tune again.")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a mapping
+    weight, bias = tensors.pop("head.weight"), tensors.pop("head.bias")
+    return LoadedFineTuned(tensors, weight.float().numpy(), bias.float().numpy(), meta)
+
+
+ADAPTERS = {"geneformer": "inference.finetune_geneformer"}  # backend -> its module (``Adapter``, ``apply_backbone``)
+
+
+def can_fine_tune(backend: str) -> bool:
+    return backend in ADAPTERS
+
+
+def adapter_module(backend: str):  # noqa: ANN201 - a module
+    """The model's fine-tuning module; a model without one is refused with the list of those that have one."""
+    import importlib
+
+    if backend not in ADAPTERS:
+        raise AnnotationError(f"{backend} cannot be fine-tuned here: fine-tuning is offered for "
+                              f"{', '.join(ADAPTERS)}. Use the logistic or knn head with it.")
+    return importlib.import_module(ADAPTERS[backend])

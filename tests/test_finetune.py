@@ -1,0 +1,232 @@
+"""Fine-tuning (head = fine-tune) with helical's GeneformerFineTuningModel on a tiny generated checkpoint and real
+PBMCs: the pipeline end to end, equal to helical's own outputs of the fine-tuned model; early stopping, cancel,
+the saved weights' checks, and the run options' messages.
+
+The checkpoint is generated and untrained: these tests prove the mechanics, not that fine-tuning helps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from app.annotate import sha256_of
+from inference.backends.base import Cancelled
+from inference.counts import AnnotationError
+from inference.finetune import EpochReport, FineTuneSettings, fine_tune, read_fine_tuned, save_fine_tuned
+from inference.pipeline import AnnotationJob, DataInput, run_annotation
+from tests.conftest import PBMC
+
+TYPES = ["CD4 T", "CD14 Monocytes", "B"]
+TUNING = {"kind": "fine-tune", "epochs": 2, "learning_rate": 1e-3, "frozen_layers": 1, "batch_size": 8,
+          "validation_fraction": 0.2, "patience": 2}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> tuple[Path, Path]:
+    """A reference of 15 cells of each of three types (odd cells) and a query of 5 of each (even cells)."""
+    folder = tmp_path_factory.mktemp("ft-files")
+    full = ad.read_h5ad(PBMC)
+    labels = full.obs["celltype"].astype(str).to_numpy()
+    pick = lambda start, n: np.concatenate([np.flatnonzero(labels == t)[start::2][:n] for t in TYPES])  # noqa: E731
+    ref, query = folder / "reference.h5ad", folder / "query.h5ad"
+    full[pick(1, 15)].copy().write_h5ad(ref)
+    full[pick(0, 5)].copy().write_h5ad(query)
+    return ref, query
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_weights):
+    from inference.backends import create_backend
+    from inference.weights import WeightsLocations
+
+    locations = WeightsLocations(staged=tiny_weights / "none", generated=tiny_weights,
+                                 helical_cache=tiny_weights / "none")
+    b = create_backend("geneformer", "gf-6L-10M-i2048", locations, device="cpu")
+    b.load()
+    return b
+
+
+def _job(tmp_path: Path, ref: Path, query: Path, name: str = "run", **kw) -> AnnotationJob:
+    def data(p: Path) -> DataInput:
+        return DataInput(str(p), p.name, sha256_of(p))
+
+    return AnnotationJob(model_id="geneformer", query=data(query), reference=data(ref), label_column="celltype",
+                         truth_column="celltype", out_dir=str(tmp_path / name), heads_dir=str(tmp_path / "heads"),
+                         embeddings_dir=str(tmp_path / "embeddings"), **kw)
+
+
+@pytest.fixture(scope="module")
+def tuned_run(backend, files, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ft-run")
+    events: list[tuple[str, int, int]] = []
+    job = _job(tmp, *files, head=dict(TUNING))
+    result = run_annotation(job, backend, backend.provenance(), progress=lambda s, d, t: events.append((s, d, t)))
+    return tmp, job, result, events
+
+
+def test_a_fine_tuned_run_predicts_what_helicals_fine_tuned_model_outputs(backend, files, tuned_run):
+    import torch
+
+    from inference.backends.common import helical_input
+    from inference.finetune_geneformer import Adapter
+
+    tmp, job, result, events = tuned_run
+    provenance = json.loads((Path(job.out_dir) / "provenance.json").read_text())
+    head = provenance["head"]
+    tuning = head["reference_check"]["fine_tuning"]
+    assert head["kind"] == "fine_tuned_linear" and tuning["from_untrained_weights"] is True
+    assert [h["epoch"] for h in tuning["history"]] == [1, 2] and tuning["best_epoch"] in (1, 2)
+    assert tuning["train_cells"] + tuning["validation_cells"] == 45 and tuning["frozen_layers"] == 1
+    said = [s for s, _, _ in events if s.startswith("fine-tuning")]
+    assert any("untrained" in s for s in said)
+    assert any(s.startswith("fine-tuning: epoch 2/2") and "validation macro-F1" in s and "s left" in s for s in said)
+    # the weights as one safetensors file beside the cached head, checked on read
+    weights = Path(job.heads_dir) / f"{head['cache_key']}.safetensors"
+    assert tuning["safetensors_sha256"] == sha256_of(weights)
+    loaded = read_fine_tuned(weights, tuning["safetensors_sha256"], backend.provenance()["checksum"])
+    # helical's own fine-tuning model with those tensors: its get_outputs on the query
+    helical = Adapter(backend, len(TYPES))
+    helical.model.model.bert.load_state_dict({k[len("bert."):]: v for k, v in loaded.backbone.items()})
+    helical.model.fine_tuning_head.linear.weight.data[:] = torch.from_numpy(loaded.head_weight)
+    helical.model.fine_tuning_head.linear.bias.data[:] = torch.from_numpy(loaded.head_bias)
+    query = ad.read_h5ad(files[1])
+    dataset = helical.model.process_data(helical_input(query), gene_names="ensembl_id")
+    logits = helical.model.get_outputs(dataset, silent=True)
+    from inference.heads import Head
+
+    temperature = Head.load(Path(job.heads_dir) / f"{head['cache_key']}.npz").classifier.temperature
+    z = logits / temperature
+    expected = np.exp(z - z.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert head["classes"] == sorted(TYPES)  # helical's output columns: the classes in sorted order
+    assert np.abs(_probabilities(job) - expected).max() <= 1e-5
+    # the worker's loaded model is untouched: the base model embeds as before
+    assert "fine_tuned" not in backend.describe()
+
+
+def _probabilities(job: AnnotationJob) -> np.ndarray:
+    out = ad.read_h5ad(Path(job.out_dir) / "annotated.h5ad")
+    return out.obsm["prediction_probabilities"][sorted(TYPES)].to_numpy()
+
+
+def test_a_second_run_reuses_the_fine_tuned_head_and_its_own_embeddings(backend, files, tuned_run):
+    tmp, job, result, _ = tuned_run
+    again = _job(tmp, *files, name="again", head=dict(TUNING))
+    run_annotation(again, backend, backend.provenance())
+    provenance = json.loads((Path(again.out_dir) / "provenance.json").read_text())
+    assert provenance["head"]["reused"] is True
+    assert provenance["embedding"]["reused"] is True  # the fine-tuned model's query embedding, stored by run one
+    assert np.abs(_probabilities(again) - _probabilities(job)).max() <= 1e-6
+    # the base model's embedding of the same query is another entry of the store (another key)
+    plain = _job(tmp, *files, name="plain")
+    run_annotation(plain, backend, backend.provenance())
+    assert json.loads((Path(plain.out_dir) / "provenance.json").read_text())["embedding"]["reused"] is False
+
+
+class _Linear:
+    """A FineTuneAdapter over fixed features: the loop's logic, fast (no foundation model)."""
+
+    layers = 1
+
+    def __init__(self, x: np.ndarray, n_classes: int) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+        self.net = torch.nn.Linear(x.shape[1], n_classes)
+
+    def prepare(self, adata: object) -> int:
+        return len(self.x)
+
+    def forward(self, idx: np.ndarray) -> object:
+        return self.net(self.x[idx])
+
+    def freeze(self, n_layers: int) -> None:
+        pass
+
+    def modules(self) -> list[object]:
+        return [self.net]
+
+    def parameters(self) -> list[object]:
+        return list(self.net.parameters())
+
+    def state(self) -> dict[str, object]:
+        return {"head.weight": self.net.weight, "head.bias": self.net.bias}
+
+
+def test_early_stopping_keeps_the_best_epochs_weights():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b", "c"], 30)
+    x = rng.normal(size=(90, 8)) + np.repeat(np.eye(3, 8) * 3, 30, axis=0)
+    adapter, seen = _Linear(x, 3), []
+
+    def keep(report: EpochReport) -> None:
+        seen.append((report, {k: v.detach().clone() for k, v in adapter.state().items()}))
+
+    settings = FineTuneSettings(epochs=40, learning_rate=0.05, frozen_layers=0, batch_size=16, patience=2)
+    result = fine_tune(adapter, None, labels, settings, {"checksum": "x"}, keep)
+    assert result.stopped_early and len(result.history) < 40
+    assert [r.best for r, _ in seen].count(True) >= 1 and not any(r.best for r, _ in seen[-2:])
+    best = max(seen, key=lambda s: (s[0].val_macro_f1, -s[0].val_loss))
+    assert result.best_epoch == best[0].epoch
+    assert all(np.array_equal(result.tensors[k].numpy(), best[1][k].numpy()) for k in best[1])
+    assert seen[-1][0].eta_s == 0 and all(r.eta_s >= 0 for r, _ in seen)
+
+
+def test_fine_tuning_is_cancelled_between_steps_and_leaves_no_head(backend, files, tmp_path):
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    job = _job(tmp_path, *files, head=dict(TUNING))
+    with pytest.raises(Cancelled):
+        run_annotation(job, backend, backend.provenance(), should_stop=stop)
+    assert not list(Path(job.heads_dir).glob("*.npz")) if Path(job.heads_dir).exists() else True
+
+
+def test_saved_weights_refuse_other_base_weights_and_changed_bytes(tmp_path):
+    adapter = _Linear(np.random.default_rng(1).normal(size=(30, 4)), 2)
+    settings = FineTuneSettings(epochs=1, frozen_layers=0, batch_size=8)
+    result = fine_tune(adapter, None, np.repeat(["a", "b"], 15), settings,
+                       {"backend": "geneformer", "variant": "v", "checksum": "a" * 64})
+    path = tmp_path / "tuned.safetensors"
+    sha = save_fine_tuned(result, path)
+    assert read_fine_tuned(path, sha, "a" * 64).metadata["best_epoch"] == 1
+    with pytest.raises(AnnotationError, match="stage the weights it was fine-tuned from"):
+        read_fine_tuned(path, sha, "b" * 64)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(AnnotationError, match="have changed since they were saved"):
+        read_fine_tuned(path, sha, "a" * 64)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"head": "fine-tune", "epochs": 0}, "epochs must be a whole number from 1 to 200"),
+    ({"head": "fine-tune", "learning_rate": 1}, "learning_rate must be above 0 and at most 0.1"),
+    ({"head": "fine-tune", "frozen_layers": -1}, "frozen_layers must be 0 or more"),
+    ({"head": "fine-tune", "k": 5}, "k applies to the knn head only"),
+    ({"epochs": 3}, "apply to head = fine-tune only"),
+    ({"head": "fine_tuned_linear"}, "head must be one of logistic_regression, knn, fine-tune"),
+])
+def test_bad_fine_tuning_options_are_refused_with_what_to_do(options, message):
+    from inference.applications.annotation import _head
+    from inference.applications.base import SubmissionError
+
+    with pytest.raises(SubmissionError, match=message):
+        _head(options, {"a": 20, "b": 20}, evaluation=False, file_name="ref.h5ad")
+
+
+def test_defaults_are_filled_in_and_recorded():
+    from inference.applications.annotation import _head
+
+    settings = _head({"head": "fine-tune"}, {"a": 20, "b": 20}, evaluation=False, file_name="ref.h5ad")
+    assert settings == {"kind": "fine-tune", "epochs": 10, "learning_rate": 5e-5, "frozen_layers": 2,
+                        "batch_size": 12, "validation_fraction": 0.2, "patience": 2}
