@@ -230,3 +230,51 @@ def test_defaults_are_filled_in_and_recorded():
     settings = _head({"head": "fine-tune"}, {"a": 20, "b": 20}, evaluation=False, file_name="ref.h5ad")
     assert settings == {"kind": "fine-tune", "epochs": 10, "learning_rate": 5e-5, "frozen_layers": 2,
                         "batch_size": 12, "validation_fraction": 0.2, "patience": 2}
+
+
+def test_fine_tune_on_the_cluster_then_annotate_another_query_with_the_saved_annotator(files, tmp_path):
+    """The runs service on a LocalCluster: a fine-tuning run on the reference, its head saved as an annotator,
+    that annotator labelling a query (no reference) exactly as the fine-tuning run labelled it; the annotator
+    refuses other weights."""
+    from sqlmodel import select
+
+    from app.platform import Platform
+    from app.settings import Settings
+    from store.engine import write_session
+    from store.tables import AnnotatorEntry
+    from tests.serving import wait_until
+
+    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "home"), "HELICAL_PLATFORM_WORKERS": "1",
+                                  "HELICAL_PLATFORM_DEVICE": "cpu"})
+    platform = Platform(settings)
+
+    def finish(run_id: str) -> dict:
+        return wait_until(lambda: (s := platform.runs.status(run_id))["status"] in ("done", "failed", "cancelled")
+                          and s, 600, f"run {run_id}")
+
+    try:
+        ref_path, query_path = files
+        with open(ref_path, "rb") as a, open(query_path, "rb") as b:
+            ref, query = platform.datasets.ingest(a, "reference.h5ad"), platform.datasets.ingest(b, "query.h5ad")
+        platform.compute(timeout=180)
+        options = {k: v for k, v in TUNING.items() if k != "kind"} | {"head": "fine-tune"}
+        tuned = platform.runs.submit("cell-type-annotation", "geneformer", query.id, reference_id=ref.id,
+                                     label_column="celltype", truth_column="celltype", options=options)
+        assert finish(tuned.id)["status"] == "done", platform.runs.status(tuned.id)
+        annotator = platform.annotators.save_from_run(tuned.id, "PBMC fine-tuned (untrained base)")
+        assert annotator.head_kind == "fine_tuned_linear" and annotator.trained is False
+        used = platform.runs.submit("cell-type-annotation", "geneformer", query.id, truth_column="celltype",
+                                    annotator=annotator.name)
+        assert finish(used.id)["status"] == "done", platform.runs.status(used.id)
+        first = platform.runs.results(tuned.id, offset=0, limit=100)["cells"]["items"]
+        second = platform.runs.results(used.id, offset=0, limit=100)["cells"]["items"]
+        assert [c["predicted_label"] for c in first] == [c["predicted_label"] for c in second] and len(first) == 15
+        assert max(abs(x["confidence"] - y["confidence"]) for x, y in zip(first, second, strict=True)) <= 1e-5
+        with write_session(platform.engine) as s:
+            row = s.exec(select(AnnotatorEntry).where(AnnotatorEntry.id == annotator.id)).one()
+            row.model_checksum = "0" * 64
+        other = platform.runs.submit("cell-type-annotation", "geneformer", query.id, annotator=annotator.name)
+        refused = finish(other.id)
+        assert refused["status"] == "failed" and "trained on weights with checksum 0000" in refused["error"]
+    finally:
+        platform.close()
