@@ -60,6 +60,22 @@ SEED_MODELS = [
         variant="4layer_model",
     ),
     dict(
+        id="nicheformer",
+        name="Nicheformer (12 layers)",
+        speed="slow",
+        accuracy=None,
+        accuracy_source=("Not measured by this platform yet. Speed measured here: 0.38 cells/s on 2 CPU cores "
+                         "(docs/BENCHMARKS.md)."),
+        description=(
+            "Each cell as its genes ranked by normalised expression (1,500 tokens) after species, assay and "
+            "modality tokens; trained on dissociated and spatial data; a 512-d cell embedding. Human or mouse "
+            "Ensembl ids, raw counts."
+        ),
+        applications=[CELL_TYPE_ANNOTATION, EMBEDDING_INTEGRATION],
+        backend="nicheformer",
+        variant="Nicheformer",
+    ),
+    dict(
         id="baseline",
         name="Baseline (log1p + HVG + logistic regression)",
         speed="fast",

@@ -45,12 +45,13 @@ def ensure_generated_weights(settings: Settings, engine: Engine) -> list[str]:
     missing_gf = [v for b, v in models if b == "geneformer" and locations.status(b, v)[0] == "missing"]
     missing_scgpt = any(b == "scgpt" and locations.status(b, v)[0] == "missing" for b, v in models)
     missing_uce = any(b == "uce" and locations.status(b, v)[0] == "missing" for b, v in models)
-    if missing_gf or missing_scgpt or missing_uce:
+    missing_nf = any(b == "nicheformer" and locations.status(b, v)[0] == "missing" for b, v in models)
+    if missing_gf or missing_scgpt or missing_uce or missing_nf:
         from inference.checkpoints import generate
 
         try:
             written = generate(settings.generated_weights_dir, settings.generate_weights, missing_gf,
-                               scgpt=missing_scgpt, uce=missing_uce)
+                               scgpt=missing_scgpt, uce=missing_uce, nicheformer=missing_nf)
             log.warning("no real weights for %s: generated untrained %s checkpoints in %s", ", ".join(written),
                         settings.generate_weights, settings.generated_weights_dir)
         except WeightsError:

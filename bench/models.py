@@ -3,12 +3,15 @@
     python bench/models.py                 # CPU: gf-6L-10M-i2048 and scGPT, real-size random-init, 200 cells
     python bench/models.py --cells 50      # quicker
     python bench/models.py --backends uce --cells 40   # UCE (4-layer architecture; about 5 GB per process)
+    python bench/models.py --backends nicheformer --cells 48   # Nicheformer (the release's 12 layers, 512-d)
     python bench/models.py --device cuda --variant gf-12L-38M-i4096 --precision bf16 fp32 --cells 2000
 
 Each measurement runs in a fresh process, so its peak memory (ru_maxrss) is its own. Bare helical is timed on
-``process_data`` + ``get_embeddings`` at helical's default batch size (24); ours on ``embed`` (which calls the
-same ``process_data``). UCE's bare output differs from ours by about 1e-3: helical pads its batches and its float
-attention mask shifts the shorter cells; ours equals helical's cell alone (tests/test_uce.py).
+``process_data`` + ``get_embeddings`` at helical's default batch size (24; Nicheformer's 32); ours on ``embed``
+(which calls the same ``process_data``). UCE's bare output differs from ours by about 1e-3: helical pads its
+batches and its float attention mask shifts the shorter cells; ours equals helical's cell alone (tests/test_uce.py).
+Bare Nicheformer gets what its user must give it: Ensembl ids as var_names and the three context columns (the
+same values ours records).
 Prints one JSON line per measurement and a table; ``--markdown`` appends the table to a file. Checkpoints are
 generated once into bench/out/weights (untrained: only the speed means anything).
 """
@@ -64,6 +67,13 @@ def measure(args: argparse.Namespace) -> dict:
             with isolated():
                 backend.model.config["batch_size"] = args.bare_batch
                 emb = backend.model.get_embeddings(prepared)
+    elif args.backend == "nicheformer":
+        bare = cells.copy()
+        bare.var_names = bare.var["gene_ids"].astype(str).to_numpy()
+        bare.obs["specie"], bare.obs["assay"], bare.obs["modality"] = "human", backend.assay, backend.modality
+        with isolated():
+            backend.model.config["batch_size"] = args.bare_batch
+            emb = backend.model.get_embeddings(backend.model.process_data(bare, gene_names="ensembl_id"))
     else:
         prepared = backend.tokenize(cells)[0] if args.backend == "geneformer" else backend.prepare(cells)[0]
         with isolated():
@@ -86,9 +96,10 @@ def measure(args: argparse.Namespace) -> dict:
     }
 
 
-def ensure_weights(folder: Path, size: str, variants: list[str], uce: bool = False) -> None:
+def ensure_weights(folder: Path, size: str, variants: list[str], uce: bool = False,
+                   nicheformer: bool = False) -> None:
     from inference.checkpoints import generate
-    from inference.weights import DEFAULT_UCE, WeightsError, WeightsLocations
+    from inference.weights import DEFAULT_UCE, NICHEFORMER_VARIANT, WeightsError, WeightsLocations
 
     loc = WeightsLocations(staged=OUT / "none", generated=folder, helical_cache=OUT / "none")
     missing = []
@@ -108,10 +119,16 @@ def ensure_weights(folder: Path, size: str, variants: list[str], uce: bool = Fal
             loc.resolve("uce", DEFAULT_UCE, verify=False)
         except WeightsError:
             need_uce = True
-    if missing or need_scgpt or need_uce:
-        print(f"generating {size} checkpoints {missing} scgpt={need_scgpt} uce={need_uce} in {folder}",
-              file=sys.stderr)
-        generate(folder, size, missing, scgpt=need_scgpt, uce=need_uce)
+    need_nf = False
+    if nicheformer:
+        try:
+            loc.resolve("nicheformer", NICHEFORMER_VARIANT, verify=False)
+        except WeightsError:
+            need_nf = True
+    if missing or need_scgpt or need_uce or need_nf:
+        print(f"generating {size} checkpoints {missing} scgpt={need_scgpt} uce={need_uce} nicheformer={need_nf} "
+              f"in {folder}", file=sys.stderr)
+        generate(folder, size, missing, scgpt=need_scgpt, uce=need_uce, nicheformer=need_nf)
 
 
 def atlas_hours(cells_per_s: float, cells: int = 1_000_000) -> str:
@@ -129,7 +146,7 @@ def main() -> None:
     p.add_argument("--backends", nargs="+", default=["geneformer", "scgpt"])
     p.add_argument("--precision", nargs="+", default=["helical"])
     p.add_argument("--size", default="real", choices=["tiny", "real"])
-    p.add_argument("--bare-batch", type=int, default=24, help="helical's default batch size")
+    p.add_argument("--bare-batch", type=int, help="default: helical's default batch size (24; Nicheformer 32)")
     p.add_argument("--markdown", help="append the table to this file")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", help=argparse.SUPPRESS)
@@ -143,7 +160,8 @@ def main() -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     weights = OUT / f"weights-{args.size}"
-    ensure_weights(weights, args.size, [args.variant], uce="uce" in args.backends)
+    ensure_weights(weights, args.size, [args.variant], uce="uce" in args.backends,
+                   nicheformer="nicheformer" in args.backends)
     rows = []
     for backend in args.backends:
         for precision in args.precision:
@@ -151,7 +169,8 @@ def main() -> None:
             for path in ("bare", "ours"):
                 cmd = [sys.executable, __file__, "--one", "--backend", backend, "--path", path, "--weights",
                        str(weights), "--cells", str(args.cells), "--device", args.device, "--variant",
-                       args.variant, "--precision", precision, "--bare-batch", str(args.bare_batch)]
+                       args.variant, "--precision", precision, "--bare-batch",
+                       str(args.bare_batch or (32 if backend == "nicheformer" else 24))]
                 done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                                       env={**os.environ, "PYTHONPATH": str(REPO)})
                 if done.returncode:

@@ -20,6 +20,7 @@ from inference.genes import gencode
 from inference.weights import (
     DEFAULT_UCE,
     GENEFORMER_VARIANTS,
+    NICHEFORMER_VARIANT,
     SCGPT_VARIANT,
     UCE_VARIANTS,
     WeightsError,
@@ -141,10 +142,11 @@ def _scgpt_model(folder: Path, size: str, seed: int) -> dict:
 
 
 def generate(root: Path, size: str = "tiny", geneformer_variants: list[str] | None = None,
-             scgpt: bool = True, seed: int = 0, uce: bool = False) -> list[str]:
+             scgpt: bool = True, seed: int = 0, uce: bool = False, nicheformer: bool = False) -> list[str]:
     """Write untrained checkpoints for the given models under ``root``; returns the model keys written.
     UCE (``uce``: its 4-layer release's layout, ``inference/checkpoints_uce.py``) only when asked: loading it
-    takes about 4 GB, whatever its size, as helical allocates the release's token table."""
+    takes about 4 GB, whatever its size, as helical allocates the release's token table. Nicheformer
+    (``nicheformer``: ``inference/checkpoints_nicheformer.py``) only when asked, like UCE."""
     if size not in SIZES:
         raise WeightsError(f"Unknown size {size!r}: choose tiny or real.")
     variants = list(geneformer_variants if geneformer_variants is not None else ["gf-6L-10M-i2048"])
@@ -171,6 +173,11 @@ def generate(root: Path, size: str = "tiny", geneformer_variants: list[str] | No
 
             layers = UCE_VARIANTS[DEFAULT_UCE]["layers"]
             entries.append(("uce", DEFAULT_UCE, write_uce(staging / "uce", DEFAULT_UCE, size, layers, seed)))
+        if nicheformer:
+            from inference.checkpoints_nicheformer import write_nicheformer
+
+            entries.append(("nicheformer", NICHEFORMER_VARIANT,
+                            write_nicheformer(staging / "nicheformer", size, seed)))
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         for backend, variant, arch in entries:
             rels = required_files(backend, variant) + optional_files(backend, variant)

@@ -46,6 +46,9 @@ SCGPT_VARIANT = "whole-human"
 UCE_VARIANTS: dict[str, dict[str, int]] = {"4layer_model": {"layers": 4}, "33l_8ep_1024t_1280": {"layers": 33}}
 DEFAULT_UCE = "4layer_model"
 UCE_PROTEIN_EMBEDDINGS = "uce/protein_embeddings/Homo_sapiens.GRCh38.gene_symbol_to_embedding_ESM2.pt"
+# Nicheformer's one release (helical's default ``theislab/Nicheformer``), four files in ``nicheformer/``.
+NICHEFORMER_VARIANT = "Nicheformer"
+NICHEFORMER_FILES = ("config.json", "vocab.json", "model.safetensors", "model.h5ad")
 
 
 class WeightsError(RuntimeError):
@@ -74,6 +77,10 @@ def required_files(backend: str, variant: str) -> list[str]:
             raise WeightsError(f"Unknown UCE variant {variant!r}; choose one of {', '.join(UCE_VARIANTS)}.")
         return [f"uce/{variant}.torch", "uce/all_tokens.torch", UCE_PROTEIN_EMBEDDINGS, "uce/species_offsets.json",
                 "uce/species_chrom.csv"]
+    if backend == "nicheformer":
+        if variant != NICHEFORMER_VARIANT:
+            raise WeightsError(f"Unknown Nicheformer variant {variant!r}; there is one: {NICHEFORMER_VARIANT}.")
+        return [f"nicheformer/{name}" for name in NICHEFORMER_FILES]
     raise WeightsError(f"The {backend!r} backend has no weights.")
 
 
@@ -85,7 +92,8 @@ def optional_files(backend: str, variant: str) -> list[str]:
 
 def weights_variants() -> dict[str, list[str]]:
     """Every model with weights and its variants: what is staged, verified and listed."""
-    return {"geneformer": list(GENEFORMER_VARIANTS), "scgpt": [SCGPT_VARIANT], "uce": list(UCE_VARIANTS)}
+    return {"geneformer": list(GENEFORMER_VARIANTS), "scgpt": [SCGPT_VARIANT], "uce": list(UCE_VARIANTS),
+            "nicheformer": [NICHEFORMER_VARIANT]}
 
 
 def helical_cache_dir() -> Path:
@@ -200,8 +208,15 @@ class WeightsLocations:
             from helical.utils.downloader import Downloader
 
             downloader = Downloader()
-            for rel in required_files(backend, variant):
-                downloader.download_via_name(rel)
+            if backend == "nicheformer":  # from its Hugging Face repository, by helical's own list of links
+                from helical.models.nicheformer import NicheformerConfig
+
+                cfg = NicheformerConfig()
+                for path, url in cfg.list_of_files_to_download:
+                    downloader.download_via_link(Path(path), url)
+            else:
+                for rel in required_files(backend, variant):
+                    downloader.download_via_name(rel)
         return WeightsLocations(self.helical_cache, self.generated, self.helical_cache, False).resolve(
             backend, variant)
 
@@ -228,7 +243,8 @@ def _copy_into(src_root: Path, rels: list[str], dest_root: Path) -> dict[str, di
 
 
 def _find_layout_root(folder: Path) -> Path:
-    """The folder holding ``geneformer/``, ``scgpt/`` or ``uce/`` (the given one, or a cache path below it)."""
+    """The folder holding ``geneformer/``, ``scgpt/``, ``uce/`` or ``nicheformer/`` (the given one, or a cache path
+    below it)."""
     for candidate in (folder, folder / ".cache" / "helical" / "models", folder / "models"):
         if any((candidate / backend).is_dir() for backend in weights_variants()):
             return candidate
@@ -315,8 +331,9 @@ def catalog(locations: WeightsLocations) -> list[dict[str, str]]:
 
 
 def vocabulary_genes(weights: ResolvedWeights) -> tuple[str, frozenset[str]]:
-    """(kind, genes) of a model's vocabulary: Ensembl ids for Geneformer, symbols for scGPT and UCE (the keys of
-    its protein-embedding table, read memory-mapped: the real table holds a 5,120-d vector per gene)."""
+    """(kind, genes) of a model's vocabulary: Ensembl ids for Geneformer and Nicheformer (the keys of its
+    ``vocab.json`` that are not special tokens), symbols for scGPT and UCE (the keys of its protein-embedding
+    table, read memory-mapped: the real table holds a 5,120-d vector per gene)."""
     if weights.backend == "uce":
         import torch
 
@@ -326,5 +343,8 @@ def vocabulary_genes(weights: ResolvedWeights) -> tuple[str, frozenset[str]]:
         version = GENEFORMER_VARIANTS[weights.variant]["version"]
         tokens = json.loads((weights.root / f"geneformer/{version}/token_dictionary.json").read_text())
         return "ensembl", frozenset(k for k in tokens if not k.startswith("<"))
+    if weights.backend == "nicheformer":
+        vocab = json.loads((weights.root / "nicheformer/vocab.json").read_text())
+        return "ensembl", frozenset(k for k in vocab if not k.startswith("["))
     vocab = json.loads((weights.root / "scgpt/scGPT_CP/vocab.json").read_text())
     return "symbol", frozenset(k for k in vocab if not k.startswith("<"))

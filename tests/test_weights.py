@@ -46,6 +46,14 @@ def test_our_layout_is_helicals_own_download_list():
         for variant in UCE_VARIANTS:
             listed = UCEConfig(model_name=variant).config["list_of_files_to_download"]
             assert sorted(required_files("uce", variant)) == sorted(listed)
+        from helical.constants.paths import CACHE_DIR_HELICAL
+        from helical.models.nicheformer import NicheformerConfig
+
+        from inference.weights import NICHEFORMER_VARIANT
+
+        listed = [str(Path(path).relative_to(CACHE_DIR_HELICAL))
+                  for path, _url in NicheformerConfig().list_of_files_to_download]
+        assert sorted(required_files("nicheformer", NICHEFORMER_VARIANT)) == sorted(listed)
 
 
 def test_generated_checkpoints_have_helicals_files_and_say_untrained(tiny_weights):

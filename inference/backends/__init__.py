@@ -1,11 +1,12 @@
-"""Backends: Geneformer, scGPT and UCE through helical, the baseline, Harmony. One line each in ``BACKENDS``."""
+"""Backends: Geneformer, scGPT, UCE and Nicheformer through helical, the baseline, Harmony. One line each in
+``BACKENDS``."""
 
 from __future__ import annotations
 
 import importlib
 
 from inference.backends.base import Backend, Cancelled, Embedding
-from inference.weights import DEFAULT_GENEFORMER, DEFAULT_UCE, SCGPT_VARIANT, WeightsLocations
+from inference.weights import DEFAULT_GENEFORMER, DEFAULT_UCE, NICHEFORMER_VARIANT, SCGPT_VARIANT, WeightsLocations
 
 # name -> (module, class, the weights variant it loads when none is asked for (None: it needs no weights),
 #          whether a run may ask for another variant)
@@ -13,6 +14,7 @@ BACKENDS: dict[str, tuple[str, str, str | None, bool]] = {
     "geneformer": ("inference.backends.geneformer", "GeneformerBackend", DEFAULT_GENEFORMER, True),
     "scgpt": ("inference.backends.scgpt", "ScGPTBackend", SCGPT_VARIANT, False),
     "uce": ("inference.backends.uce", "UCEBackend", DEFAULT_UCE, True),
+    "nicheformer": ("inference.backends.nicheformer", "NicheformerBackend", NICHEFORMER_VARIANT, False),
     "baseline": ("inference.backends.baseline", "BaselineBackend", None, False),
     "harmony": ("inference.backends.harmony", "HarmonyBackend", None, False),
 }
