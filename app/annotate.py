@@ -15,6 +15,7 @@ from inference import applications
 from inference.applications.base import AnnotatorInfo, DatasetInfo, ModelInfo, RunRequest
 from inference.backends import BACKENDS, Backend, create_backend
 from inference.checks import CheckReport, Vocabulary, check_file
+from inference.heads import FINE_TUNE
 from inference.run_files import ANNOTATED, CSV, atomic_path
 from inference.weights import WeightsError, WeightsLocations, vocabulary_genes
 from store.artifacts import ArtifactStore
@@ -31,6 +32,11 @@ def sha256_of(path: Path) -> str:
         while block := fh.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _print_progress(stage: str, done: int, total: int) -> None:
+    counted = f" {done}/{total}" if total else ""
+    print(f"[{stage}]{counted}", file=sys.stderr, flush=True)
 
 
 def parse_model(model: str) -> tuple[str, str | None]:
@@ -91,10 +97,6 @@ def annotate_files(settings: Settings, model: str | None, query: Path, out: Path
     backend_name, variant = parse_model(model)
     locations = weights_locations(settings)
 
-    def progress(stage: str, done: int, total: int) -> None:
-        counted = f" {done}/{total} cells" if total else ""
-        print(f"[{stage}]{counted}", file=sys.stderr, flush=True)
-
     application = applications.get(CELL_TYPE_ANNOTATION)
     vocab = vocabularies(locations)
     request = RunRequest(ModelInfo(backend_name, model, backend_name), _dataset(query, vocab),
@@ -108,8 +110,8 @@ def annotate_files(settings: Settings, model: str | None, query: Path, out: Path
         result_dir, work = Path(tmp) / "result", Path(tmp) / "work"
         work.mkdir()
         job = replace(application.job(request, accepted, result_dir, store.home), write_csv=write_csv)
-        application.model_phase(job, backend, info, work, progress, lambda: False)
-        outcome = application.cpu_phase(job, work, progress, lambda: False)
+        application.model_phase(job, backend, info, work, _print_progress, lambda: False)
+        outcome = application.cpu_phase(job, work, _print_progress, lambda: False)
         with atomic_path(out) as tmp_out:
             shutil.copyfile(result_dir / ANNOTATED, tmp_out)
         if write_csv:
@@ -170,7 +172,16 @@ def train_annotator(settings: Settings, model: str, reference: Path, label_colum
     if head.get("kind") == "knn":
         head = {**head, "k": resolve_k(head.get("k"), class_counts(labels))}
     backend, info = build_backend(backend_name, variant, weights_locations(settings), settings.device)
-    trained = train_head(backend, cells, labels, head, seed)
+    if head.get("kind") == FINE_TUNE:  # the model itself trained on the reference; its backbone goes in the head
+        from inference.finetune import adapter_module
+        from inference.finetune_head import train_fine_tuned_head
+        from inference.timing import StageTimer
+
+        adapter_module(backend_name)  # a model without fine-tuning is refused before anything runs
+        trained = train_fine_tuned_head(backend, cells, labels, head, info, seed, StageTimer(_print_progress),
+                                        None, None)
+    else:
+        trained = train_head(backend, cells, labels, head, seed)
     buffer = io.BytesIO()
     _save_npz(trained, buffer)
     platform = Platform(settings, start_cluster=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from app.cli_annotators import add_parser as add_annotators_parser
 from app.cli_integrate import add_parser as add_integrate_parser
+from app.cli_tuning import add_tuning_arguments, tuning_options
 from app.settings import Settings, SettingsError
 
 
@@ -208,7 +209,7 @@ def _annotate_options(args: argparse.Namespace) -> dict[str, object]:
         options["head"] = args.head
     if args.k is not None:
         options["k"] = args.k
-    return options
+    return {**options, **tuning_options(args)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,9 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "(needs an annotator whose labels map to Cell Ontology terms)")
     ann.add_argument("--confidence", type=float, default=0.5, help="below it a cell is 'unassigned'")
     ann.add_argument("--seed", type=int, default=0)
-    ann.add_argument("--head", choices=["logistic_regression", "knn"],
-                     help="logistic regression (the default) or kNN reference mapping")
+    ann.add_argument("--head", choices=["logistic_regression", "knn", "fine-tune"],
+                     help="logistic regression (the default), kNN reference mapping, or fine-tune the model "
+                          "(Geneformer) on the reference")
     ann.add_argument("--k", type=int, help="neighbours of the knn head (default 15, or the smallest class's size)")
+    add_tuning_arguments(ann)
     ann.add_argument("--majority-voting", action="store_true",
                      help="also label each over-cluster of the query by its majority (obs['majority_voting'])")
     ann.add_argument("--novelty-threshold", type=float, default=0.0,

@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from app.cli_tuning import add_tuning_arguments, tuning_options
 from app.settings import Settings
 
 
@@ -81,11 +82,15 @@ def cmd_save(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from app.annotate import train_annotator
-    from inference.heads import head_settings
+    from inference.finetune_head import head_options
+    from inference.heads import FINE_TUNE, head_settings
 
+    tuning = tuning_options(args)
+    if tuning and args.head != FINE_TUNE:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in tuning)} apply to --head fine-tune only.")
+    head = head_options(tuning) if args.head == FINE_TUNE else head_settings(args.head, args.k)
     a = train_annotator(settings, args.model, Path(args.reference), args.label_column, args.name,
-                        head_settings(args.head, args.k), args.description or "", args.author or "",
-                        _ontology(args.ontology), args.seed)
+                        head, args.description or "", args.author or "", _ontology(args.ontology), args.seed)
     print(_row(a))
     return 0
 
@@ -154,8 +159,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--model", required=True, help="baseline, geneformer[:VARIANT] or scgpt")
             p.add_argument("--reference", required=True, help="a labelled reference file")
             p.add_argument("--label-column", required=True)
-            p.add_argument("--head", choices=["logistic_regression", "knn"], default="logistic_regression")
+            p.add_argument("--head", choices=["logistic_regression", "knn", "fine-tune"],
+                           default="logistic_regression", help="fine-tune: train the model itself (Geneformer)")
             p.add_argument("--k", type=int)
+            add_tuning_arguments(p)
             p.add_argument("--seed", type=int, default=0)
         p.add_argument("--name", required=True)
         p.add_argument("--description")

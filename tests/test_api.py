@@ -100,7 +100,9 @@ def test_knn_head_majority_voting_and_every_probability_agree_in_rest_csv_and_h5
                            ({"head": "svm"}, "head must be one of logistic_regression, knn"),
                            ({"k": 5}, "k applies to the knn head only"),
                            ({"novelty_threshold": 1.5}, "novelty_threshold must lie between 0 and 1"),
-                           ({"majority_voting": "yes"}, "majority_voting must be true or false")):
+                           ({"majority_voting": "yes"}, "majority_voting must be true or false"),
+                           ({"head": "fine-tune"}, "cannot be fine-tuned here"),  # the baseline has no model
+                           ({"head": "knn", "epochs": 3}, "epochs apply to head = fine-tune only")):
         r = api(server, "POST", "/api/submit", json={**base, "options": options})
         assert r.status_code == 400 and words in error_of(r)["message"], (options, r.text)
     assert len(api(server, "GET", "/api/runs").json()) == runs_before

@@ -278,3 +278,35 @@ def test_fine_tune_on_the_cluster_then_annotate_another_query_with_the_saved_ann
         assert refused["status"] == "failed" and "trained on weights with checksum 0000" in refused["error"]
     finally:
         platform.close()
+
+
+def test_the_command_line_fine_tunes_an_annotator_once_and_annotates_with_it(files, tiny_weights, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    ref, query = files
+    home = tmp_path / "home"
+    shutil.copytree(tiny_weights, home / "weights-generated")  # where a server would have generated them
+    env = {**os.environ, "HELICAL_PLATFORM_HOME": str(home)}
+    cli = shutil.which("helical-platform") or str(Path(sys.executable).parent / "helical-platform")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([cli, *args], env=env, capture_output=True, text=True, cwd=REPO, timeout=900)
+
+    trained = run("annotators", "train", "--model", "geneformer", "--reference", str(ref), "--label-column",
+                  "celltype", "--head", "fine-tune", "--epochs", "1", "--frozen-layers", "0", "--name", "PBMC tuned")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "[fine-tuning: epoch 1/1, loss" in trained.stderr and "untrained" in trained.stderr
+    assert "PBMC tuned" in trained.stdout and "fine_tuned_linear" in trained.stdout
+    out = tmp_path / "annotated.h5ad"
+    used = run("annotate", "--annotator", "PBMC tuned", "--query", str(query), "--truth-column", "celltype",
+               "--out", str(out))
+    assert used.returncode == 0, used.stderr[-3000:]
+    assert "macro-F1" in used.stdout and set(ad.read_h5ad(out).obs["predicted_label"]) <= {*TYPES, "unassigned"}
+    wrong = run("annotate", "--model", "baseline", "--head", "knn", "--epochs", "3", "--query", str(query),
+                "--reference", str(ref), "--label-column", "celltype", "--out", str(tmp_path / "x.h5ad"))
+    assert wrong.returncode != 0 and "apply to head = fine-tune only" in wrong.stderr
