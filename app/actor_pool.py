@@ -1,5 +1,6 @@
 """Model actors on the Dask cluster: one per (backend, variant, device), placed on the least-loaded worker,
-on a GPU worker when there is one; and the subscription to the workers' progress events.
+on a GPU worker when there is one (a model whose backend ``requires_gpu``: only there); and the subscription to
+the workers' progress events.
 
 Both are tied to one scheduler: when it changes (restarted), actors are started afresh and the topic is
 subscribed again.
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 from inference.actors import PROGRESS_TOPIC, ModelActor, ModelSpec
+from inference.backends import requires_gpu
 from inference.devices import choose_device
 from inference.weights import helical_cache_dir
 from store.tables import ModelEntry
@@ -28,9 +30,13 @@ class ActorPool:
         self._scheduler_id: str | None = None
         self._subscribed_client = None
 
-    def device_and_resources(self) -> tuple[str, dict | None]:
-        """The device (``choose_device`` with the cluster's GPU workers) and the Dask resources to ask for."""
-        device = choose_device(self.platform.settings.device, int(self.platform.compute().describe()["gpus"]))
+    def device_and_resources(self, model: ModelEntry | None = None) -> tuple[str, dict | None]:
+        """The device (``choose_device`` with the cluster's GPU workers) and the Dask resources to ask for: a
+        ``GPU`` resource for CUDA, so the scheduler places the actor on a GPU worker only. A GPU-only model on a
+        cluster without one raises ``GpuRequired`` (a run submitted while the cluster was starting ends here)."""
+        gpu_only = model is not None and requires_gpu(model.backend)
+        device = choose_device(self.platform.settings.device, int(self.platform.compute().describe()["gpus"]),
+                               gpu_only, model.name if model is not None else "This model")
         return device, ({"GPU": 1} if device.startswith("cuda") else None)
 
     def spec(self, model: ModelEntry, variant: str | None, device: str) -> ModelSpec:
@@ -40,7 +46,7 @@ class ActorPool:
 
     def actor_for(self, model: ModelEntry, variant: str | None) -> tuple[str, object]:
         """The model's actor (created on first use, kept loaded) and its key."""
-        device, resources = self.device_and_resources()
+        device, resources = self.device_and_resources(model)
         spec = self.spec(model, variant, device)
         with self._lock:
             if spec.key not in self._actors:

@@ -6,6 +6,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from inference.applications import REGISTRY
+from inference.backends import requires_gpu
+from inference.devices import NEEDS_GPU as NEEDS_GPU  # the dashboards' word for it (they import app only)
 from store.engine import read_session, write_session
 from store.tables import Application, ModelEntry
 
@@ -143,3 +145,10 @@ def list_models(engine: Engine, application_id: str | None = None) -> list[Model
     if application_id is not None:
         models = [m for m in models if application_id in m.applications]
     return models
+
+
+def needs_gpu(model: ModelEntry) -> bool:
+    """Whether helical runs this model on CUDA only (its backend's ``requires_gpu``), for the dashboards, which
+    import the app layer only."""
+    return requires_gpu(model.backend)
+

@@ -190,7 +190,10 @@ def openapi_document() -> dict:
             "description": {"type": "string"}, "applications": {"type": "array", "items": {"type": "string"}},
             "weights": {"type": "string", "enum": ["installed", "generated", "missing"]},
             "weights_detail": {"type": "string"}, "untrained": {"type": "boolean"}, "variant": {"type": "string"},
-            "device": {"type": "string"}}},
+            "device": {"type": "string", "description": "where it would run now: cpu, cuda, or 'needs a GPU' for a "
+                       "model helical runs on CUDA only when the cluster's workers have no GPU (its runs are "
+                       "refused)"},
+            "requires_gpu": {"type": "boolean"}}},
         "Dataset": {"type": "object", "required": ["dataset_id", "file_name", "sha256"], "properties": {
             "dataset_id": {"type": "string", "format": "uuid"}, "file_name": {"type": "string"},
             "sha256": {"type": "string"}, "size_bytes": {"type": "integer"}, "n_cells": nullable("integer"),

@@ -21,7 +21,8 @@ from app.rest_base import ApiError, ApiHandler, attachment, platform
 from app.rest_datasets import DATASET_ROUTES
 from app.rest_json import application_json, dataset_json, model_json, run_json
 from app.rest_upload import UploadHandler
-from inference.devices import DeviceUnavailable, choose_device
+from inference.backends import requires_gpu
+from inference.devices import device_label
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -29,12 +30,12 @@ security_headers.install()  # this module is the server's --plugins module: impo
 harden_cookies()  # SameSite, Secure over HTTPS, HttpOnly on the login cookie (Panel sets none of the first two)
 
 
-def _device() -> str:
+def _models_json(application_id: str | None) -> list[dict]:
+    """The catalog with where each model would run: ``needs a GPU`` for a GPU-only model on a cluster without."""
     p = platform()
-    try:
-        return choose_device(p.settings.device, int(p.compute_status().get("gpus") or 0))
-    except DeviceUnavailable:
-        return "cuda (no GPU available)"
+    gpus = int(p.compute_status().get("gpus") or 0)
+    return [model_json(m, device_label(p.settings.device, gpus, gpu_only := requires_gpu(m.backend)), gpu_only)
+            for m in p.models(application_id)]
 
 
 class ApplicationsHandler(ApiHandler):
@@ -47,8 +48,7 @@ class ModelsHandler(ApiHandler):
         p = platform()
         if application_id is not None and application_id not in {a.id for a in await self.call(p.applications)}:
             raise ApiError(404, "not_found", f"No application {application_id!r}.")
-        device = await self.call(_device)
-        self.send([model_json(m, device) for m in await self.call(p.models, application_id)])
+        self.send(await self.call(_models_json, application_id))
 
 
 class DatasetsHandler(ApiHandler):

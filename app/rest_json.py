@@ -8,11 +8,13 @@ def application_json(a) -> dict:  # noqa: ANN001
     return {"id": a.id, "name": a.name, "description": a.description}
 
 
-def model_json(m, device: str) -> dict:  # noqa: ANN001
+def model_json(m, device: str, requires_gpu: bool = False) -> dict:  # noqa: ANN001
+    """``device``: where it would run now (``needs a GPU`` for a GPU-only model without one)."""
     return {"id": m.id, "name": m.name, "speed": m.speed, "accuracy": m.accuracy,
             "accuracy_source": m.accuracy_source, "description": m.description, "applications": m.applications,
             "weights": m.weights_status, "weights_detail": m.weights_detail,
-            "untrained": m.weights_status == "generated", "variant": m.variant, "device": device}
+            "untrained": m.weights_status == "generated", "variant": m.variant, "device": device,
+            "requires_gpu": requires_gpu}
 
 
 def dataset_json(d, embeddings_bytes: int | None = None) -> dict:  # noqa: ANN001

@@ -38,7 +38,9 @@ from inference.applications.base import (
     RunRequest,
     SubmissionError,
 )
+from inference.backends import requires_gpu
 from inference.backends.base import Cancelled
+from inference.devices import GpuRequired, choose_device
 from store.artifacts import new_id, validate_uuid4
 from store.engine import TerminalStatusError, read_session, write_session
 from store.tables import ACTIVE, Application, Dataset, ModelEntry, Run, RunStatus
@@ -153,6 +155,7 @@ class RunsService:
             status, detail = self.platform.weights.status(model.backend, variant)
             if status == "missing":
                 raise InvalidRun(f"{model.name} {variant} has no weights: {detail}")
+        self._check_gpu(model)
         query = self.datasets.get(dataset_id)
         reference = self.datasets.get(reference_id) if reference_id else None
         request = self._request(model, query, reference, label_column, truth_column, options, annotator)
@@ -163,6 +166,19 @@ class RunsService:
                    reference_dataset_id=reference.id if reference else None, label_column=accepted.label_column,
                    truth_column=accepted.truth_column, status=RunStatus.QUEUED, stage="queued",
                    cells_total=accepted.cells_total, parameters=params, group_id=group_id)
+
+    def _check_gpu(self, model: ModelEntry) -> None:
+        """A GPU-only model on a cluster whose workers have no GPU is refused now, not after it is queued. A
+        cluster still starting is not waited for: the actor pool refuses such a run with the same message."""
+        if not requires_gpu(model.backend):
+            return
+        status = self.platform.compute_status()
+        if status.get("state") != "ready":
+            return
+        try:
+            choose_device(self.platform.settings.device, int(status.get("gpus") or 0), True, model.name)
+        except GpuRequired as exc:
+            raise InvalidRun(str(exc)) from None
 
     # ---- execution --------------------------------------------------------------------------------------
     def _job(self, run: Run, run_dir: Path) -> object:

@@ -6,6 +6,7 @@ import pandas as pd
 import panel as pn
 import param
 
+from app.catalog import NEEDS_GPU, needs_gpu
 from dashboards.safe_text import code, md, plain_formatters
 from dashboards.view import PlatformView
 
@@ -16,14 +17,24 @@ WEIGHTS_WORDS = {
 }
 
 
-def model_label(model) -> str:  # noqa: ANN001 - store.tables.ModelEntry
-    """How a model is named in the picker: untrained or missing weights are said in the name itself."""
+def cluster_gpus(platform) -> int | None:  # noqa: ANN001 - app.platform.Platform
+    """The GPUs of the cluster's workers, or None while it is not ready (then nothing is said about GPUs)."""
+    status = platform.compute_status()
+    return int(status.get("gpus") or 0) if status.get("state") == "ready" else None
+
+
+def model_label(model, gpus: int | None = None) -> str:  # noqa: ANN001 - store.tables.ModelEntry
+    """How a model is named in the picker: untrained or missing weights, and a GPU-only model on a cluster
+    without a GPU (``gpus`` 0), are said in the name itself."""
     suffix = {"generated": " — generated, untrained", "missing": " — weights missing"}.get(model.weights_status, "")
+    if gpus == 0 and needs_gpu(model):
+        suffix += f" — {NEEDS_GPU}"
     return f"{model.name}{suffix}"
 
 
-def model_card(model) -> str:  # noqa: ANN001
-    """Markdown with the model's attributes and, for generated or missing weights, what that means."""
+def model_card(model, gpus: int | None = None) -> str:  # noqa: ANN001
+    """Markdown with the model's attributes and, for generated or missing weights, what that means; for a
+    GPU-only model, that it needs a GPU and, when the cluster's workers have none (``gpus`` 0), what to do."""
     acc = "—" if model.accuracy is None else f"{model.accuracy:.2f}"
     lines = [f"### {md(model.name)}", md(model.description), "",
              f"**Speed:** {md(model.speed)} · **Published accuracy:** {acc}",
@@ -38,6 +49,13 @@ def model_card(model) -> str:  # noqa: ANN001
         lines.append(f"\n**No weights**: {md(model.weights_detail)}")
     elif model.weights_detail:
         lines.append(f"<small>{md(model.weights_detail)}</small>")
+    if needs_gpu(model):
+        lines.append("\n**Needs a GPU**: helical runs this model on CUDA only, so it runs on the cluster's GPU "
+                     "workers only.")
+        if gpus == 0:
+            lines.append("This cluster's workers have no GPU: a run of it is refused. Point the platform at a Dask "
+                         "scheduler with GPU workers: `DASK_SCHEDULER_ADDRESS=tcp://host:8786`, workers started "
+                         "with `--resources GPU=1` (README, *Running on a cluster*).")
     return "\n".join(lines)
 
 
@@ -65,7 +83,8 @@ class ModelPicker(PlatformView):
     def _fill_models(self) -> None:
         models = self.platform.models(self.application)
         self._models = {m.id: m for m in models}
-        self.param.model.objects = {model_label(m): m.id for m in models}
+        self._gpus = cluster_gpus(self.platform)
+        self.param.model.objects = {model_label(m, self._gpus): m.id for m in models}
         usable = [m.id for m in models if m.weights_status != "missing"]
         self.model = usable[0] if usable else (models[0].id if models else None)
 
@@ -75,7 +94,8 @@ class ModelPicker(PlatformView):
     @param.depends("model")
     def _card(self) -> pn.pane.Markdown:
         m = self.selected()
-        return pn.pane.Markdown(model_card(m) if m else "", css_classes=["model-card"], sizing_mode="stretch_width")
+        return pn.pane.Markdown(model_card(m, self._gpus) if m else "", css_classes=["model-card"],
+                                sizing_mode="stretch_width")
 
     @param.depends("application")
     def table(self) -> pn.widgets.Tabulator:

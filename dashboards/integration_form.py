@@ -14,7 +14,7 @@ import param
 
 from app.catalog import EMBEDDING_INTEGRATION
 from app.datasets import CheckReport
-from dashboards.catalog import model_label
+from dashboards.catalog import cluster_gpus, model_label
 from dashboards.safe_text import code, md
 from dashboards.view import PlatformView
 
@@ -82,7 +82,8 @@ class IntegrationForm(PlatformView):
         super().__init__(platform, **params)
         offered = self.platform.models(EMBEDDING_INTEGRATION)
         self._names = {m.id: m.name for m in offered}
-        self.param.models.objects = {model_label(m): m.id for m in offered}
+        gpus = cluster_gpus(self.platform)
+        self.param.models.objects = {model_label(m, gpus): m.id for m in offered}
         self.models = [m for m in DEFAULT_MODELS if m in self._names] or [m.id for m in offered[:1]]
         self.button = pn.widgets.Button(name="Run the models", button_type="primary", width=160,
                                         css_classes=["integration-run-button"])

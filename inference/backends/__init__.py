@@ -33,6 +33,11 @@ def needs_weights(backend: str) -> bool:
     return BACKENDS[backend][2] is not None
 
 
+def requires_gpu(backend: str) -> bool:
+    """Whether helical runs this backend on CUDA only (its ``requires_gpu``); an unknown backend does not."""
+    return backend in BACKENDS and backend_class(backend).requires_gpu
+
+
 def create_backend(backend: str, variant: str | None, locations: WeightsLocations | None,
                    device: str | None = None, **options: object) -> Backend:
     """A backend for ``backend``/``variant``, its weights resolved (and verified) but not yet loaded."""
@@ -45,4 +50,5 @@ def create_backend(backend: str, variant: str | None, locations: WeightsLocation
     return cls(locations.resolve(backend, (variant if selectable else None) or default_variant), device, **options)
 
 
-__all__ = ["BACKENDS", "Backend", "Cancelled", "Embedding", "backend_class", "create_backend", "needs_weights"]
+__all__ = ["BACKENDS", "Backend", "Cancelled", "Embedding", "backend_class", "create_backend", "needs_weights",
+           "requires_gpu"]

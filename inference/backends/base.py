@@ -33,7 +33,7 @@ class Backend(ABC):
 
     It describes itself, so nothing outside a backend asks which one it is: ``provenance()`` is what a result
     records about it, ``state()``/``set_state()`` what it learnt from a reference (kept with a cached head), and
-    ``needs_weights`` whether the catalog tracks weights for it.
+    ``needs_weights`` whether the catalog tracks weights for it, ``requires_gpu`` whether it can run only on a GPU.
     """
 
     backend: str = ""
@@ -41,6 +41,8 @@ class Backend(ABC):
     loads: int = 0
     needs_weights: ClassVar[bool] = True
     corrects_batches: ClassVar[bool] = False  # an integration method: ``correct`` after ``embed``
+    # helical runs it on CUDA only: its actor goes to a GPU worker, and a cluster without one refuses its runs
+    requires_gpu: ClassVar[bool] = False
     weights = None  # inference.weights.ResolvedWeights, for backends that need them
 
     @property

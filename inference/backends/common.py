@@ -17,11 +17,12 @@ from inference.genes import resolve_gene_ids
 from inference.weights import WeightsError
 
 
-def resolve_device(requested: str | None = None) -> str:
-    """Where this worker runs the model: ``choose_device`` with the GPUs torch sees here."""
+def resolve_device(requested: str | None = None, requires_gpu: bool = False, model: str = "This model") -> str:
+    """Where this worker runs the model: ``choose_device`` with the GPUs torch sees here (a GPU-only backend,
+    run in-process by the command line or a notebook, is refused here rather than failing inside helical)."""
     import torch
 
-    return choose_device(requested, torch.cuda.device_count())
+    return choose_device(requested, torch.cuda.device_count(), requires_gpu, model, "torch sees none here")
 
 
 def helical_input(adata: AnnData) -> AnnData:
