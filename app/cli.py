@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from app.catalog import NEEDS_GPU, needs_gpu
 from app.cli_annotators import add_parser as add_annotators_parser
 from app.cli_integrate import add_parser as add_integrate_parser
 from app.cli_tuning import add_tuning_arguments, tuning_options
@@ -28,7 +29,8 @@ def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
             "settings": settings.describe(),
             "schema_version": platform.schema_version,
             "applications": [a.model_dump() for a in platform.applications()],
-            "models": [m.model_dump(exclude={"accuracy_source"}) for m in platform.models()],
+            "models": [{**m.model_dump(exclude={"accuracy_source"}), "requires_gpu": needs_gpu(m)}
+                       for m in platform.models()],
         }
     finally:
         platform.close()
@@ -44,7 +46,8 @@ def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
             if app["id"] in m["applications"]:
                 acc = "—" if m["accuracy"] is None else f"{m['accuracy']:.2f}"
                 print(f"  {m['id']:<12} {m['name']:<48} speed {m['speed']:<5} accuracy {acc:<5} "
-                      f"weights {m['weights_status']}")
+                      f"weights {m['weights_status']}" + (f" ({NEEDS_GPU}: runs on GPU workers only)"
+                                                          if m["requires_gpu"] else ""))
     return 0
 
 
