@@ -176,7 +176,8 @@ def fine_tune(adapter: FineTuneAdapter, adata: object, labels: np.ndarray, setti
         for start in range(0, len(order), settings.batch_size):
             check_stop(should_stop)
             batch = order[start:start + settings.batch_size]
-            loss = loss_fn(adapter.forward(batch), target[batch])
+            logits = adapter.forward(batch)
+            loss = loss_fn(logits, target[batch].to(logits.device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -221,7 +222,7 @@ def _validate(adapter: FineTuneAdapter, idx: np.ndarray, y: np.ndarray, classes:
             check_stop(should_stop)
             batch = idx[start:start + batch_size]
             logits = adapter.forward(batch)
-            total += float(loss_fn(logits, torch.as_tensor(y[batch]))) * len(batch)
+            total += float(loss_fn(logits, torch.as_tensor(y[batch]).to(logits.device))) * len(batch)
             calls.append(logits.argmax(dim=1).cpu().numpy())
     predicted = np.asarray(classes)[np.concatenate(calls)]
     truth = np.asarray(classes)[y[idx]]
@@ -280,7 +281,8 @@ def read_fine_tuned(path: Path, sha256: str, base_checksum: str) -> LoadedFineTu
     return LoadedFineTuned(tensors, weight.float().numpy(), bias.float().numpy(), meta)
 
 
-ADAPTERS = {"geneformer": "inference.finetune_geneformer"}  # backend -> its module (``Adapter``, ``apply_backbone``)
+# backend -> its module (``Adapter``, ``apply_backbone``)
+ADAPTERS = {"geneformer": "inference.finetune_geneformer", "scgpt": "inference.finetune_scgpt"}
 
 
 def can_fine_tune(backend: str) -> bool:

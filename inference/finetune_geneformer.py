@@ -61,7 +61,10 @@ class Adapter:
                 p.requires_grad = False
 
     def modules(self) -> list[object]:
-        return [self.model.model, self.model.fine_tuning_head]
+        """helical's ``train()`` leaves the encoder as ``from_pretrained`` made it, in eval mode (no dropout), and
+        the head in train mode; so do we: the same arithmetic, and no dropout masks over 2,048-token attention
+        kept for the backward pass (they tripled peak memory in bench/finetune.py)."""
+        return [self.model.fine_tuning_head]
 
     def parameters(self) -> list[object]:
         return [*self.model.model.parameters(), *self.model.fine_tuning_head.parameters()]
