@@ -40,6 +40,10 @@ class Adapter:
             self.dataset = self.model.process_data(helical_input(adata), gene_names="ensembl_id")
         return len(self.dataset)
 
+    def lengths(self) -> np.ndarray:
+        """Each cell's token count (batches group similar lengths: ``inference.finetune.epoch_batches``)."""
+        return np.asarray(self.dataset["length"])
+
     def forward(self, idx: np.ndarray) -> object:
         from helical.models.geneformer.geneformer_utils import (
             gen_attention_mask,

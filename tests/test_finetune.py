@@ -310,3 +310,19 @@ def test_the_command_line_fine_tunes_an_annotator_once_and_annotates_with_it(fil
     wrong = run("annotate", "--model", "baseline", "--head", "knn", "--epochs", "3", "--query", str(query),
                 "--reference", str(ref), "--label-column", "celltype", "--out", str(tmp_path / "x.h5ad"))
     assert wrong.returncode != 0 and "apply to head = fine-tune only" in wrong.stderr
+
+
+def test_each_epoch_sees_every_training_cell_once_in_batches_of_similar_length():
+    from inference.finetune import GROUP, epoch_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(100, 2048, 1000)
+    train = np.flatnonzero(rng.random(1000) < 0.8)
+    batches = epoch_batches(train, lengths, 12, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == train.tolist()  # each once
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    shuffled = np.mean([np.ptp(lengths[b]) for b in epoch_batches(train, None, 12, np.random.default_rng(1))])
+    assert spread < shuffled / 5  # padding: far less than plain shuffled batches
+    again = epoch_batches(train, lengths, 12, np.random.default_rng(2))
+    assert [b.tolist() for b in again] != [b.tolist() for b in batches]  # another seed, another order
+    assert max(len(b) for b in batches) == 12 and len(train) > 12 * GROUP  # more than one group was cut
