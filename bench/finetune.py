@@ -105,7 +105,7 @@ def main() -> None:
             row = json.loads(done.stdout.strip().splitlines()[-1])
             print(json.dumps(row), flush=True)
             rows.append(row)
-    median = {path: statistics.median(r["train_cells_per_s"] for r in rows if r["path"] == path)
+    median = {path: round(statistics.median(r["train_cells_per_s"] for r in rows if r["path"] == path), 3)
               for path in ("bare", "ours")}
     peak = {path: max(r["peak_rss_mib"] for r in rows if r["path"] == path) for path in ("bare", "ours")}
     lines = [f"Machine: {platform.node()} ({platform.machine()}), {datetime.now(UTC):%Y-%m-%d}, "
