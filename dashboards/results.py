@@ -75,6 +75,9 @@ def head_text(run) -> str:  # noqa: ANN001 - store.tables.Run
     temperature = trained.get("temperature", recorded)
     if temperature is not None:
         text += f", temperature {float(temperature):.2f}"
+    tuning = (trained.get("reference_check") or {}).get("fine_tuning")
+    if tuning:
+        text += " · " + fine_tuning_text(tuning)
     annotator = (run.parameters.get("annotator") or {}).get("name") or trained.get("annotator")
     if annotator:
         check = trained.get("reference_check") or {}
@@ -84,6 +87,20 @@ def head_text(run) -> str:  # noqa: ANN001 - store.tables.Run
     novelty = run.parameters.get("novelty_threshold") or 0
     if novelty:
         text += f" · novelty threshold {float(novelty):.2f} (cells fitting the reference less are unassigned)"
+    return text
+
+
+def fine_tuning_text(tuning: dict) -> str:
+    """One line on how a fine-tuned head was made: epochs, the best one and its validation macro-F1."""
+    history = tuning.get("history") or []
+    best = next((h for h in history if h.get("epoch") == tuning.get("best_epoch")), None)
+    text = f"fine-tuned {len(history)} epoch{'s' if len(history) != 1 else ''}"
+    if best is not None:
+        text += f", best epoch {best['epoch']} (validation macro-F1 {float(best['val_macro_f1']):.3f})"
+    if tuning.get("stopped_early"):
+        text += ", stopped early"
+    if tuning.get("from_untrained_weights"):
+        text += ", **from untrained weights**"
     return text
 
 

@@ -713,3 +713,18 @@ def test_an_annotator_run_with_ontology_terms_shows_cell_types_or_cell_classes(p
     view.level = CELL_CLASS
     view.run = plain  # no classes here: no toggle, back to cell types
     assert not view.has_cell_class and view.level == CELL_TYPE and view.color_by == "predicted_label"
+
+
+def test_a_fine_tuned_heads_line_says_its_epochs_best_epoch_and_untrained_start():
+    from types import SimpleNamespace
+
+    from dashboards.results import head_text
+
+    history = [{"epoch": 1, "val_macro_f1": 0.5}, {"epoch": 2, "val_macro_f1": 0.75}, {"epoch": 3, "val_macro_f1": 0.7}]
+    run = SimpleNamespace(parameters={"head": {"kind": "fine-tune", "epochs": 10}}, metrics={}, provenance={
+        "head": {"kind": "fine_tuned_linear", "temperature": 1.5, "reference_check": {"fine_tuning": {
+            "history": history, "best_epoch": 2, "stopped_early": True, "from_untrained_weights": True}}}})
+    text = shown(head_text(run))
+    assert "Head: Fine-tuned model, temperature 1.50" in text
+    assert "fine-tuned 3 epochs, best epoch 2 (validation macro-F1 0.750), stopped early, from untrained weights" \
+        in text
