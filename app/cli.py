@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--seed", type=int, default=0)
     ann.add_argument("--head", choices=["logistic_regression", "knn", "fine-tune"],
                      help="logistic regression (the default), kNN reference mapping, or fine-tune the model "
-                          "(Geneformer, scGPT) on the reference")
+                          "(Geneformer, scGPT, UCE) on the reference")
     ann.add_argument("--k", type=int, help="neighbours of the knn head (default 15, or the smallest class's size)")
     add_tuning_arguments(ann)
     ann.add_argument("--majority-voting", action="store_true",

@@ -160,7 +160,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--reference", required=True, help="a labelled reference file")
             p.add_argument("--label-column", required=True)
             p.add_argument("--head", choices=["logistic_regression", "knn", "fine-tune"],
-                           default="logistic_regression", help="fine-tune: train the model itself (Geneformer, scGPT)")
+                           default="logistic_regression",
+                           help="fine-tune: train the model itself (Geneformer, scGPT, UCE)")
             p.add_argument("--k", type=int)
             add_tuning_arguments(p)
             p.add_argument("--seed", type=int, default=0)

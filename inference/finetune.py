@@ -302,7 +302,8 @@ def read_fine_tuned(path: Path, sha256: str, base_checksum: str) -> LoadedFineTu
 
 
 # backend -> its module (``Adapter``, ``apply_backbone``)
-ADAPTERS = {"geneformer": "inference.finetune_geneformer", "scgpt": "inference.finetune_scgpt"}
+ADAPTERS = {"geneformer": "inference.finetune_geneformer", "scgpt": "inference.finetune_scgpt",
+            "uce": "inference.finetune_uce"}
 
 
 def can_fine_tune(backend: str) -> bool:
