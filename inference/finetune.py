@@ -301,6 +301,48 @@ def read_fine_tuned(path: Path, sha256: str, base_checksum: str) -> LoadedFineTu
     return LoadedFineTuned(tensors, weight.float().numpy(), bias.float().numpy(), meta)
 
 
+class ModulesBackbone:
+    """The shared part of adapters whose backbone is named top-level modules of helical's network
+    (``self.model.model``: scGPT, UCE): freezing its first transformer layers, what trains, what is saved."""
+
+    backbone: tuple[str, ...] = ()
+    model: object  # helical's fine-tuning model
+
+    def freeze(self, n_layers: int) -> None:
+        for layer in self.model.model.transformer_encoder.layers[:n_layers]:
+            for p in layer.parameters():
+                p.requires_grad = False
+
+    def modules(self) -> list[object]:
+        return [self.model.model, self.model.fine_tuning_head]
+
+    def parameters(self) -> list[object]:
+        net = self.model.model
+        return [p for name in self.backbone for p in getattr(net, name).parameters()] + [
+            *self.model.fine_tuning_head.parameters()]
+
+    def state(self) -> dict[str, object]:
+        linear = self.model.fine_tuning_head.linear
+        return {**modules_state(self.model.model, self.backbone), "head.weight": linear.weight,
+                "head.bias": linear.bias}
+
+
+def modules_state(net: object, names: tuple[str, ...]) -> dict[str, object]:
+    """``net``'s tensors under the top-level modules ``names``, named as ``net`` names them."""
+    return {k: v for k, v in net.state_dict().items() if k.split(".")[0] in names}
+
+
+def load_modules_state(net: object, tensors: dict[str, object], names: tuple[str, ...], model: str) -> None:
+    """Load fine-tuned tensors into ``net``: exactly those ``modules_state`` names, every one accounted for."""
+    expected = set(modules_state(net, names))
+    if set(tensors) != expected:
+        raise ValueError(f"fine-tuned tensors do not fit this {model}: missing {sorted(expected - set(tensors))[:3]}, "
+                         f"unexpected {sorted(set(tensors) - expected)[:3]}")
+    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    if unexpected or set(missing) & expected:
+        raise ValueError(f"fine-tuned tensors do not fit this {model}: unexpected {unexpected[:3]}")
+
+
 # backend -> its module (``Adapter``, ``apply_backbone``)
 ADAPTERS = {"geneformer": "inference.finetune_geneformer", "scgpt": "inference.finetune_scgpt",
             "uce": "inference.finetune_uce"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from inference.backends.scgpt import ScGPTBackend
+from inference.finetune import ModulesBackbone, load_modules_state, modules_state
 from inference.helical_env import isolated
 
 BACKBONE = ("encoder", "value_encoder", "transformer_encoder")  # the modules ``_encode`` runs (decoders: not)
@@ -32,8 +33,10 @@ def unit_head(n_classes: int) -> object:
     return UnitClassificationHead(n_classes)
 
 
-class Adapter:
+class Adapter(ModulesBackbone):
     """A ``FineTuneAdapter`` for a loaded ``ScGPTBackend`` (which supplies the checkpoint, device and tokenisation)."""
+
+    backbone = BACKBONE
 
     def __init__(self, backend: ScGPTBackend, n_classes: int, batch_size: int = 12, seed: int = 0) -> None:
         import torch
@@ -74,36 +77,12 @@ class Adapter:
         mean = (out[:, 1:, :] * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
         return self.model.fine_tuning_head(mean)
 
-    def freeze(self, n_layers: int) -> None:
-        for layer in self.model.model.transformer_encoder.layers[:n_layers]:
-            for p in layer.parameters():
-                p.requires_grad = False
-
-    def modules(self) -> list[object]:
-        return [self.model.model, self.model.fine_tuning_head]
-
-    def parameters(self) -> list[object]:
-        net = self.model.model
-        return [p for name in BACKBONE for p in getattr(net, name).parameters()] + [
-            *self.model.fine_tuning_head.parameters()]
-
-    def state(self) -> dict[str, object]:
-        linear = self.model.fine_tuning_head.linear
-        return {**backbone_state(self.model.model), "head.weight": linear.weight, "head.bias": linear.bias}
-
 
 def backbone_state(net: object) -> dict[str, object]:
     """The tensors ``_encode`` uses, named as the backend's ``model.model`` names them."""
-    return {k: v for k, v in net.state_dict().items() if k.split(".")[0] in BACKBONE}
+    return modules_state(net, BACKBONE)
 
 
 def apply_backbone(backend: ScGPTBackend, backbone: dict[str, object]) -> None:
     """Load fine-tuned encoder tensors into a (copied) backend's model, every tensor accounted for."""
-    net = backend.model.model
-    expected = set(backbone_state(net))
-    if set(backbone) != expected:
-        raise ValueError(f"fine-tuned tensors do not fit this scGPT: missing {sorted(expected - set(backbone))[:3]}, "
-                         f"unexpected {sorted(set(backbone) - expected)[:3]}")
-    missing, unexpected = net.load_state_dict(backbone, strict=False)
-    if unexpected or set(missing) & expected:
-        raise ValueError(f"fine-tuned tensors do not fit this scGPT: unexpected {unexpected[:3]}")
+    load_modules_state(backend.model.model, backbone, BACKBONE, "scGPT")

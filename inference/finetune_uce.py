@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.backends.uce import UCEBackend
+from inference.finetune import ModulesBackbone, load_modules_state, modules_state
 from inference.helical_env import isolated
 
 BACKBONE = ("encoder", "transformer_encoder", "decoder")  # the modules ``model.forward`` trains (not pe, decoders)
@@ -44,8 +45,10 @@ def fine_tuning_model(backend: UCEBackend, n_classes: int, batch_size: int) -> o
     return model
 
 
-class Adapter:
+class Adapter(ModulesBackbone):
     """A ``FineTuneAdapter`` for a loaded ``UCEBackend`` (which supplies the network, device and sentences)."""
+
+    backbone = BACKBONE
 
     def __init__(self, backend: UCEBackend, n_classes: int, batch_size: int = 12, seed: int = 0) -> None:
         import torch
@@ -90,36 +93,12 @@ class Adapter:
                 out[j] = logits[k]
         return torch.stack(out)
 
-    def freeze(self, n_layers: int) -> None:
-        for layer in self.model.model.transformer_encoder.layers[:n_layers]:
-            for p in layer.parameters():
-                p.requires_grad = False
-
-    def modules(self) -> list[object]:
-        return [self.model.model, self.model.fine_tuning_head]
-
-    def parameters(self) -> list[object]:
-        net = self.model.model
-        return [p for name in BACKBONE for p in getattr(net, name).parameters()] + [
-            *self.model.fine_tuning_head.parameters()]
-
-    def state(self) -> dict[str, object]:
-        linear = self.model.fine_tuning_head.linear
-        return {**backbone_state(self.model.model), "head.weight": linear.weight, "head.bias": linear.bias}
-
 
 def backbone_state(net: object) -> dict[str, object]:
     """The tensors fine-tuning changes, named as the backend's ``model.model`` names them."""
-    return {k: v for k, v in net.state_dict().items() if k.split(".")[0] in BACKBONE}
+    return modules_state(net, BACKBONE)
 
 
 def apply_backbone(backend: UCEBackend, backbone: dict[str, object]) -> None:
     """Load fine-tuned tensors into a (copied) backend's network, every tensor accounted for."""
-    net = backend.model.model
-    expected = set(backbone_state(net))
-    if set(backbone) != expected:
-        raise ValueError(f"fine-tuned tensors do not fit this UCE: missing {sorted(expected - set(backbone))[:3]}, "
-                         f"unexpected {sorted(set(backbone) - expected)[:3]}")
-    missing, unexpected = net.load_state_dict(backbone, strict=False)
-    if unexpected or set(missing) & expected:
-        raise ValueError(f"fine-tuned tensors do not fit this UCE: unexpected {unexpected[:3]}")
+    load_modules_state(backend.model.model, backbone, BACKBONE, "UCE")

@@ -18,25 +18,15 @@ from app.annotate import sha256_of
 from inference.backends.base import Cancelled
 from inference.counts import AnnotationError
 from inference.finetune import EpochReport, FineTuneSettings, fine_tune, read_fine_tuned, save_fine_tuned
-from inference.pipeline import AnnotationJob, DataInput, run_annotation
-from tests.conftest import PBMC
-
-TYPES = ["CD4 T", "CD14 Monocytes", "B"]
-TUNING = {"kind": "fine-tune", "epochs": 2, "learning_rate": 1e-3, "frozen_layers": 1, "batch_size": 8,
-          "validation_fraction": 0.2, "patience": 2}
+from inference.pipeline import AnnotationJob, run_annotation
+from tests.finetune_support import TUNING, TYPES, job, probabilities, write_files
+from tests.finetune_support import tuned_run as tuned_run_of
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> tuple[Path, Path]:
     """A reference of 15 cells of each of three types (odd cells) and a query of 5 of each (even cells)."""
-    folder = tmp_path_factory.mktemp("ft-files")
-    full = ad.read_h5ad(PBMC)
-    labels = full.obs["celltype"].astype(str).to_numpy()
-    pick = lambda start, n: np.concatenate([np.flatnonzero(labels == t)[start::2][:n] for t in TYPES])  # noqa: E731
-    ref, query = folder / "reference.h5ad", folder / "query.h5ad"
-    full[pick(1, 15)].copy().write_h5ad(ref)
-    full[pick(0, 5)].copy().write_h5ad(query)
-    return ref, query
+    return write_files(tmp_path_factory.mktemp("ft-files"), 15, 5)
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +42,12 @@ def backend(tiny_weights):
 
 
 def _job(tmp_path: Path, ref: Path, query: Path, name: str = "run", **kw) -> AnnotationJob:
-    def data(p: Path) -> DataInput:
-        return DataInput(str(p), p.name, sha256_of(p))
-
-    return AnnotationJob(model_id="geneformer", query=data(query), reference=data(ref), label_column="celltype",
-                         truth_column="celltype", out_dir=str(tmp_path / name), heads_dir=str(tmp_path / "heads"),
-                         embeddings_dir=str(tmp_path / "embeddings"), **kw)
+    return job("geneformer", tmp_path, ref, query, name, **kw)
 
 
 @pytest.fixture(scope="module")
 def tuned_run(backend, files, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ft-run")
-    events: list[tuple[str, int, int]] = []
-    job = _job(tmp, *files, head=dict(TUNING))
-    result = run_annotation(job, backend, backend.provenance(), progress=lambda s, d, t: events.append((s, d, t)))
-    return tmp, job, result, events
+    return tuned_run_of(backend, "geneformer", files, tmp_path_factory.mktemp("ft-run"))
 
 
 def test_a_fine_tuned_run_predicts_what_helicals_fine_tuned_model_outputs(backend, files, tuned_run):
@@ -109,9 +90,8 @@ def test_a_fine_tuned_run_predicts_what_helicals_fine_tuned_model_outputs(backen
     assert "fine_tuned" not in backend.describe()
 
 
-def _probabilities(job: AnnotationJob) -> np.ndarray:
-    out = ad.read_h5ad(Path(job.out_dir) / "annotated.h5ad")
-    return out.obsm["prediction_probabilities"][sorted(TYPES)].to_numpy()
+def _probabilities(run: AnnotationJob) -> np.ndarray:
+    return probabilities(run)
 
 
 def test_a_second_run_reuses_the_fine_tuned_head_and_its_own_embeddings(backend, files, tuned_run):
