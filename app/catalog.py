@@ -78,6 +78,22 @@ SEED_MODELS = [
         variant="Nicheformer",
     ),
     dict(
+        id="transcriptformer",
+        name="TranscriptFormer (tf_sapiens, GPU only)",
+        speed="not measured (needs a GPU)",
+        accuracy=None,
+        accuracy_source=("Not measured by this platform: helical runs TranscriptFormer on CUDA only and no GPU was "
+                         "available to measure it (docs/MODELS.md)."),
+        description=(
+            "A generative model of each cell's expressed genes (up to 2,047, in the file's gene order) and their "
+            "counts, genes given as protein-language-model (ESM-2) vectors, after an assay token; a 2,048-d cell "
+            "embedding. Human Ensembl ids, raw counts. Runs only on GPU workers."
+        ),
+        applications=[CELL_TYPE_ANNOTATION, EMBEDDING_INTEGRATION],
+        backend="transcriptformer",
+        variant="tf_sapiens",
+    ),
+    dict(
         id="baseline",
         name="Baseline (log1p + HVG + logistic regression)",
         speed="fast",

@@ -107,7 +107,7 @@ def cmd_weights_generate(args: argparse.Namespace, settings: Settings) -> int:
     variants = list(GENEFORMER_VARIANTS) if args.variant == ["all"] else args.variant
     out = Path(args.out) if args.out else settings.generated_weights_dir
     written = generate(out, args.size, variants, scgpt=not args.no_scgpt, seed=args.seed, uce=args.uce,
-                       nicheformer=args.nicheformer)
+                       nicheformer=args.nicheformer, transcriptformer=args.transcriptformer)
     for key in written:
         print(f"generated {key} ({args.size}, untrained, random weights) in {out}")
     _refresh(settings)
@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write UCE (4-layer layout; loading it takes about 4 GB of memory)")
     ge.add_argument("--nicheformer", action="store_true",
                     help="also write Nicheformer (its release's 20,310-gene vocabulary and 1,500-token context)")
+    ge.add_argument("--transcriptformer", action="store_true",
+                    help="also write TranscriptFormer tf_sapiens (runs only on GPU workers; never generated at start)")
     ge.add_argument("--seed", type=int, default=0)
     ge.add_argument("--out", help="folder to write into (default: the data home's weights-generated/)")
     ge.set_defaults(func=cmd_weights_generate)

@@ -148,6 +148,7 @@ class RunsService:
             raise NotFound(f"No model {model_id!r}.")
         if application_id not in model.applications:
             raise InvalidRun(f"{model.name} does not serve {app_row.name}.")
+        self._check_gpu(model)  # first: weights would not help a GPU-only model on a cluster without a GPU
         if model.weights_status == "missing":
             raise InvalidRun(f"{model.name} has no weights: {model.weights_detail}")
         variant = options.get("variant")
@@ -155,7 +156,6 @@ class RunsService:
             status, detail = self.platform.weights.status(model.backend, variant)
             if status == "missing":
                 raise InvalidRun(f"{model.name} {variant} has no weights: {detail}")
-        self._check_gpu(model)
         query = self.datasets.get(dataset_id)
         reference = self.datasets.get(reference_id) if reference_id else None
         request = self._request(model, query, reference, label_column, truth_column, options, annotator)

@@ -35,7 +35,9 @@ def refresh_weights_status(engine: Engine, locations: WeightsLocations) -> None:
 def ensure_generated_weights(settings: Settings, engine: Engine) -> list[str]:
     """When a model has no real weights, write untrained ones (labelled so) so the product runs offline.
 
-    The caller refreshes the catalog's weights status afterwards (the Platform does, once, at start)."""
+    The caller refreshes the catalog's weights status afterwards (the Platform does, once, at start). GPU-only
+    models (TranscriptFormer) are not generated here: untrained files help no one on a CPU cluster, and a GPU
+    cluster is given them with ``weights generate --transcriptformer`` or, better, the release staged."""
     if settings.generate_weights == "none":
         return []
     locations = weights_locations(settings)

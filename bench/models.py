@@ -5,13 +5,15 @@
     python bench/models.py --backends uce --cells 40   # UCE (4-layer architecture; about 5 GB per process)
     python bench/models.py --backends nicheformer --cells 48   # Nicheformer (the release's 12 layers, 512-d)
     python bench/models.py --device cuda --variant gf-12L-38M-i4096 --precision bf16 fp32 --cells 2000
+    python bench/models.py --device cuda --backends transcriptformer --cells 2000   # GPU only (helical: CUDA only)
 
 Each measurement runs in a fresh process, so its peak memory (ru_maxrss) is its own. Bare helical is timed on
-``process_data`` + ``get_embeddings`` at helical's default batch size (24; Nicheformer's 32); ours on ``embed``
+``process_data`` + ``get_embeddings`` at helical's default batch size (24; Nicheformer's 32, TranscriptFormer's
+8); ours on ``embed``
 (which calls the same ``process_data``). UCE's bare output differs from ours by about 1e-3: helical pads its
 batches and its float attention mask shifts the shorter cells; ours equals helical's cell alone (tests/test_uce.py).
 Bare Nicheformer gets what its user must give it: Ensembl ids as var_names and the three context columns (the
-same values ours records).
+same values ours records); bare TranscriptFormer likewise (Ensembl ids, the assay column).
 Prints one JSON line per measurement and a table; ``--markdown`` appends the table to a file. Checkpoints are
 generated once into bench/out/weights (untrained: only the speed means anything).
 """
@@ -74,6 +76,13 @@ def measure(args: argparse.Namespace) -> dict:
         with isolated():
             backend.model.config["batch_size"] = args.bare_batch
             emb = backend.model.get_embeddings(backend.model.process_data(bare, gene_names="ensembl_id"))
+    elif args.backend == "transcriptformer":
+        bare = cells.copy()
+        bare.var_names = bare.var["gene_ids"].astype(str).to_numpy()
+        bare.obs["assay"] = backend.assay
+        with isolated():
+            backend.model.model.inference_config.batch_size = args.bare_batch
+            emb = backend.model.get_embeddings(backend.model.process_data([bare])).float()
     else:
         prepared = backend.tokenize(cells)[0] if args.backend == "geneformer" else backend.prepare(cells)[0]
         with isolated():
@@ -97,9 +106,15 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def ensure_weights(folder: Path, size: str, variants: list[str], uce: bool = False,
-                   nicheformer: bool = False) -> None:
+                   nicheformer: bool = False, transcriptformer: bool = False) -> None:
     from inference.checkpoints import generate
-    from inference.weights import DEFAULT_UCE, NICHEFORMER_VARIANT, WeightsError, WeightsLocations
+    from inference.weights import (
+        DEFAULT_TRANSCRIPTFORMER,
+        DEFAULT_UCE,
+        NICHEFORMER_VARIANT,
+        WeightsError,
+        WeightsLocations,
+    )
 
     loc = WeightsLocations(staged=OUT / "none", generated=folder, helical_cache=OUT / "none")
     missing = []
@@ -125,10 +140,17 @@ def ensure_weights(folder: Path, size: str, variants: list[str], uce: bool = Fal
             loc.resolve("nicheformer", NICHEFORMER_VARIANT, verify=False)
         except WeightsError:
             need_nf = True
-    if missing or need_scgpt or need_uce or need_nf:
+    need_tf = False
+    if transcriptformer:
+        try:
+            loc.resolve("transcriptformer", DEFAULT_TRANSCRIPTFORMER, verify=False)
+        except WeightsError:
+            need_tf = True
+    if missing or need_scgpt or need_uce or need_nf or need_tf:
         print(f"generating {size} checkpoints {missing} scgpt={need_scgpt} uce={need_uce} nicheformer={need_nf} "
-              f"in {folder}", file=sys.stderr)
-        generate(folder, size, missing, scgpt=need_scgpt, uce=need_uce, nicheformer=need_nf)
+              f"transcriptformer={need_tf} in {folder}", file=sys.stderr)
+        generate(folder, size, missing, scgpt=need_scgpt, uce=need_uce, nicheformer=need_nf,
+                 transcriptformer=need_tf)
 
 
 def atlas_hours(cells_per_s: float, cells: int = 1_000_000) -> str:
@@ -146,7 +168,8 @@ def main() -> None:
     p.add_argument("--backends", nargs="+", default=["geneformer", "scgpt"])
     p.add_argument("--precision", nargs="+", default=["helical"])
     p.add_argument("--size", default="real", choices=["tiny", "real"])
-    p.add_argument("--bare-batch", type=int, help="default: helical's default batch size (24; Nicheformer 32)")
+    p.add_argument("--bare-batch", type=int,
+                   help="default: helical's default batch size (24; Nicheformer 32, TranscriptFormer 8)")
     p.add_argument("--markdown", help="append the table to this file")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", help=argparse.SUPPRESS)
@@ -161,7 +184,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     weights = OUT / f"weights-{args.size}"
     ensure_weights(weights, args.size, [args.variant], uce="uce" in args.backends,
-                   nicheformer="nicheformer" in args.backends)
+                   nicheformer="nicheformer" in args.backends, transcriptformer="transcriptformer" in args.backends)
     rows = []
     for backend in args.backends:
         for precision in args.precision:
@@ -170,7 +193,7 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--one", "--backend", backend, "--path", path, "--weights",
                        str(weights), "--cells", str(args.cells), "--device", args.device, "--variant",
                        args.variant, "--precision", precision, "--bare-batch",
-                       str(args.bare_batch or (32 if backend == "nicheformer" else 24))]
+                       str(args.bare_batch or {"nicheformer": 32, "transcriptformer": 8}.get(backend, 24))]
                 done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                                       env={**os.environ, "PYTHONPATH": str(REPO)})
                 if done.returncode:

@@ -22,6 +22,7 @@ from inference.weights import (
     GENEFORMER_VARIANTS,
     NICHEFORMER_VARIANT,
     SCGPT_VARIANT,
+    TRANSCRIPTFORMER_SPECIES,
     UCE_VARIANTS,
     WeightsError,
     model_key,
@@ -142,11 +143,13 @@ def _scgpt_model(folder: Path, size: str, seed: int) -> dict:
 
 
 def generate(root: Path, size: str = "tiny", geneformer_variants: list[str] | None = None,
-             scgpt: bool = True, seed: int = 0, uce: bool = False, nicheformer: bool = False) -> list[str]:
+             scgpt: bool = True, seed: int = 0, uce: bool = False, nicheformer: bool = False,
+             transcriptformer: bool = False) -> list[str]:
     """Write untrained checkpoints for the given models under ``root``; returns the model keys written.
     UCE (``uce``: its 4-layer release's layout, ``inference/checkpoints_uce.py``) only when asked: loading it
     takes about 4 GB, whatever its size, as helical allocates the release's token table. Nicheformer
-    (``nicheformer``: ``inference/checkpoints_nicheformer.py``) only when asked, like UCE."""
+    (``nicheformer``: ``inference/checkpoints_nicheformer.py``) and TranscriptFormer (``transcriptformer``: its
+    ``tf_sapiens`` layout, ``inference/checkpoints_transcriptformer.py``) only when asked, like UCE."""
     if size not in SIZES:
         raise WeightsError(f"Unknown size {size!r}: choose tiny or real.")
     variants = list(geneformer_variants if geneformer_variants is not None else ["gf-6L-10M-i2048"])
@@ -178,6 +181,12 @@ def generate(root: Path, size: str = "tiny", geneformer_variants: list[str] | No
 
             entries.append(("nicheformer", NICHEFORMER_VARIANT,
                             write_nicheformer(staging / "nicheformer", size, seed)))
+        if transcriptformer:
+            from inference.checkpoints_transcriptformer import write_transcriptformer
+
+            variant = next(iter(TRANSCRIPTFORMER_SPECIES))  # tf_sapiens: human only
+            entries.append(("transcriptformer", variant, write_transcriptformer(
+                staging / "transcriptformer" / variant, size, seed)))
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         for backend, variant, arch in entries:
             rels = required_files(backend, variant) + optional_files(backend, variant)

@@ -49,6 +49,18 @@ UCE_PROTEIN_EMBEDDINGS = "uce/protein_embeddings/Homo_sapiens.GRCh38.gene_symbol
 # Nicheformer's one release (helical's default ``theislab/Nicheformer``), four files in ``nicheformer/``.
 NICHEFORMER_VARIANT = "Nicheformer"
 NICHEFORMER_FILES = ("config.json", "vocab.json", "model.safetensors", "model.h5ad")
+# TranscriptFormer's three releases (helical's ``model_name``) and the species whose ESM-2 gene tables each reads
+# from ``transcriptformer/<variant>/vocabs/<species>_gene.h5`` (helical's ``list_of_files_to_download``, tested).
+TRANSCRIPTFORMER_SPECIES: dict[str, tuple[str, ...]] = {
+    "tf_sapiens": ("homo_sapiens",),
+    "tf_exemplar": ("danio_rerio", "drosophila_melanogaster", "homo_sapiens", "mus_musculus",
+                    "caenorhabditis_elegans"),
+    "tf_metazoa": ("drosophila_melanogaster", "lytechinus_variegatus", "plasmodium_falciparum", "xenopus_laevis",
+                   "caenorhabditis_elegans", "gallus_gallus", "mus_musculus", "saccharomyces_cerevisiae",
+                   "danio_rerio", "oryctolagus_cuniculus", "spongilla_lacustris", "homo_sapiens",
+                   "canis_lupus_familiaris", "rattus_norvegicus", "sus_scrofa", "macaca_fascicularis"),
+}
+DEFAULT_TRANSCRIPTFORMER = "tf_sapiens"
 
 
 class WeightsError(RuntimeError):
@@ -81,6 +93,13 @@ def required_files(backend: str, variant: str) -> list[str]:
         if variant != NICHEFORMER_VARIANT:
             raise WeightsError(f"Unknown Nicheformer variant {variant!r}; there is one: {NICHEFORMER_VARIANT}.")
         return [f"nicheformer/{name}" for name in NICHEFORMER_FILES]
+    if backend == "transcriptformer":
+        if variant not in TRANSCRIPTFORMER_SPECIES:
+            raise WeightsError(f"Unknown TranscriptFormer variant {variant!r}; choose one of "
+                               f"{', '.join(TRANSCRIPTFORMER_SPECIES)}.")
+        base = f"transcriptformer/{variant}"
+        return [f"{base}/config.json", f"{base}/model_weights.pt", f"{base}/vocabs/assay_vocab.json",
+                *(f"{base}/vocabs/{species}_gene.h5" for species in TRANSCRIPTFORMER_SPECIES[variant])]
     raise WeightsError(f"The {backend!r} backend has no weights.")
 
 
@@ -93,7 +112,7 @@ def optional_files(backend: str, variant: str) -> list[str]:
 def weights_variants() -> dict[str, list[str]]:
     """Every model with weights and its variants: what is staged, verified and listed."""
     return {"geneformer": list(GENEFORMER_VARIANTS), "scgpt": [SCGPT_VARIANT], "uce": list(UCE_VARIANTS),
-            "nicheformer": [NICHEFORMER_VARIANT]}
+            "nicheformer": [NICHEFORMER_VARIANT], "transcriptformer": list(TRANSCRIPTFORMER_SPECIES)}
 
 
 def helical_cache_dir() -> Path:
@@ -243,8 +262,8 @@ def _copy_into(src_root: Path, rels: list[str], dest_root: Path) -> dict[str, di
 
 
 def _find_layout_root(folder: Path) -> Path:
-    """The folder holding ``geneformer/``, ``scgpt/``, ``uce/`` or ``nicheformer/`` (the given one, or a cache path
-    below it)."""
+    """The folder holding a model's folder (``geneformer/``, ``scgpt/``, …): the given one, or a cache path below
+    it."""
     for candidate in (folder, folder / ".cache" / "helical" / "models", folder / "models"):
         if any((candidate / backend).is_dir() for backend in weights_variants()):
             return candidate
@@ -332,8 +351,9 @@ def catalog(locations: WeightsLocations) -> list[dict[str, str]]:
 
 def vocabulary_genes(weights: ResolvedWeights) -> tuple[str, frozenset[str]]:
     """(kind, genes) of a model's vocabulary: Ensembl ids for Geneformer and Nicheformer (the keys of its
-    ``vocab.json`` that are not special tokens), symbols for scGPT and UCE (the keys of its protein-embedding
-    table, read memory-mapped: the real table holds a 5,120-d vector per gene)."""
+    ``vocab.json`` that are not special tokens) and TranscriptFormer (the keys of its ESM-2 gene tables), symbols
+    for scGPT and UCE (the keys of its protein-embedding table, read memory-mapped: the real table holds a 5,120-d
+    vector per gene)."""
     if weights.backend == "uce":
         import torch
 
@@ -346,5 +366,14 @@ def vocabulary_genes(weights: ResolvedWeights) -> tuple[str, frozenset[str]]:
     if weights.backend == "nicheformer":
         vocab = json.loads((weights.root / "nicheformer/vocab.json").read_text())
         return "ensembl", frozenset(k for k in vocab if not k.startswith("["))
+    if weights.backend == "transcriptformer":
+        import h5py
+
+        genes: set[str] = set()
+        for rel in required_files(weights.backend, weights.variant):
+            if rel.endswith("_gene.h5"):
+                with h5py.File(weights.root / rel, "r") as f:
+                    genes.update(k.decode() if isinstance(k, bytes) else str(k) for k in f["keys"][:])
+        return "ensembl", frozenset(genes)
     vocab = json.loads((weights.root / "scgpt/scGPT_CP/vocab.json").read_text())
     return "symbol", frozenset(k for k in vocab if not k.startswith("<"))

@@ -66,9 +66,9 @@ def tiny_locations(tiny_weights, tmp_path):
                             helical_cache=tmp_path / "helical-cache")
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Fail any socket connection or name lookup, and record the attempts."""
+def refuse_network(monkeypatch) -> list[object]:  # noqa: ANN001 - a pytest MonkeyPatch
+    """Fail any socket connection or name lookup from now on (until ``monkeypatch`` undoes it); returns the list
+    the attempts are recorded in."""
     attempts: list[object] = []
 
     def refuse_connect(self, address):  # noqa: ANN001
@@ -83,6 +83,12 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse_connect)
     monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
     return attempts
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail any socket connection or name lookup, and record the attempts."""
+    return refuse_network(monkeypatch)
 
 
 def pytest_sessionstart(session) -> None:  # noqa: ANN001

@@ -1,6 +1,6 @@
 """A model that helical runs on CUDA only (a backend with ``requires_gpu``): listed as needing a GPU, refused at
 submission on a cluster whose workers have none, and placed only on GPU workers. A fake GPU-only backend stands in
-for such a model, on a real LocalCluster (CPU workers only)."""
+for such a model, on a real LocalCluster (CPU workers only), beside the shipped one (TranscriptFormer)."""
 
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ def test_the_device_rule_for_a_gpu_only_model():
     assert device_label("auto", 0) == "cpu"
 
 
-def test_no_shipped_model_needs_a_gpu_and_the_fake_one_does(gpu_only_backend):
-    assert not any(requires_gpu(b) for b in BACKENDS if b != "gpu-only")
+def test_only_transcriptformer_of_the_shipped_models_needs_a_gpu_and_the_fake_one_does(gpu_only_backend):
+    assert [b for b in BACKENDS if b != "gpu-only" and requires_gpu(b)] == ["transcriptformer"]
     assert requires_gpu("gpu-only")
     assert not requires_gpu("no-such-backend")
 
@@ -102,6 +102,13 @@ def test_a_gpu_only_model_is_refused_on_a_cpu_cluster_and_nothing_is_queued(gpu_
     with pytest.raises(InvalidRun, match=REFUSED):  # a group is all or nothing: the baseline is not queued either
         p.runs.submit_group(CELL_TYPE_ANNOTATION, ["baseline", "gpu-only"], ds.id, label_column="celltype")
     assert p.runs.list() == []
+    shipped = r"TranscriptFormer \(tf_sapiens, GPU only\) needs a GPU .*workers have none.*--resources GPU=1"
+    with pytest.raises(InvalidRun, match=shipped):  # the shipped GPU-only model, whatever its weights' status
+        p.runs.submit(CELL_TYPE_ANNOTATION, "transcriptformer", ds.id, label_column="celltype")
+    with pytest.raises(InvalidRun, match=shipped):
+        p.runs.submit("embedding-integration", "transcriptformer", ds.id, label_column="celltype",
+                      options={"batch_column": "celltype"})
+    assert p.runs.list() == []
 
 
 def test_a_gpu_only_model_is_listed_as_needing_a_gpu(gpu_only_backend, cpu_cluster, monkeypatch):
@@ -112,6 +119,7 @@ def test_a_gpu_only_model_is_listed_as_needing_a_gpu(gpu_only_backend, cpu_clust
     listed = {m["id"]: m for m in app.rest._models_json(None)}
     assert listed["gpu-only"]["device"] == NEEDS_GPU and listed["gpu-only"]["requires_gpu"] is True
     assert listed["baseline"]["device"] == "cpu" and listed["baseline"]["requires_gpu"] is False
+    assert listed["transcriptformer"]["device"] == NEEDS_GPU and listed["transcriptformer"]["requires_gpu"] is True
 
     entry = _entry()
     assert model_label(entry, 0) == f"GPU-only test model — {NEEDS_GPU}"
@@ -123,3 +131,4 @@ def test_a_gpu_only_model_is_listed_as_needing_a_gpu(gpu_only_backend, cpu_clust
 
     picker = ModelPicker(p)
     assert f"GPU-only test model — {NEEDS_GPU}" in picker.param.model.names
+    assert f"TranscriptFormer (tf_sapiens, GPU only) — weights missing — {NEEDS_GPU}" in picker.param.model.names

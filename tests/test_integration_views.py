@@ -192,7 +192,7 @@ def test_the_run_panel_shows_the_integration_form_and_submits_a_group(platform, 
     assert "batch" not in form.param.cell_type_column.objects.values()  # the batch cannot be the cell types
     assert form.models == ["baseline", "harmony"]
     assert set(form.param.models.objects.values()) == {"baseline", "harmony", "geneformer", "scgpt", "uce",
-                                                        "nicheformer"}
+                                                        "nicheformer", "transcriptformer"}
     assert shown(form.about.object).endswith("two-labs.h5ad — 599 cells · candidate columns: celltype (8 values), "
                                              "batch (2 values)")
 

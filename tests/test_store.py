@@ -30,7 +30,8 @@ def test_schema_and_seed_are_idempotent_across_restarts(tmp_path):
         engine = make_engine(_url(tmp_path))
         assert init_schema(engine) == SCHEMA_VERSION
         seed_catalog(engine)
-        assert _counts(engine) == (2, 6)  # 2 applications; Geneformer, scGPT, UCE, Nicheformer, baseline, Harmony
+        # 2 applications; Geneformer, scGPT, UCE, Nicheformer, TranscriptFormer, baseline, Harmony
+        assert _counts(engine) == (2, 7)
         engine.dispose()
     engine = make_engine(_url(tmp_path))
     assert schema_version(engine) == SCHEMA_VERSION

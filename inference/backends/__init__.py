@@ -1,12 +1,19 @@
-"""Backends: Geneformer, scGPT, UCE and Nicheformer through helical, the baseline, Harmony. One line each in
-``BACKENDS``."""
+"""Backends: Geneformer, scGPT, UCE, Nicheformer and TranscriptFormer through helical, the baseline, Harmony.
+One line each in ``BACKENDS``."""
 
 from __future__ import annotations
 
 import importlib
 
 from inference.backends.base import Backend, Cancelled, Embedding
-from inference.weights import DEFAULT_GENEFORMER, DEFAULT_UCE, NICHEFORMER_VARIANT, SCGPT_VARIANT, WeightsLocations
+from inference.weights import (
+    DEFAULT_GENEFORMER,
+    DEFAULT_TRANSCRIPTFORMER,
+    DEFAULT_UCE,
+    NICHEFORMER_VARIANT,
+    SCGPT_VARIANT,
+    WeightsLocations,
+)
 
 # name -> (module, class, the weights variant it loads when none is asked for (None: it needs no weights),
 #          whether a run may ask for another variant)
@@ -15,6 +22,8 @@ BACKENDS: dict[str, tuple[str, str, str | None, bool]] = {
     "scgpt": ("inference.backends.scgpt", "ScGPTBackend", SCGPT_VARIANT, False),
     "uce": ("inference.backends.uce", "UCEBackend", DEFAULT_UCE, True),
     "nicheformer": ("inference.backends.nicheformer", "NicheformerBackend", NICHEFORMER_VARIANT, False),
+    "transcriptformer": ("inference.backends.transcriptformer", "TranscriptFormerBackend", DEFAULT_TRANSCRIPTFORMER,
+                         True),
     "baseline": ("inference.backends.baseline", "BaselineBackend", None, False),
     "harmony": ("inference.backends.harmony", "HarmonyBackend", None, False),
 }
