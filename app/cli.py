@@ -11,6 +11,7 @@ from pathlib import Path
 from app.catalog import NEEDS_GPU, needs_gpu
 from app.cli_annotators import add_parser as add_annotators_parser
 from app.cli_integrate import add_parser as add_integrate_parser
+from app.cli_runs import add_parser as add_runs_parser
 from app.cli_tuning import add_tuning_arguments, tuning_options
 from app.settings import Settings, SettingsError
 
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     ann.set_defaults(func=cmd_annotate)
     add_annotators_parser(sub)
     add_integrate_parser(sub)
+    add_runs_parser(sub)
     return parser
 
 

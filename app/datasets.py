@@ -6,14 +6,14 @@ import logging
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlmodel import or_, select
+from sqlmodel import select
 
 from app.annotate import vocabularies
 from inference.checks import CheckReport, check_file
 from inference.embedding_store import EmbeddingStore
 from store.artifacts import InvalidIdError, file_suffix, new_id, validate_file_name, validate_uuid4
 from store.engine import read_session, write_session
-from store.tables import ACTIVE, Dataset, Run
+from store.tables import Dataset
 
 log = logging.getLogger(__name__)
 __all__ = ["CheckReport", "DatasetInUse", "DatasetRejected", "DatasetService", "NotFound"]  # CheckReport: for the views
@@ -118,37 +118,8 @@ class DatasetService:
         return {"dataset_id": ds.id, "bytes_freed": self.embeddings.delete(ds.sha256)}
 
     def delete(self, dataset_id: str, cascade: bool = False) -> dict:
-        """Delete the dataset: its row, its file and its stored embeddings; with ``cascade``, its finished runs
-        too (rows and folders). Refused while a queued or running run uses it, and without ``cascade`` while a
-        finished run does. Rows go in one transaction first, so no half-deleted dataset or run is ever listed."""
-        import shutil
+        """Delete the dataset, its file, stored embeddings and cached heads; with ``cascade`` its finished runs
+        (``app/lifecycle.py``: rows in one transaction, files under a journal a restart finishes)."""
+        from app.lifecycle import delete_dataset
 
-        ds = self.get(dataset_id)
-        with write_session(self.platform.engine) as s:
-            runs = list(s.exec(select(Run).where(or_(Run.dataset_id == ds.id, Run.reference_dataset_id == ds.id))))
-            active = [r for r in runs if r.status in ACTIVE]
-            if active:
-                raise DatasetInUse(f"{ds.file_name} is used by {len(active)} queued or running run(s) "
-                                   f"({', '.join(r.id[:8] for r in active[:5])}): cancel them or wait, then delete.")
-            if runs and not cascade:
-                raise DatasetInUse(f"{ds.file_name} has {len(runs)} finished run(s): delete with cascade "
-                                   "(REST ?cascade=true, CLI --cascade) to delete them with it.")
-            for run in runs:
-                s.delete(run)
-            s.delete(s.get(Dataset, ds.id))
-        freed = 0
-        for run in runs:
-            folder = self.platform.artifacts.run_dir(run.id)
-            freed += _bytes(folder)
-            shutil.rmtree(folder, ignore_errors=True)
-        path = self.path(ds)
-        if path.is_file():
-            freed += path.stat().st_size
-            path.unlink()
-        freed += self.embeddings.delete(ds.sha256)
-        log.info("deleted dataset %s (%s) with %d run(s), %d bytes", ds.id, ds.file_name, len(runs), freed)
-        return {"dataset_id": ds.id, "runs_deleted": [r.id for r in runs], "bytes_freed": freed}
-
-
-def _bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+        return delete_dataset(self.platform, dataset_id, cascade)

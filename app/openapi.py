@@ -176,6 +176,23 @@ def openapi_document() -> dict:
         "/api/runs": {"get": {"summary": "List runs, newest first", "operationId": "listRuns",
                               "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Run"}}),
                                             **COMMON_ERRORS}}},
+        "/api/runs/{run_id}": {
+            "get": {"summary": "Status and progress of a run (as /api/status/{run_id})", "operationId": "getRun",
+                    "parameters": [RUN_ID],
+                    "responses": {"200": _json({"$ref": REF + "Status"}), "404": _error("Unknown run"),
+                                  **COMMON_ERRORS}},
+            "delete": {"summary": "Delete a finished run: its row and its files (annotators saved from it stay)",
+                       "operationId": "deleteRun", "parameters": [RUN_ID],
+                       "responses": {"200": _json({"type": "object", "properties": {
+                           "run_id": {"type": "string"}, "bytes_freed": {"type": "integer"}}}, "Deleted"),
+                           "404": _error("Unknown run"),
+                           "409": _error("Queued or running: cancel it first (code in_use)"), **CROSS_SITE,
+                           **COMMON_ERRORS}}},
+        "/api/usage": {"get": {
+            "summary": "Disk use of every dataset (file + stored embeddings) and run, with totals and free space",
+            "operationId": "usage",
+            "responses": {"200": _json({"type": "object", "required": ["datasets", "runs", "totals"]}),
+                          **COMMON_ERRORS}}},
     }
     nullable = lambda t: {"type": [t, "null"]}  # noqa: E731
     schemas = {

@@ -16,6 +16,8 @@ from store.artifacts import ArtifactStore
 from store.engine import init_schema, make_engine
 from store.tables import Application, ModelEntry
 
+RETENTION_EVERY_S = 3600.0
+
 log = logging.getLogger(__name__)
 
 _shared: Platform | None = None
@@ -42,6 +44,7 @@ class Platform:
         self._compute_ready = threading.Event()
         self._reconnect_lock = threading.Lock()
         self._described: tuple[float, dict] | None = None
+        self._retention_stop: threading.Event | None = None
         self.weights = weights_locations(settings)
         if start_cluster:  # a server: make sure every model can run, with generated weights if need be
             try:
@@ -77,7 +80,24 @@ class Platform:
         stale = self.datasets.embeddings.remove_partials()  # writers gone: nobody holds their key's lock
         if stale:
             log.warning("removed %d half-written stored embeddings left by an interrupted run", len(stale))
+        from app.lifecycle import apply_retention, recover
+
+        recover(self)  # deletions a dead process left half done
+        if self.settings.retention_days:
+            self._retention_stop = threading.Event()
+            threading.Thread(target=self._retention_loop, args=(apply_retention,), name="retention",
+                             daemon=True).start()
         return self
+
+    def _retention_loop(self, apply) -> None:  # noqa: ANN001 - app.lifecycle.apply_retention
+        """Delete runs past the retention period at start and every hour after, until closed."""
+        while True:
+            try:
+                apply(self)
+            except Exception:  # a failed sweep is retried at the next hour; the server keeps serving
+                log.exception("retention sweep failed")
+            if self._retention_stop.wait(RETENTION_EVERY_S):
+                return
 
     @classmethod
     def shared(cls, settings: Settings | None = None) -> Platform:
@@ -157,6 +177,8 @@ class Platform:
         return list_models(self.engine, application_id)
 
     def close(self) -> None:
+        if self._retention_stop is not None:
+            self._retention_stop.set()
         self.lease.stop()
         self.runs.close()
         self._compute_ready.wait(60)

@@ -20,6 +20,7 @@ from app.rest_annotators import ROUTES as ANNOTATOR_ROUTES
 from app.rest_base import ApiError, ApiHandler, attachment, platform
 from app.rest_datasets import DATASET_ROUTES
 from app.rest_json import application_json, dataset_json, model_json, run_json
+from app.rest_lifecycle import LIFECYCLE_ROUTES
 from app.rest_upload import UploadHandler
 from inference.backends import requires_gpu
 from inference.devices import device_label
@@ -228,6 +229,7 @@ ROUTES = [
     (rf"/api/download/{UUID}", DownloadHandler, {}),
     (rf"/api/runs/{UUID}/cancel", CancelHandler, {}),
     (r"/api/runs", RunsHandler, {}),
+    *LIFECYCLE_ROUTES,
     *ANNOTATOR_ROUTES,
     *DATASET_ROUTES,
     (r"/api/health", HealthHandler, {}),

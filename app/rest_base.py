@@ -18,6 +18,7 @@ import tornado.web
 from app.annotators import AnnotatorFileError, AnnotatorInUse, Conflict
 from app.cross_site import cross_site_refusal, is_json
 from app.datasets import DatasetInUse, DatasetRejected, NotFound
+from app.lifecycle import RunInUse
 from app.loopwatch import WATCH
 from app.platform import Platform
 from app.runs import InvalidRun, ModelCannotUse, RunNotFinished
@@ -64,7 +65,7 @@ def translate(exc: BaseException) -> ApiError:
         return ApiError(400, "invalid_file", str(exc), exc.report)
     if isinstance(exc, Conflict):
         return ApiError(409, "conflict", str(exc))
-    if isinstance(exc, (AnnotatorInUse, DatasetInUse)):
+    if isinstance(exc, (AnnotatorInUse, DatasetInUse, RunInUse)):
         return ApiError(409, "in_use", str(exc))
     if isinstance(exc, AnnotatorFileError):
         return ApiError(400, "invalid_annotator", str(exc))

@@ -347,6 +347,12 @@ class RunsService:
                 s.add(r)
         return self.status(run_id)
 
+    def delete(self, run_id: str) -> dict:
+        """Delete a finished run, its row and folder (``app/lifecycle.py``); a queued or running one is refused."""
+        from app.lifecycle import delete_run
+
+        return delete_run(self.platform, run_id)
+
     def _cancel_requested(self, run_id: str) -> bool:
         from distributed import Event
 

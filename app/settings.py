@@ -73,6 +73,7 @@ class Settings:
     api_token: str | None = None
     allowed_origins: tuple[Origin, ...] = ()
     lease_s: int = 30
+    retention_days: int = 0  # finished runs older than this are deleted by the server; 0 keeps them
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +101,7 @@ class Settings:
             api_token=env.get(ENV_PREFIX + "API_TOKEN") or None,
             allowed_origins=_origins(env, ENV_PREFIX + "ALLOWED_ORIGINS"),
             lease_s=_int(env, ENV_PREFIX + "LEASE_S", 30, minimum=3),
+            retention_days=_int(env, ENV_PREFIX + "RETENTION_DAYS", 0, minimum=0),
         )
 
     @property
@@ -114,6 +116,8 @@ class Settings:
             "database": _redact(self.db_url),
             "dask": self.scheduler_address or f"LocalCluster ({self.n_workers} worker processes)",
             "allowed origins": ", ".join(map(str, self.allowed_origins)) or "this server's own only",
+            "retention": (f"finished runs deleted after {self.retention_days} days" if self.retention_days
+                          else "runs kept until deleted"),
         }
 
 

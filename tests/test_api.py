@@ -81,6 +81,18 @@ def test_the_whole_flow(server, files, tmp_path):
     runs = api(server, "GET", "/api/runs").json()
     assert [r["run_id"] for r in runs[:2]] == [run_ids["geneformer"], run_ids["baseline"]]
 
+    # the data lifecycle: disk use, then a finished run deleted with its files
+    used = api(server, "GET", "/api/usage").json()
+    sizes = {r["id"]: r["bytes"] for r in used["runs"]}
+    assert sizes[run_ids["geneformer"]] > 0 and used["totals"]["datasets_bytes"] > 0
+    gone = api(server, "DELETE", f"/api/runs/{run_ids['geneformer']}")
+    assert gone.status_code == 200 and gone.json()["bytes_freed"] > 0, gone.text
+    assert api(server, "GET", f"/api/runs/{run_ids['geneformer']}").status_code == 404
+    again = api(server, "DELETE", f"/api/runs/{run_ids['geneformer']}")
+    assert again.status_code == 404 and error_of(again)["code"] == "not_found"
+    assert run_ids["geneformer"] not in {r["run_id"] for r in api(server, "GET", "/api/runs").json()}
+    assert api(server, "GET", f"/api/runs/{run_ids['baseline']}").json()["status"] == "done"  # the other stays
+
 
 def test_knn_head_majority_voting_and_every_probability_agree_in_rest_csv_and_h5ad(server, files, tmp_path):
     import io
@@ -306,7 +318,8 @@ def test_openapi_document_and_offline_swagger_ui(server):
     for path in ("/api/applications", "/api/models", "/api/applications/{id}/models", "/api/upload",
                  "/api/submit", "/api/status/{run_id}", "/api/results/{run_id}", "/api/download/{run_id}",
                  "/api/runs/{run_id}/cancel", "/api/datasets", "/api/runs", "/api/annotators",
-                 "/api/annotators/{annotator_id}", "/api/annotators/{annotator_id}/export", "/api/annotators/import"):
+                 "/api/annotators/{annotator_id}", "/api/annotators/{annotator_id}/export", "/api/annotators/import",
+                 "/api/runs/{run_id}", "/api/usage"):
         assert path in doc["paths"]
     page = requests.get(server.url + "/api/docs", timeout=30)
     assert page.status_code == 200 and "/api/docs/static/swagger-ui-bundle.js" in page.text

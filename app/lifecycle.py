@@ -1,0 +1,200 @@
+"""Deleting runs and datasets, disk use, retention: what a lab server needs so that uploads do not stay forever.
+
+A deletion is atomic from the user's view: the rows go in one transaction, so no half-deleted run or dataset is
+ever listed. The files go after, under a journal written before the rows are deleted (``deleting/<id>.json``:
+what to remove). A process that dies between the two leaves the journal; the next start finishes it
+(``recover``), or drops it when the rows are still there (the transaction never committed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import or_
+from sqlmodel import select
+
+from inference.run_files import write_text
+from store.engine import read_session, write_session
+from store.tables import ACTIVE, ClassifierHead, Dataset, Run, RunStatus, utcnow
+
+log = logging.getLogger(__name__)
+JOURNAL = "deleting"
+
+
+class RunInUse(RuntimeError):
+    """A queued or running run cannot be deleted: it is cancelled first."""
+
+
+def _journal_dir(platform) -> Path:  # noqa: ANN001 - app.platform.Platform
+    return platform.artifacts.inside(JOURNAL)
+
+
+def _size(paths: Iterable[Path]) -> int:
+    """Bytes under ``paths``, each file once (run folders hard-link stored embeddings)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for path in paths:
+        files = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+        for f in files:
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _begin(platform, key: str, what: dict) -> Path:  # noqa: ANN001
+    journal = _journal_dir(platform) / f"{key}.json"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    write_text(journal, json.dumps(what))
+    return journal
+
+
+def _finish(platform, journal: Path) -> int:  # noqa: ANN001
+    """Remove what the journal lists (files, folders, a dataset's stored embeddings), then the journal."""
+    what = json.loads(journal.read_text())
+    paths = [Path(p) for p in what.get("paths", [])]
+    freed = _size(paths)
+    _remove(paths)
+    for sha in what.get("embeddings", []):
+        freed += platform.datasets.embeddings.delete(sha)
+    journal.unlink(missing_ok=True)
+    return freed
+
+
+def delete_run(platform, run_id: str) -> dict:  # noqa: ANN001
+    """Delete a finished (done, failed or cancelled) run: its row and its folder. A queued or running run is
+    refused (cancel it first). Annotators saved from it keep their own copy of its head."""
+    run = platform.runs.get(run_id)  # NotFound for an unknown id
+    paths = [platform.artifacts.run_dir(run.id), platform.artifacts.staging_dir(run.id)]
+    journal = _begin(platform, f"run-{run.id}", {"kind": "run", "id": run.id, "paths": [str(p) for p in paths]})
+    with write_session(platform.engine) as s:
+        row = s.get(Run, run.id)
+        if row is not None and row.status in ACTIVE:
+            journal.unlink(missing_ok=True)
+            raise RunInUse(f"Run {run.id[:8]} is {row.status}: cancel it first (POST /api/runs/{run.id}/cancel), "
+                           "then delete it.")
+        if row is not None:
+            s.delete(row)
+    freed = _finish(platform, journal)
+    log.info("deleted run %s (%s, %s), %d bytes", run.id, run.model_id, run.status, freed)
+    return {"run_id": run.id, "bytes_freed": freed}
+
+
+def delete_dataset(platform, dataset_id: str, cascade: bool = False) -> dict:  # noqa: ANN001
+    """Delete a dataset: its row, its file, its stored embeddings and the cached heads trained on it; with
+    ``cascade``, its finished runs too. Refused while a queued or running run uses it, and without ``cascade``
+    while a finished run does."""
+    from app.datasets import DatasetInUse
+
+    ds = platform.datasets.get(dataset_id)
+    with read_session(platform.engine) as s:
+        heads = list(s.exec(select(ClassifierHead).where(ClassifierHead.reference_sha256 == ds.sha256)))
+    paths = [platform.datasets.path(ds)] + [Path(h.path) for h in heads]
+    with write_session(platform.engine) as s:
+        runs = list(s.exec(select(Run).where(or_(Run.dataset_id == ds.id, Run.reference_dataset_id == ds.id))))
+        active = [r for r in runs if r.status in ACTIVE]
+        if active:
+            raise DatasetInUse(f"{ds.file_name} is used by {len(active)} queued or running run(s) "
+                               f"({', '.join(r.id[:8] for r in active[:5])}): cancel them or wait, then delete.")
+        if runs and not cascade:
+            raise DatasetInUse(f"{ds.file_name} has {len(runs)} finished run(s): delete with cascade "
+                               "(REST ?cascade=true, CLI --cascade) to delete them with it.")
+        paths += [platform.artifacts.run_dir(r.id) for r in runs]
+        journal = _begin(platform, f"dataset-{ds.id}", {"kind": "dataset", "id": ds.id,
+                                                        "paths": [str(p) for p in paths],
+                                                        "embeddings": [ds.sha256]})
+        for run in runs:
+            s.delete(run)
+        for head in heads:
+            if (row := s.get(ClassifierHead, head.cache_key)) is not None:
+                s.delete(row)
+        s.delete(s.get(Dataset, ds.id))
+    freed = _finish(platform, journal)
+    log.info("deleted dataset %s (%s) with %d run(s), %d bytes", ds.id, ds.file_name, len(runs), freed)
+    return {"dataset_id": ds.id, "runs_deleted": [r.id for r in runs], "bytes_freed": freed}
+
+
+def recover(platform) -> list[str]:  # noqa: ANN001
+    """Finish the deletions a dead process left half done; drop the journals of those that never committed."""
+    folder = _journal_dir(platform)
+    done = []
+    for journal in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            what = json.loads(journal.read_text())
+        except (OSError, ValueError):
+            log.warning("unreadable deletion journal %s left as is", journal)
+            continue
+        table = {"run": Run, "dataset": Dataset}.get(what.get("kind"))
+        if table is None:
+            continue
+        with read_session(platform.engine) as s:
+            still_there = s.get(table, what.get("id")) is not None
+        if still_there:  # the rows were never deleted: nothing to finish
+            journal.unlink(missing_ok=True)
+            continue
+        freed = _finish(platform, journal)
+        log.warning("finished the deletion of %s %s that an interrupted process left (%d bytes)", what["kind"],
+                    what["id"], freed)
+        done.append(f"{what['kind']}:{what['id']}")
+    return done
+
+
+def usage(platform) -> dict:  # noqa: ANN001
+    """Disk use of every dataset (file + stored embeddings) and run (its folder), with totals."""
+    with read_session(platform.engine) as s:
+        datasets = list(s.exec(select(Dataset)))
+        runs = list(s.exec(select(Run)))
+    ds_rows = [{"id": d.id, "file_name": d.file_name, "file_bytes": d.size_bytes,
+                "embeddings_bytes": platform.datasets.embeddings_size(d)} for d in datasets]
+    run_rows = [{"id": r.id, "model": r.model_id, "status": r.status, "dataset_id": r.dataset_id,
+                 "bytes": _size([platform.artifacts.run_dir(r.id)])} for r in runs]
+    home = platform.artifacts.home
+    disk = shutil.disk_usage(home)
+    return {"datasets": ds_rows, "runs": run_rows,
+            "totals": {"datasets_bytes": sum(d["file_bytes"] + d["embeddings_bytes"] for d in ds_rows),
+                       "runs_bytes": sum(r["bytes"] for r in run_rows), "disk_free_bytes": disk.free,
+                       "disk_total_bytes": disk.total},
+            "retention_days": platform.settings.retention_days or None}
+
+
+def apply_retention(platform) -> list[str]:  # noqa: ANN001
+    """Delete finished runs older than ``HELICAL_PLATFORM_RETENTION_DAYS`` (none when unset); each one logged."""
+    days = platform.settings.retention_days
+    if not days:
+        return []
+    cutoff = utcnow() - timedelta(days=days)
+    terminal = [RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED]
+    with read_session(platform.engine) as s:
+        old = list(s.exec(select(Run).where(Run.status.in_(terminal))))
+    removed = []
+    for run in old:
+        finished = run.finished_at or run.created_at
+        if finished.tzinfo is None:  # SQLite gives naive UTC datetimes back
+            finished = finished.replace(tzinfo=cutoff.tzinfo)
+        if finished < cutoff:
+            try:
+                delete_run(platform, run.id)
+            except (RunInUse, LookupError):  # restarted or deleted meanwhile
+                continue
+            log.warning("retention: deleted run %s (%s), finished %s, older than %d days", run.id, run.model_id,
+                        finished.isoformat(timespec="seconds"), days)
+            removed.append(run.id)
+    return removed
+
