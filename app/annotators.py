@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from app.datasets import NotFound
+from app.users import User, check_delete
 from inference.annotator_file import (
     FORMAT_VERSION,
     AnnotatorFileError,
@@ -55,7 +56,7 @@ def annotator_json(a: AnnotatorEntry) -> dict:
             "model_checksum": a.model_checksum, "trained": a.trained, "head": a.head_kind,
             "head_sha256": a.head_sha256, "label_column": a.label_column, "reference": a.reference,
             "classes": a.classes, "genes_used": a.genes_used, "check": a.check, "ontology": a.ontology,
-            "builtin": a.builtin, "format_version": a.format_version}
+            "builtin": a.builtin, "format_version": a.format_version, "created_by": a.created_by}
 
 
 class AnnotatorsService:
@@ -98,8 +99,8 @@ class AnnotatorsService:
 
     # ---- making -----------------------------------------------------------------------------------------------
     def save_from_run(self, run_id: str, name: str, description: str = "", author: str = "",
-                      ontology: dict[str, str | None] | None = None) -> AnnotatorEntry:
-        """The head a finished run trained on its reference, under a name."""
+                      ontology: dict[str, str | None] | None = None, user: User | None = None) -> AnnotatorEntry:
+        """The head a finished run trained on its reference, under a name (``user`` as its maker)."""
         name = check_name(name)
         with read_session(self.platform.engine) as s:
             run = s.get(Run, validate_uuid4(run_id, "run id"))
@@ -129,13 +130,14 @@ class AnnotatorsService:
                           "cells": head_info.get("reference_cells")},
             "genes_used": run.provenance.get("genes_used"), "ontology": ontology,
             "provenance": {"from_run": run.id, "versions": run.provenance.get("versions", {}),
-                           "head": {k: v for k, v in head_info.items() if k != "reference_check"}}})
+                           "head": {k: v for k, v in head_info.items() if k != "reference_check"}}}, user)
 
     def save_head(self, head_bytes: bytes, metadata: dict) -> AnnotatorEntry:
         """A head trained elsewhere in this process (the command line's ``annotators train``)."""
         return self._store(head_bytes, {**metadata, "name": check_name(metadata.get("name"))})
 
-    def import_file(self, source: Path | bytes, name: str | None = None, builtin: bool = False) -> AnnotatorEntry:
+    def import_file(self, source: Path | bytes, name: str | None = None, builtin: bool = False,
+                    user: User | None = None) -> AnnotatorEntry:
         """A shared annotator file: every part checked (nothing stored unless all holds); author and provenance
         kept. ``name`` renames it (e.g. when the original name is taken here); ``builtin``: one the platform
         ships (app/builtin_annotators.py), which cannot be deleted."""
@@ -144,9 +146,9 @@ class AnnotatorsService:
         meta["name"] = check_name(name or meta.get("name"))
         meta["provenance"] = {**(meta.get("provenance") or {}), "imported": not builtin}
         meta["builtin"] = builtin
-        return self._store(f.head_bytes, meta)
+        return self._store(f.head_bytes, meta, user)
 
-    def _store(self, head_bytes: bytes, meta: dict) -> AnnotatorEntry:
+    def _store(self, head_bytes: bytes, meta: dict, user: User | None = None) -> AnnotatorEntry:
         head = _read_head(head_bytes)
         classes = {str(c): int(n) for c, n in zip(head.fit.classes, np.diff(head.fit.offsets), strict=True)}
         ontology = check_ontology(meta.get("ontology"), classes)
@@ -166,7 +168,8 @@ class AnnotatorsService:
             trained=bool(meta.get("trained", True)), head_kind=head.classifier.kind, head_sha256=sha,
             label_column=str(meta.get("label_column") or ""), reference=dict(meta.get("reference") or {}),
             classes=classes, genes_used=meta.get("genes_used"), check=head.check, ontology=ontology,
-            provenance=dict(meta.get("provenance") or {}), builtin=bool(meta.get("builtin", False)))
+            provenance=dict(meta.get("provenance") or {}), builtin=bool(meta.get("builtin", False)),
+            created_by=user.name if user else None)
         if not entry.model_id or not entry.model_checksum:
             raise AnnotatorFileError("The annotator does not say which model and weights it was trained on.")
         if meta.get("created_at"):
@@ -189,15 +192,16 @@ class AnnotatorsService:
             out.parent.mkdir(parents=True, exist_ok=True)
             meta = annotator_json(a)
             meta["model_id"] = meta.pop("model")
-            for key in ("annotator_id", "head", "head_sha256", "classes", "check", "format_version"):
+            for key in ("annotator_id", "head", "head_sha256", "classes", "check", "format_version", "created_by"):
                 meta.pop(key)
             write_annotator_file(out, meta, self.platform.artifacts.annotator_path(a.head_sha256).read_bytes())
         return out
 
-    def delete(self, id_or_name: str) -> AnnotatorEntry:
+    def delete(self, id_or_name: str, user: User | None = None) -> AnnotatorEntry:
         a = self.get(id_or_name)
         if a.builtin:
             raise AnnotatorInUse(f"{a.name!r} is built in: it cannot be deleted.")
+        check_delete(user, a.created_by, f"Annotator {a.name!r}")
         with write_session(self.platform.engine) as s:
             row = s.get(AnnotatorEntry, a.id)
             if row is not None:

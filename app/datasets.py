@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from sqlmodel import select
 
@@ -14,6 +14,9 @@ from inference.embedding_store import EmbeddingStore
 from store.artifacts import InvalidIdError, file_suffix, new_id, validate_file_name, validate_uuid4
 from store.engine import read_session, write_session
 from store.tables import Dataset
+
+if TYPE_CHECKING:
+    from app.users import User
 
 log = logging.getLogger(__name__)
 __all__ = ["CheckReport", "DatasetInUse", "DatasetRejected", "DatasetService", "NotFound"]  # CheckReport: for the views
@@ -43,14 +46,15 @@ class DatasetService:
     def __init__(self, platform) -> None:  # noqa: ANN001 - app.platform.Platform (import cycle)
         self.platform = platform
 
-    def ingest(self, source: BinaryIO, file_name: str) -> Dataset:
-        """Stream the upload into the store, check it, and record it; refuse (keeping nothing) if unusable."""
+    def ingest(self, source: BinaryIO, file_name: str, user: User | None = None) -> Dataset:
+        """Stream the upload into the store, check it, and record it (``user`` as its maker, when the bytes are
+        new); refuse (keeping nothing) if unusable."""
         validate_file_name(file_name)
         store = self.platform.artifacts
         sha, path, size = store.ingest(source, file_name, max_bytes=self.platform.settings.max_upload_mb * 2**20)
-        return self._record(sha, path, size, file_name)
+        return self._record(sha, path, size, file_name, user)
 
-    def ingest_server_file(self, relative: str) -> Dataset:
+    def ingest_server_file(self, relative: str, user: User | None = None) -> Dataset:
         """A file already on the server, under the allowed root (symlinks resolved and confined)."""
         root = self.platform.settings.files_root
         if root is None:
@@ -61,9 +65,9 @@ class DatasetService:
         if not path.is_file():
             raise NotFound(f"No file {relative!r} under {root}.")
         with open(path, "rb") as fh:
-            return self.ingest(fh, path.name)
+            return self.ingest(fh, path.name, user)
 
-    def _record(self, sha: str, path: Path, size: int, file_name: str) -> Dataset:
+    def _record(self, sha: str, path: Path, size: int, file_name: str, user: User | None = None) -> Dataset:
         with read_session(self.platform.engine) as s:
             existing = s.exec(select(Dataset).where(Dataset.sha256 == sha)).first()
         if existing is not None:
@@ -74,7 +78,7 @@ class DatasetService:
             path.unlink(missing_ok=True)  # no other dataset has these bytes (checked above)
             raise DatasetRejected(report)
         ds = Dataset(id=new_id(), file_name=file_name, sha256=sha, size_bytes=size, n_cells=checked.n_cells,
-                     n_genes=checked.n_genes, check_report=report)
+                     n_genes=checked.n_genes, check_report=report, created_by=user.name if user else None)
         with write_session(self.platform.engine) as s:
             s.add(ds)
         return ds
@@ -117,9 +121,9 @@ class DatasetService:
         ds = self.get(dataset_id)
         return {"dataset_id": ds.id, "bytes_freed": self.embeddings.delete(ds.sha256)}
 
-    def delete(self, dataset_id: str, cascade: bool = False) -> dict:
+    def delete(self, dataset_id: str, cascade: bool = False, user: User | None = None) -> dict:
         """Delete the dataset, its file, stored embeddings and cached heads; with ``cascade`` its finished runs
         (``app/lifecycle.py``: rows in one transaction, files under a journal a restart finishes)."""
         from app.lifecycle import delete_dataset
 
-        return delete_dataset(self.platform, dataset_id, cascade)
+        return delete_dataset(self.platform, dataset_id, cascade, user)

@@ -18,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import or_
 from sqlmodel import select
 
+from app.users import Forbidden, User, check_delete
 from inference.run_files import write_text
 from store.engine import read_session, write_session
 from store.tables import ACTIVE, ClassifierHead, Dataset, Run, RunStatus, utcnow
@@ -78,10 +79,12 @@ def _finish(platform, journal: Path) -> int:  # noqa: ANN001
     return freed
 
 
-def delete_run(platform, run_id: str) -> dict:  # noqa: ANN001
+def delete_run(platform, run_id: str, user: User | None = None) -> dict:  # noqa: ANN001
     """Delete a finished (done, failed or cancelled) run: its row and its folder. A queued or running run is
-    refused (cancel it first). Annotators saved from it keep their own copy of its head."""
+    refused (cancel it first), and another user's run unless ``user`` is an admin (``None``: the server or the
+    local command line). Annotators saved from it keep their own copy of its head."""
     run = platform.runs.get(run_id)  # NotFound for an unknown id
+    check_delete(user, run.created_by, f"Run {run.id[:8]}")
     paths = [platform.artifacts.run_dir(run.id), platform.artifacts.staging_dir(run.id)]
     journal = _begin(platform, f"run-{run.id}", {"kind": "run", "id": run.id, "paths": [str(p) for p in paths]})
     with write_session(platform.engine) as s:
@@ -97,13 +100,15 @@ def delete_run(platform, run_id: str) -> dict:  # noqa: ANN001
     return {"run_id": run.id, "bytes_freed": freed}
 
 
-def delete_dataset(platform, dataset_id: str, cascade: bool = False) -> dict:  # noqa: ANN001
+def delete_dataset(platform, dataset_id: str, cascade: bool = False,  # noqa: ANN001
+                   user: User | None = None) -> dict:
     """Delete a dataset: its row, its file, its stored embeddings and the cached heads trained on it; with
     ``cascade``, its finished runs too. Refused while a queued or running run uses it, and without ``cascade``
     while a finished run does."""
     from app.datasets import DatasetInUse
 
     ds = platform.datasets.get(dataset_id)
+    check_delete(user, ds.created_by, f"Dataset {ds.file_name}")
     with read_session(platform.engine) as s:
         heads = list(s.exec(select(ClassifierHead).where(ClassifierHead.reference_sha256 == ds.sha256)))
     paths = [platform.datasets.path(ds)] + [Path(h.path) for h in heads]
@@ -113,6 +118,10 @@ def delete_dataset(platform, dataset_id: str, cascade: bool = False) -> dict:  #
         if active:
             raise DatasetInUse(f"{ds.file_name} is used by {len(active)} queued or running run(s) "
                                f"({', '.join(r.id[:8] for r in active[:5])}): cancel them or wait, then delete.")
+        others = [r for r in runs if user is not None and not user.may_delete(r.created_by)]
+        if cascade and others:
+            raise Forbidden(f"{ds.file_name} has {len(others)} finished run(s) of other users; only an admin "
+                            "(HELICAL_PLATFORM_ADMINS) may delete them with it.")
         if runs and not cascade:
             raise DatasetInUse(f"{ds.file_name} has {len(runs)} finished run(s): delete with cascade "
                                "(REST ?cascade=true, CLI --cascade) to delete them with it.")

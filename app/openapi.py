@@ -17,6 +17,8 @@ def _json(schema: dict, description: str = "OK") -> dict:
 ANNOTATOR_ID = {"name": "annotator_id", "in": "path", "required": True, "schema": {"type": "string"},
                 "description": "an annotator's id or name"}
 DATASET_ID = {"name": "dataset_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+MINE = {"name": "mine", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]},
+        "description": "true: only what the caller made (its created_by)"}
 GROUP_ID = {"name": "group_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 REF = "#/components/schemas/"
@@ -51,6 +53,7 @@ def openapi_document() -> dict:
             "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Model"}}),
                           "404": _error("Unknown application"), **COMMON_ERRORS}}},
         "/api/datasets": {"get": {"summary": "List stored datasets", "operationId": "listDatasets",
+                                  "parameters": [MINE],
                                   "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Dataset"}}),
                                                 **COMMON_ERRORS}}},
         "/api/upload": {"post": {
@@ -108,6 +111,7 @@ def openapi_document() -> dict:
                                                              **COMMON_ERRORS}}},
         "/api/annotators": {
             "get": {"summary": "List saved annotators, newest first", "operationId": "listAnnotators",
+                    "parameters": [MINE],
                     "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Annotator"}}),
                                   **COMMON_ERRORS}},
             "post": {"summary": "Save a finished run's head as an annotator", "operationId": "saveAnnotator",
@@ -173,7 +177,7 @@ def openapi_document() -> dict:
                 "table": {"type": "array", "items": {"type": "object"},
                           "description": "one row per model: its scIB metrics and aggregate scores"}}}),
                 "404": _error("Unknown group"), **COMMON_ERRORS}}},
-        "/api/runs": {"get": {"summary": "List runs, newest first", "operationId": "listRuns",
+        "/api/runs": {"get": {"summary": "List runs, newest first", "operationId": "listRuns", "parameters": [MINE],
                               "responses": {"200": _json({"type": "array", "items": {"$ref": REF + "Run"}}),
                                             **COMMON_ERRORS}}},
         "/api/runs/{run_id}": {
@@ -187,6 +191,8 @@ def openapi_document() -> dict:
                            "run_id": {"type": "string"}, "bytes_freed": {"type": "integer"}}}, "Deleted"),
                            "404": _error("Unknown run"),
                            "409": _error("Queued or running: cancel it first (code in_use)"), **CROSS_SITE,
+                           "403": _error("Another user's run, for a user who is not an admin (code forbidden); or "
+                                         "sent by another site's page (code cross_origin)"),
                            **COMMON_ERRORS}}},
         "/api/usage": {"get": {
             "summary": "Disk use of every dataset (file + stored embeddings) and run, with totals and free space",
@@ -215,7 +221,8 @@ def openapi_document() -> dict:
             "dataset_id": {"type": "string", "format": "uuid"}, "file_name": {"type": "string"},
             "sha256": {"type": "string"}, "size_bytes": {"type": "integer"}, "n_cells": nullable("integer"),
             "n_genes": nullable("integer"), "created_at": {"type": "string"}, "check": {"type": "object"},
-            "report": {"type": "object"}, "embeddings_bytes": {"type": "integer"}}},
+            "report": {"type": "object"}, "embeddings_bytes": {"type": "integer"},
+            "created_by": {**nullable("string"), "description": "the user who uploaded it first"}}},
         "Submit": {"type": "object", "required": ["application", "dataset"], "properties": {
             "application": {"type": "string"}, "model": {"type": "string", "description": "one run of this model"},
             "models": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 20,
@@ -246,7 +253,8 @@ def openapi_document() -> dict:
             "trained": {"type": "boolean"}, "head": {"type": "string"}, "head_sha256": {"type": "string"},
             "label_column": {"type": "string"}, "reference": {"type": "object"}, "classes": {"type": "object"},
             "genes_used": nullable("integer"), "check": {"type": "object"}, "ontology": {"type": "object"},
-            "builtin": {"type": "boolean"}, "format_version": {"type": "integer"}}},
+            "builtin": {"type": "boolean"}, "format_version": {"type": "integer"},
+            "created_by": {**nullable("string"), "description": "the user who saved or imported it"}}},
         "SaveAnnotator": {"type": "object", "required": ["run_id", "name"], "properties": {
             "run_id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"},
             "author": {"type": "string"},
@@ -260,7 +268,9 @@ def openapi_document() -> dict:
             "cells_total": {"type": "integer"}, "eta_s": nullable("number"), "error": nullable("string"),
             "device": nullable("string"), "model": {"type": "string"}}},
         "Run": {"type": "object", "required": ["run_id", "status"], "properties": {
-            "run_id": {"type": "string"}, "status": {"type": "string"}, "model": {"type": "string"},
+            "run_id": {"type": "string"}, "status": {"type": "string"},
+            "created_by": {**nullable("string"), "description": "the user who submitted it"},
+            "model": {"type": "string"},
             "dataset": {"type": "string"}, "macro_f1": nullable("number"), "group_id": nullable("string")}},
         "Results": {"type": "object", "required": ["run_id", "metrics", "classes", "cells"], "properties": {
             "run_id": {"type": "string"}, "metrics": {"type": "object"},

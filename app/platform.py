@@ -35,6 +35,10 @@ class Platform:
 
     def __init__(self, settings: Settings, start_cluster: bool = True) -> None:
         self.settings = settings
+        if settings.tokens_file is not None:  # a malformed tokens file stops the start, with its line
+            from app.users import read_tokens
+
+            read_tokens(settings.tokens_file)
         self.artifacts = ArtifactStore(settings.home)
         self.engine = make_engine(settings.db_url)
         self.schema_version = init_schema(self.engine)

@@ -57,7 +57,10 @@ class DatasetsHandler(ApiHandler):
         p = platform()
 
         def listing() -> list[dict]:
-            return [dataset_json(d, p.datasets.embeddings_size(d)) for d in p.datasets.list()]
+            return [dataset_json(d, p.datasets.embeddings_size(d)) for d in p.datasets.list()
+                    if mine is None or d.created_by == mine]
+
+        mine = self.mine()
 
         self.send(await self.call(listing))
 
@@ -92,13 +95,13 @@ class SubmitHandler(ApiHandler):
                 raise ApiError(400, "invalid_request", "An annotator names its model: give model, not models.")
             runs = await self.call(platform().runs.submit_group, body["application"], models, body["dataset"],
                                    body.get("reference"), body.get("label_column"), body.get("truth_column"),
-                                   options)
+                                   options, user=self.user)
             self.send({"group_id": runs[0].group_id, "run_id": runs[0].id, "status": runs[0].status,
                        "runs": [{"run_id": r.id, "model": r.model_id, "status": r.status} for r in runs]}, 202)
             return
         run = await self.call(platform().runs.submit, body["application"], body["model"], body["dataset"],
                               body.get("reference"), body.get("label_column"), body.get("truth_column"), options,
-                              body.get("annotator"))
+                              body.get("annotator"), user=self.user)
         self.send({"run_id": run.id, "status": run.status}, 202)
 
 
@@ -114,7 +117,8 @@ class CancelHandler(ApiHandler):
 
 class RunsHandler(ApiHandler):
     async def get(self) -> None:
-        self.send([run_json(r) for r in await self.call(platform().runs.list)])
+        mine = self.mine()
+        self.send([run_json(r) for r in await self.call(platform().runs.list) if mine is None or r.created_by == mine])
 
 
 class ResultsHandler(ApiHandler):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from app.annotators import annotator_json
 from app.rest_base import ApiError, ApiHandler, attachment, platform
+from app.users import ANONYMOUS
 
 MAX_IMPORT_BYTES = 100 << 20  # Tornado's own body limit: an annotator is a few MB
 
 
 class AnnotatorsHandler(ApiHandler):
     async def get(self) -> None:
-        self.send([annotator_json(a) for a in await self.call(platform().annotators.list)])
+        mine = self.mine()
+        self.send([annotator_json(a) for a in await self.call(platform().annotators.list)
+                   if mine is None or a.created_by == mine])
 
     async def post(self) -> None:
         """Save a finished run's head: ``{"run_id", "name", "description", "author", "ontology"}``."""
@@ -21,12 +24,14 @@ class AnnotatorsHandler(ApiHandler):
             if body.get(key) is not None and not isinstance(body[key], str):
                 raise ApiError(400, "invalid_request", f"{key} must be a string.")
         a = await self.call(platform().annotators.save_from_run, body["run_id"], body["name"],
-                            body.get("description") or "", body.get("author") or self._user(), body.get("ontology"))
+                            body.get("description") or "", body.get("author") or self.author(),
+                            body.get("ontology"), user=self.user)
         self.send(annotator_json(a), 201)
 
-    def _user(self) -> str:
-        user = self.get_secure_cookie("user") if self.application.settings.get("cookie_secret") else None
-        return user.decode(errors="replace").strip('"') if user else ""
+
+    def author(self) -> str:
+        """The caller's name, unless nobody is identified."""
+        return self.user.name if self.user is not None and self.user.name != ANONYMOUS else ""
 
 
 class AnnotatorHandler(ApiHandler):
@@ -34,7 +39,7 @@ class AnnotatorHandler(ApiHandler):
         self.send(annotator_json(await self.call(platform().annotators.get, annotator_id)))
 
     async def delete(self, annotator_id: str) -> None:
-        a = await self.call(platform().annotators.delete, annotator_id)
+        a = await self.call(platform().annotators.delete, annotator_id, user=self.user)
         self.send({"deleted": a.id, "name": a.name})
 
 
@@ -59,7 +64,7 @@ class AnnotatorImportHandler(ApiHandler):
         if len(self.request.body) > MAX_IMPORT_BYTES:
             raise ApiError(413, "too_large", "An annotator file is a few MB; this one is too large.")
         a = await self.call(platform().annotators.import_file, bytes(self.request.body),
-                            self.get_query_argument("name", None))
+                            self.get_query_argument("name", None), user=self.user)
         self.send(annotator_json(a), 201)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hmac
 import json
 import logging
 import re
@@ -22,6 +21,7 @@ from app.lifecycle import RunInUse
 from app.loopwatch import WATCH
 from app.platform import Platform
 from app.runs import InvalidRun, ModelCannotUse, RunNotFinished
+from app.users import ANONYMOUS, Forbidden, User, token_user, user
 from store.artifacts import InvalidIdError, UploadTooLargeError
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ def translate(exc: BaseException) -> ApiError:
         return ApiError(400, "invalid_id", str(exc))
     if isinstance(exc, NotFound):
         return ApiError(404, "not_found", str(exc))
+    if isinstance(exc, Forbidden):
+        return ApiError(403, "forbidden", str(exc))
     if isinstance(exc, RunNotFinished):
         return ApiError(409, "not_finished", str(exc))
     if isinstance(exc, UploadTooLargeError):
@@ -81,6 +83,8 @@ def platform() -> Platform:
 
 
 class ApiHandler(tornado.web.RequestHandler):
+    user: User | None = None  # who calls (app/users.py), set by ``authorize``
+
     def prepare(self) -> None:
         WATCH.start()
         self.authorize()
@@ -93,19 +97,37 @@ class ApiHandler(tornado.web.RequestHandler):
         (app/cross_site.py): checked first, so that such a call is refused whatever it carries.
         """
         settings = platform().settings
-        token = settings.api_token
         header = self.request.headers.get("Authorization", "")
-        if token and header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip(), token):
+        if header.startswith("Bearer ") and (by_token := token_user(settings, header[7:].strip())) is not None:
+            self.user = by_token
             return  # no other site's page can hold the token
         refusal = cross_site_refusal(self.request.method, self.request.headers, self.request.protocol,
                                      self.request.host, settings.allowed_origins)
         if refusal is not None:
             raise ApiError(403, "cross_origin", refusal.message, refusal.details)
-        if not token:
+        login = self.login_name()
+        if login:  # logged in to the dashboard through Panel's authentication
+            self.user = user(settings, login)
             return
-        if self.application.settings.get("cookie_secret") and self.get_secure_cookie("user"):
-            return  # logged in to the dashboard through Panel's authentication
-        raise ApiError(401, "unauthorized", "Send 'Authorization: Bearer <token>' (HELICAL_PLATFORM_API_TOKEN).")
+        if not settings.api_token and settings.tokens_file is None:
+            self.user = user(settings, ANONYMOUS)
+            return
+        raise ApiError(401, "unauthorized", "Send 'Authorization: Bearer <token>' (HELICAL_PLATFORM_API_TOKEN, or "
+                       "your own from HELICAL_PLATFORM_TOKENS).")
+
+    def login_name(self) -> str:
+        """The user Panel's authentication (basic auth, OAuth/OIDC) logged in, or ''."""
+        if not self.application.settings.get("cookie_secret"):
+            return ""
+        raw = self.get_secure_cookie("user")
+        return raw.decode(errors="replace").strip('"') if raw else ""
+
+    def mine(self) -> str | None:
+        """``?mine=true``: the caller's name, to list only what they made; else None (everyone's)."""
+        value = self.get_query_argument("mine", "false")
+        if value not in ("true", "false"):
+            raise ApiError(400, "invalid_request", "mine must be true or false.")
+        return self.user.name if value == "true" and self.user is not None else None
 
     def send(self, obj: object, status: int = 200) -> None:
         self.set_status(status)

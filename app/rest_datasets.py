@@ -17,7 +17,7 @@ class DatasetHandler(ApiHandler):
         cascade = self.get_query_argument("cascade", "false")
         if cascade not in ("true", "false"):
             raise ApiError(400, "invalid_request", "cascade must be true or false.")
-        self.send(await self.call(platform().datasets.delete, dataset_id, cascade == "true"))
+        self.send(await self.call(platform().datasets.delete, dataset_id, cascade == "true", user=self.user))
 
 
 class DatasetEmbeddingsHandler(ApiHandler):

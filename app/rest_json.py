@@ -19,7 +19,8 @@ def model_json(m, device: str, requires_gpu: bool = False) -> dict:  # noqa: ANN
 
 def dataset_json(d, embeddings_bytes: int | None = None) -> dict:  # noqa: ANN001
     out = {"dataset_id": d.id, "file_name": d.file_name, "sha256": d.sha256, "size_bytes": d.size_bytes,
-           "n_cells": d.n_cells, "n_genes": d.n_genes, "created_at": d.created_at, "check": d.check_report}
+           "n_cells": d.n_cells, "n_genes": d.n_genes, "created_at": d.created_at, "check": d.check_report,
+           "created_by": d.created_by}
     if embeddings_bytes is not None:  # the embedding store's entries of this dataset
         out["embeddings_bytes"] = embeddings_bytes
     return out
@@ -30,4 +31,5 @@ def run_json(r) -> dict:  # noqa: ANN001
             "dataset": r.dataset_id, "reference": r.reference_dataset_id, "label_column": r.label_column,
             "truth_column": r.truth_column, "stage": r.stage, "progress": r.progress, "error": r.error,
             "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
-            "macro_f1": r.metrics.get("macro_f1"), "group_id": r.group_id, "parameters": r.parameters}
+            "macro_f1": r.metrics.get("macro_f1"), "group_id": r.group_id, "parameters": r.parameters,
+            "created_by": r.created_by}

@@ -11,7 +11,7 @@ class RunHandler(ApiHandler):
 
     async def delete(self, run_id: str) -> None:
         """A finished run's row and files; 409 while it is queued or running (cancel it first)."""
-        self.send(await self.call(platform().runs.delete, run_id))
+        self.send(await self.call(platform().runs.delete, run_id, user=self.user))
 
 
 class UsageHandler(ApiHandler):

@@ -118,7 +118,7 @@ class UploadHandler(ApiHandler):
                 raise ApiError(400, "invalid_request", "The multipart body has no file field.")
             validate_file_name(self.file_name)
             with open(self.tmp_path, "rb") as fh:
-                ds = await self.call(platform().datasets.ingest, fh, self.file_name)
+                ds = await self.call(platform().datasets.ingest, fh, self.file_name, user=self.user)
         finally:
             self.tmp_path.unlink(missing_ok=True)
         self.send({**dataset_json(ds), "report": ds.check_report}, 201)

@@ -26,6 +26,7 @@ from app.actor_pool import ActorPool
 from app.datasets import DatasetService, NotFound
 from app.failures import FailureKind, classify, message
 from app.run_results import ResultsReader, RunNotFinished
+from app.users import User
 from inference import applications
 from inference.actors import cancel_event_name, finish_run
 from inference.applications.base import (
@@ -95,16 +96,18 @@ class RunsService:
 
     def submit(self, application_id: str, model_id: str, dataset_id: str, reference_id: str | None = None,
                label_column: str | None = None, truth_column: str | None = None,
-               options: dict | None = None, annotator: str | None = None) -> Run:
-        """Validate, record the run as queued and return it at once; the work starts in the background.
-        ``annotator`` (an id or name) stands in for a reference: its saved head labels the query."""
+               options: dict | None = None, annotator: str | None = None, user: User | None = None) -> Run:
+        """Validate, record the run as queued (``user`` as its maker) and return it at once; the work starts in
+        the background. ``annotator`` (an id or name) stands in for a reference: its saved head labels the query."""
         run = self._prepare(application_id, model_id, dataset_id, reference_id, label_column, truth_column,
                             options, annotator)
+        run.created_by = user.name if user else None
         return self._record([run])[0]
 
     def submit_group(self, application_id: str, model_ids: list[str], dataset_id: str,
                      reference_id: str | None = None, label_column: str | None = None,
-                     truth_column: str | None = None, options: dict | None = None) -> list[Run]:
+                     truth_column: str | None = None, options: dict | None = None,
+                     user: User | None = None) -> list[Run]:
         """One run per model, sharing a group id so they are shown together; every model's submission is checked
         before any is recorded (all or nothing)."""
         models = list(dict.fromkeys(m for m in model_ids if m))
@@ -113,6 +116,8 @@ class RunsService:
         group = new_id()
         runs = [self._prepare(application_id, m, dataset_id, reference_id, label_column, truth_column, options,
                               None, group) for m in models]
+        for run in runs:
+            run.created_by = user.name if user else None
         return self._record(runs)
 
     def group(self, group_id: str) -> list[Run]:
@@ -347,11 +352,12 @@ class RunsService:
                 s.add(r)
         return self.status(run_id)
 
-    def delete(self, run_id: str) -> dict:
-        """Delete a finished run, its row and folder (``app/lifecycle.py``); a queued or running one is refused."""
+    def delete(self, run_id: str, user: User | None = None) -> dict:
+        """Delete a finished run, its row and folder (``app/lifecycle.py``); a queued or running one is refused,
+        and another user's unless ``user`` is an admin."""
         from app.lifecycle import delete_run
 
-        return delete_run(self.platform, run_id)
+        return delete_run(self.platform, run_id, user)
 
     def _cancel_requested(self, run_id: str) -> bool:
         from distributed import Event

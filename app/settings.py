@@ -74,6 +74,8 @@ class Settings:
     allowed_origins: tuple[Origin, ...] = ()
     lease_s: int = 30
     retention_days: int = 0  # finished runs older than this are deleted by the server; 0 keeps them
+    tokens_file: Path | None = None  # "user token" per line: REST tokens that say who calls (app/users.py)
+    admins: tuple[str, ...] = ()  # users who may delete anything
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +104,8 @@ class Settings:
             allowed_origins=_origins(env, ENV_PREFIX + "ALLOWED_ORIGINS"),
             lease_s=_int(env, ENV_PREFIX + "LEASE_S", 30, minimum=3),
             retention_days=_int(env, ENV_PREFIX + "RETENTION_DAYS", 0, minimum=0),
+            tokens_file=Path(env[ENV_PREFIX + "TOKENS"]).expanduser() if env.get(ENV_PREFIX + "TOKENS") else None,
+            admins=tuple(a.strip() for a in (env.get(ENV_PREFIX + "ADMINS") or "").split(",") if a.strip()),
         )
 
     @property

@@ -41,7 +41,16 @@ def _v3_to_v4(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_runs_group_id ON runs (group_id)")
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(conn: Connection) -> None:
+    """Datasets, runs and annotators record the user who made them (``created_by``)."""
+    for table in ("datasets", "runs", "annotators"):
+        # A database older than version 3 has just had ``annotators`` made by create_all, column included.
+        if "created_by" not in {c["name"] for c in inspect(conn).get_columns(table)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN created_by VARCHAR")
+        conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS ix_{table}_created_by ON {table} (created_by)")
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 class TerminalStatusError(RuntimeError):

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class RunStatus(StrEnum):
@@ -83,6 +83,7 @@ class Dataset(SQLModel, table=True):
     n_genes: int | None = None
     check_report: dict[str, Any] = _json(dict)
     created_at: datetime = Field(default_factory=utcnow)
+    created_by: str | None = Field(default=None, index=True)  # the user who uploaded it first (schema 5)
 
 
 class ServerInstance(SQLModel, table=True):
@@ -123,6 +124,7 @@ class Run(SQLModel, table=True):
     result_dir: str | None = None
     owner: str | None = Field(default=None, index=True)  # the ServerInstance that runs it
     group_id: str | None = Field(default=None, index=True)  # runs submitted together (one per model), shown together
+    created_by: str | None = Field(default=None, index=True)  # the user who submitted it (schema 5)
 
 
 class ClassifierHead(SQLModel, table=True):
@@ -170,3 +172,4 @@ class AnnotatorEntry(SQLModel, table=True):
     ontology: dict[str, Any] = _json(dict)  # label -> CL term id (absent or None: unmapped)
     provenance: dict[str, Any] = _json(dict)
     builtin: bool = False
+    created_by: str | None = Field(default=None, index=True)  # the user who saved or imported it (schema 5)

@@ -100,4 +100,32 @@ def pytest_sessionstart(session) -> None:  # noqa: ANN001
 def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ANN001
     from tests import reliability
 
-    reliability.write_report()
+    reliability.write_report(passed=exitstatus == 0)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster (tests/postgres.py), started on first use and stopped at the session's end,
+    even after failures. Missing server binaries fail the test that asks for it, naming what to install."""
+    from tests.postgres import PostgresCluster, PostgresUnavailable
+
+    try:
+        cluster = PostgresCluster().start()  # a failed start removes what it made
+    except PostgresUnavailable as exc:
+        missing = str(exc)
+    else:
+        missing = None
+    if missing:  # fail, never skip: CI installs postgresql (.ci/run)
+        pytest.fail(missing, pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()  # pg_ctl stop -m immediate, then its folder goes
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster, request) -> str:
+    """A fresh, empty database on the session's PostgreSQL cluster, dropped after the test: its SQLAlchemy URL."""
+    url = postgres_cluster.create_database(request.node.name)
+    yield url
+    postgres_cluster.drop_database(url)

@@ -87,8 +87,9 @@ def render(items: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report() -> Path | None:
-    """test-output/RELIABILITY.md from this run's rows; docs/ too when asked and every section has rows."""
+def write_report(passed: bool = True) -> Path | None:
+    """test-output/RELIABILITY.md from this run's rows; docs/ too when asked, every section has rows and the run
+    passed (a failed run's figures never become the documented ones)."""
     items = rows()
     if not items:
         return None
@@ -96,6 +97,6 @@ def write_report() -> Path | None:
     out = TEST_OUTPUT / "RELIABILITY.md"
     out.write_text(text)
     complete = {r["section"] for r in items} == set(SECTIONS)
-    if complete and os.environ.get("HELICAL_PLATFORM_UPDATE_DOCS") == "1":
+    if complete and passed and os.environ.get("HELICAL_PLATFORM_UPDATE_DOCS") == "1":
         DOC.write_text(text)
     return out

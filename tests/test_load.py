@@ -4,8 +4,9 @@ Rounds: the first warms every worker; the next is measured.
 
 Checks that every run finishes with the same predictions as the same run alone and that the memory of the whole
 platform (server + Dask workers) returns to its level before the runs. How long the server's event loop was
-blocked (its own watch, and a client timing /api/health every 50 ms) is recorded, not asserted: a timing limit on
-a shared 2-core machine fails by chance.
+blocked (its own watch, and a client timing /api/health every 50 ms) is recorded and asserted only under 1 s (a
+second-long stall is a bug anywhere); the 100 ms figure is measured with its spread by bench/loop_stall.py, as a
+timing limit on a shared 2-core machine fails by chance.
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ def test_four_clients_two_runs_each_with_a_free_event_loop_and_memory_back_to_ba
         health = requests.get(server.url + "/api/health", params={"since": started}, timeout=30).json()
         loop = health["event_loop"]
         assert loop["watching"] and loop["ticks"] > 100
+        # only what cannot be noise is asserted: a second-long stall is a bug on any machine (the 100 ms figure
+        # is measured, with its spread, by bench/loop_stall.py, not judged here)
+        assert loop["max_lag_ms"] < 1000, f"the server's event loop stalled {loop['max_lag_ms']:.0f} ms"
         peak_rss, elapsed, pings = measured["peak_rss"], measured["elapsed"], measured["pings"]
 
         def settled() -> int | None:
@@ -152,7 +156,7 @@ def test_four_clients_two_runs_each_with_a_free_event_loop_and_memory_back_to_ba
            f"{CLIENTS * len(MODELS)} runs of 300 cells against a 300-cell reference, submitted together; "
            f"2 workers; {elapsed:.0f} s",
            f"all {CLIENTS * len(MODELS)} done in each of 2 rounds, predictions identical to each model's run "
-           f"alone; event loop max stall in the measured round (recorded, not asserted) "
+           f"alone; event loop max stall in the measured round (asserted under 1 s only) "
            f"{loop['max_lag_ms']:.0f} ms ({loop['stalls_over_20ms']} ticks over 20 ms, {loop['ticks']:,} ticks); "
            f"/api/health every 50 ms: p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {pings[-1]:.0f} ms "
            f"({len(pings)} requests)",
