@@ -27,6 +27,26 @@ def metrics_table(results: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def integrated_uns(results: dict[str, dict], batch_column: str, label_column: str | None) -> dict[str, object]:
+    """``uns`` of an integrated file (the command line's and the Python API's): each model's metrics, and which
+    models' weights were generated."""
+    return {"helical_platform": {
+        "application": EMBEDDING_INTEGRATION, "batch_column": batch_column, "label_column": label_column or "",
+        "integration_metrics_json": json.dumps({m: r["metrics"] for m, r in results.items()}, default=str),
+        "untrained_models": [m for m, r in results.items() if not r["provenance"]["model"].get("trained", True)]}}
+
+
+def model_obsm(annotated: Path, model: str) -> dict[str, np.ndarray]:
+    """One model's embedding and UMAP from its run's annotated file, under the integrated file's keys."""
+    import anndata as ad
+
+    done = ad.read_h5ad(annotated, backed="r")
+    try:
+        return {f"X_{model}": np.asarray(done.obsm[f"X_{model}"]), f"X_umap_{model}": np.asarray(done.obsm["X_umap"])}
+    finally:
+        done.file.close()
+
+
 def integrate_files(settings: Settings, models: list[str], data: Path, out: Path, batch_column: str,
                     label_column: str | None = None, seed: int = 0,
                     max_metric_cells: int | None = None) -> dict[str, object]:
@@ -66,18 +86,8 @@ def integrate_files(settings: Settings, models: list[str], data: Path, out: Path
             application.model_phase(job, backend, info, work, progress, lambda: False)
             outcome = application.cpu_phase(job, work, progress, lambda: False)
             results[backend_name] = {"metrics": outcome.metrics, "provenance": outcome.provenance}
-            import anndata as ad
-
-            done = ad.read_h5ad(result_dir / ANNOTATED, backed="r")
-            obsm[f"X_{backend_name}"] = np.asarray(done.obsm[f"X_{backend_name}"])
-            obsm[f"X_umap_{backend_name}"] = np.asarray(done.obsm["X_umap"])
-            done.file.close()
+            obsm.update(model_obsm(result_dir / ANNOTATED, backend_name))
         table = metrics_table(results)
-        uns = {"helical_platform": {
-            "application": EMBEDDING_INTEGRATION, "batch_column": batch_column, "label_column": label_column or "",
-            "integration_metrics_json": json.dumps({m: r["metrics"] for m, r in results.items()}, default=str),
-            "untrained_models": [m for m, r in results.items()
-                                 if not r["provenance"]["model"].get("trained", True)]}}
         with atomic_path(out) as tmp_out:
-            write_annotated(data, data.name, tmp_out, {}, obsm, uns)
+            write_annotated(data, data.name, tmp_out, {}, obsm, integrated_uns(results, batch_column, label_column))
     return {"results": results, "table": table}
