@@ -113,9 +113,13 @@ def test_a_version_1_database_is_migrated_and_keeps_its_runs(home_settings):
         conn.execute("DROP INDEX ix_runs_group_id")
         conn.execute("ALTER TABLE runs DROP COLUMN group_id")
         conn.execute("DROP TABLE server_instances")
+        for table in ("datasets", "runs"):  # version 5's columns (annotators, a version-3 table, is dropped whole)
+            conn.execute(f"DROP INDEX ix_{table}_created_by")
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN created_by")
+        conn.execute("DROP TABLE annotators")
         conn.execute("UPDATE schema_meta SET value = '1' WHERE key = 'schema_version'")
     engine = make_engine(f"sqlite:///{db}")
-    assert init_schema(engine) == SCHEMA_VERSION == 4
+    assert init_schema(engine) == SCHEMA_VERSION == 5
     with read_session(engine) as s:
         run = s.get(Run, run_id)
         assert run.status == "done" and run.owner is None and run.group_id is None
