@@ -10,11 +10,14 @@ import panel as pn
 import param
 
 from dashboards.safe_text import code, md, plain_formatters
+from dashboards.styles import FITTING_TABLE
 from dashboards.view import PlatformView
 
 HEAD_WORDS = {"logistic_regression": "logistic regression", "knn": "kNN", "fine_tuned_linear": "fine-tuned model"}
 DELETE, CONFIRM = "Delete selected annotator", "Yes, delete it"
 # what tells annotators apart first (a laptop's screen shows these without scrolling), then where they came from
+# the table fits its width: the text columns wrap, these keep their widths (px)
+WIDTHS = {"classes": 75, "held-out macro-F1": 90, "built-in": 75, "saved": 150}
 COLUMNS = ["name", "model", "classes", "held-out macro-F1", "head", "built-in", "reference", "author", "saved", "id"]
 
 
@@ -82,7 +85,8 @@ class AnnotatorsView(PlatformView):
         self.table = pn.widgets.Tabulator(pd.DataFrame(columns=COLUMNS), show_index=False, disabled=True,
                                           selectable=1, hidden_columns=["id"], pagination="local", page_size=8,
                                           css_classes=["annotators-table"], sizing_mode="stretch_width",
-                                          layout="fit_data_table", widths={"author": 140, "reference": 170})
+                                          layout="fit_columns", widths=WIDTHS,
+                                          stylesheets=[FITTING_TABLE])
         self.table.param.watch(self._on_select, "selection")
         self.details = pn.pane.Markdown("Select an annotator to see its classes and Cell Ontology terms.",
                                         css_classes=["annotator-details"], sizing_mode="stretch_width",
@@ -103,7 +107,7 @@ class AnnotatorsView(PlatformView):
         rows = self.platform.annotators.list()
         self._rows = {a.id: a for a in rows}
         frame = annotators_frame(rows, self._model_names())
-        self.table.formatters = plain_formatters(frame)
+        self.table.formatters = plain_formatters(frame, wrap=("name", "model", "head", "reference", "author"))
         self.table.value = frame
         keep = [i for i, row_id in enumerate(frame["id"]) if row_id == self.selected]
         self.table.selection = keep
@@ -139,8 +143,8 @@ class AnnotatorsView(PlatformView):
         self._confirming = ""
         self.delete_button.name = DELETE
         try:
-            await asyncio.to_thread(self.platform.annotators.delete, a.id)
-        except (AnnotatorInUse, NotFound) as exc:
+            await asyncio.to_thread(self.platform.annotators.delete, a.id, self.user)
+        except (AnnotatorInUse, NotFound, PermissionError) as exc:
             self._say(md(exc), "warning")
             return
         self.selected = ""
@@ -156,6 +160,6 @@ class AnnotatorsView(PlatformView):
             "## Saved annotators",
             pn.pane.Markdown("Trained heads saved under a name, to label new data without bringing a reference: "
                              "pick one in section 2 (*Labels from: saved annotator*); save one from a run's "
-                             "results (section 3).", styles={"font-size": "0.9em", "color": "#555"}),
+                             "Results (at the top of the page).", styles={"font-size": "0.9em", "opacity": "0.8"}),
             self.table, pn.Row(self.delete_button, self.message, sizing_mode="stretch_width"), self.details,
             css_classes=["annotators"], sizing_mode="stretch_width")

@@ -8,6 +8,7 @@ import param
 
 from app.catalog import NEEDS_GPU, needs_gpu
 from dashboards.safe_text import code, md, plain_formatters
+from dashboards.styles import FITTING_TABLE
 from dashboards.view import PlatformView
 
 WEIGHTS_WORDS = {
@@ -59,6 +60,11 @@ def model_card(model, gpus: int | None = None) -> str:  # noqa: ANN001
     return "\n".join(lines)
 
 
+# the catalog fits its width: the long columns wrap, the short ones keep these widths (px)
+WRAPPED = ("model", "speed", "accuracy", "variant", "weights", "description")
+CATALOG_WIDTHS = {"model": 200, "speed": 100, "accuracy": 130, "variant": 150, "weights": 150}
+
+
 def models_frame(models: list) -> pd.DataFrame:
     rows = [{"model": m.name, "speed": m.speed, "accuracy": m.accuracy, "variant": m.variant,
              "weights": WEIGHTS_WORDS.get(m.weights_status, m.weights_status), "description": m.description}
@@ -101,9 +107,10 @@ class ModelPicker(PlatformView):
     def table(self) -> pn.widgets.Tabulator:
         """Every model of the application side by side, from the catalog in the database."""
         frame = models_frame(self.platform.models(self.application))
-        return pn.widgets.Tabulator(frame, show_index=False, disabled=True, formatters=plain_formatters(frame),
-                                    css_classes=["catalog-models"], sizing_mode="stretch_width",
-                                    layout="fit_data_table")
+        return pn.widgets.Tabulator(frame, show_index=False, disabled=True,
+                                    formatters=plain_formatters(frame, wrap=WRAPPED), css_classes=["catalog-models"],
+                                    sizing_mode="stretch_width", layout="fit_columns", widths=CATALOG_WIDTHS,
+                                    stylesheets=[FITTING_TABLE])
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Column(

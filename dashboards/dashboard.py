@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import panel as pn
 import param
+from panel.theme.fast import Fast as PanelFast
 
 from dashboards.annotators import AnnotatorsView
 from dashboards.catalog import ModelPicker
@@ -15,9 +16,13 @@ from dashboards.data import DataPanel
 from dashboards.results import ResultsView
 from dashboards.runs import RunPanel
 from dashboards.safe_text import md
+from dashboards.usage import UsageView
 from dashboards.view import PlatformView
 
 TITLE = "Helical AI Platform"
+# the page's type: the system's own sans-serif (Panel's Fast design asks Google for Open Sans, which an offline lab
+# server cannot reach)
+FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 # polls get their own threads: a slow poll (a scheduler that does not answer) never queues the API's calls
 _POLLS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboard-poll")
 POLL_MS = 1000
@@ -40,6 +45,14 @@ def link(source: param.Parameterized, target: param.Parameterized, *names: str) 
     source.param.watch(lambda *events: target.param.update(**{e.name: e.new for e in events}), list(names))
 
 
+class Fast(PanelFast):
+    """Panel's Fast design without its one asset from another host (a Google font): everything the page loads comes
+    from this server (``tests/test_page_fit.py`` fails on any request elsewhere). Named as Panel's: Panel finds a
+    design's own files (``fast/js/fast_design.js``) by its class's name."""
+
+    _resources = {**PanelFast._resources, "font": {}}
+
+
 class Dashboard(PlatformView):
     """The whole page, composed of smaller views; every session gets its own, sharing one Platform.
 
@@ -58,6 +71,7 @@ class Dashboard(PlatformView):
         self.runs = RunPanel(self.platform)
         self.results = ResultsView(self.platform)
         self.annotators = AnnotatorsView(self.platform)
+        self.usage = UsageView(self.platform)
         link(self.picker, self.runs, "application", "model")
         link(self.data, self.runs, "dataset", "datasets")
         link(self.runs, self.results, "finished", "opened")
@@ -97,15 +111,18 @@ class Dashboard(PlatformView):
             self.compute.object = compute
 
     def sidebar(self) -> list:
-        return [self.picker, self.compute]
+        return [self.picker, self.compute, self.usage]
 
     def __panel__(self) -> pn.viewable.Viewable:
+        """The results first, so that a finished run's headline is what a laptop's screen shows; then the data and
+        the run that make the next one, the saved annotators and the catalog."""
         self.start_polling()
-        return pn.Column(self.data, pn.layout.Divider(), self.runs, pn.layout.Divider(), self.results,
+        return pn.Column(self.results, pn.layout.Divider(), self.data, pn.layout.Divider(), self.runs,
                          pn.layout.Divider(), self.annotators, pn.layout.Divider(), "## Catalog", self.picker.table,
                          sizing_mode="stretch_width")
 
     def servable_page(self) -> pn.template.BaseTemplate:
         template = pn.template.FastListTemplate(title=TITLE, sidebar=self.sidebar(), main=[self],
-                                                header_background="#2b5797", sidebar_width=360)
+                                                header_background="#2b5797", sidebar_width=340, design=Fast,
+                                                font=FONT, font_url="")
         return template.servable()

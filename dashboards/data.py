@@ -87,6 +87,9 @@ def labelled_datasets(datasets: list) -> dict[str, str]:
     return {dataset_label(d): d.id for d in datasets if CheckReport(d.check_report).label_columns}
 
 
+DELETE_DATASET, CONFIRM_DELETE = "Delete this dataset", "Yes, delete it"
+
+
 class DataPanel(PlatformView):
     """Upload or pick the query; the stored datasets are shared by every user of this server."""
 
@@ -113,6 +116,10 @@ class DataPanel(PlatformView):
         self.embeddings_button = pn.widgets.Button(name="Delete stored embeddings", button_type="default",
                                                    css_classes=["delete-embeddings"], visible=False)
         self.embeddings_button.on_click(self._delete_embeddings)
+        self.delete_button = pn.widgets.Button(name=DELETE_DATASET, button_type="danger", button_style="outline",
+                                               css_classes=["delete-dataset"], visible=False)
+        self.delete_button.on_click(self._delete_dataset)
+        self._confirming = ""
         self.refresh()
 
     def refresh(self) -> None:
@@ -148,18 +155,51 @@ class DataPanel(PlatformView):
             return
         name, data = next(iter(event.new.items()))
         payload = data if isinstance(data, bytes) else data.encode()
-        await self._ingest(lambda: self.platform.datasets.ingest(io.BytesIO(payload), name), name)
+        who = self.user
+        await self._ingest(lambda: self.platform.datasets.ingest(io.BytesIO(payload), name, who), name)
 
     async def _on_server_file(self, _event) -> None:  # noqa: ANN001
         rel = self.server_path.value.strip()
         if rel:
-            await self._ingest(lambda: self.platform.datasets.ingest_server_file(rel), rel)
+            who = self.user
+            await self._ingest(lambda: self.platform.datasets.ingest_server_file(rel, who), rel)
 
     @param.depends("dataset", watch=True)
     def _show_report(self) -> None:
         ds = self.get(self.dataset)
         if ds is not None:
             self.report.object = report_markdown(ds.check_report, ds.file_name)
+        self.delete_button.visible = ds is not None
+        self.delete_button.name, self._confirming = DELETE_DATASET, ""
+
+    async def _delete_dataset(self, _event) -> None:  # noqa: ANN001
+        """Two clicks: the first says what goes (file, stored embeddings, its finished runs), the second deletes."""
+        from app.datasets import DatasetInUse
+        from app.users import Forbidden
+
+        ds = self.get(self.dataset)
+        if ds is None:
+            return
+        if self._confirming != ds.id:
+            runs = [r for r in self.platform.runs.list(limit=100_000)
+                    if ds.id in (r.dataset_id, r.reference_dataset_id)]
+            self._confirming, self.delete_button.name = ds.id, CONFIRM_DELETE
+            self.status.object = (f"Delete {md(ds.file_name)} for everyone on this server: its file, its stored "
+                                  f"embeddings and its {len(runs)} run(s)? Click *{CONFIRM_DELETE}* to do it.")
+            self.status.alert_type = "warning"
+            return
+        self._confirming, self.delete_button.name = "", DELETE_DATASET
+        try:
+            out = await asyncio.to_thread(self.platform.datasets.delete, ds.id, True, self.user)
+        except (DatasetInUse, Forbidden, LookupError, ValueError) as exc:
+            self.status.object, self.status.alert_type = md(exc), "danger"
+            return
+        self.refresh()
+        self.report.object = ""
+        self.status.object = (f"Deleted {md(ds.file_name)} and {len(out['runs_deleted'])} run(s); freed "
+                              f"{size_text(out['bytes_freed'])}.")
+        self.status.alert_type = "success"
+        self.finished += 1  # the run history and stored embeddings are read again
 
     @param.depends("dataset", "finished", watch=True)
     def _show_embeddings(self) -> None:
@@ -188,4 +228,5 @@ class DataPanel(PlatformView):
             tabs.append(("File on the server", pn.Column(self.server_path, self.server_button)))
         return pn.Column("## 1 · Data", pn.Tabs(*tabs, sizing_mode="stretch_width"), self.status, self.report,
                          pn.Row(self.embeddings, self.embeddings_button, sizing_mode="stretch_width"),
+                         self.delete_button,
                          sizing_mode="stretch_width")

@@ -281,7 +281,7 @@ class IntegrationView(PlatformView):
         widget.style.map(bold_best)
         parts += [pn.pane.Markdown("#### scIB metrics", margin=(10, 10, 0, 10)), widget,
                   pn.pane.Markdown(scores_caption(first.metrics, first.cells_total), css_classes=["scores-caption"],
-                                   styles={"font-size": "0.85em", "color": "#555"}, sizing_mode="stretch_width"),
+                                   styles={"font-size": "0.85em", "opacity": "0.8"}, sizing_mode="stretch_width"),
                   pn.pane.HoloViews(scores_heatmap(scores, best_per_column(scores), "scIB metrics per model"),
                                     css_classes=["integration-heatmap"]),
                   pn.pane.Markdown("#### Each model's embedding (UMAP)", margin=(10, 10, 0, 10))]

@@ -136,7 +136,7 @@ class IntegrationForm(PlatformView):
         args = group_submission(self.batch_column, self.cell_type_column)
         try:
             runs = await asyncio.to_thread(self.platform.runs.submit_group, EMBEDDING_INTEGRATION,
-                                           list(self.models), self.dataset, **args)
+                                           list(self.models), self.dataset, **args, user=self.user)
         except (InvalidRun, NotFound, ValueError) as exc:
             self._say(md(exc), "danger")
             return

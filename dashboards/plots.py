@@ -49,9 +49,14 @@ def color_range(column: pd.Series) -> tuple[float, float]:
     return low, high
 
 
+def size_opts(width: int | None, height: int) -> dict:
+    """A fixed ``width``, or None: as wide as the plot's container (``responsive``) at ``height``."""
+    return {"width": width, "height": height} if width else {"responsive": True, "height": height, "min_width": 280}
+
+
 def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str = "",
-              categories: list[str] | None = None, width: int = 560, hover: bool | None = None,
-              label: str | None = None) -> hv.DynamicMap:
+              categories: list[str] | None = None, width: int | None = 560, hover: bool | None = None,
+              label: str | None = None, height: int = 480) -> hv.DynamicMap:
     """Datashaded UMAP of ``cells`` (columns umap_1, umap_2, cell_id, predicted_label, confidence, ...).
 
     ``color_by``: any column; a numeric one is rasterised with its mean per pixel (colour scale 0-1 when all its
@@ -59,14 +64,15 @@ def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str
     is titled ``label``), any other one by category (a legend up to ``LEGEND_MAX`` values).
     ``hover``: the cell under the cursor (a second reduction per image: +1 s at 10 million cells); by default
     only up to ``HOVER_CELL_MAX`` cells. Above it the hover shows what is under the cursor per label, which the
-    image's own aggregation already holds (bench/views.py measures both)."""
+    image's own aggregation already holds (bench/views.py measures both).
+    ``width`` None: as wide as its container (the legend included), ``height`` high."""
     if hover is None:
         hover = len(cells) <= HOVER_CELL_MAX
     # without the per-cell hover the element carries only what the image needs (no cell names to copy or check)
     vdims = [c for c in HOVER_COLUMNS if c in cells.columns] if hover else []
     if color_by not in vdims:
         vdims.append(color_by)
-    common = dict(width=width, height=480, xaxis=None, yaxis=None, title=title, tools=["hover"],
+    common = dict(**size_opts(width, height), xaxis=None, yaxis=None, title=title, tools=["hover"],
                   bgcolor="white", active_tools=["wheel_zoom"])
     selector = ds.first("confidence") if hover and "confidence" in vdims else None
     column = cells[color_by]
@@ -90,36 +96,43 @@ def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str
         return shaded
     legend = hv.NdOverlay({c: hv.Points([(np.nan, np.nan)], label=c).opts(color=keyed[c], size=8)
                            for c in cats})
-    return (shaded * legend).opts(legend_position="right", width=width + 200)
+    return (shaded * legend).opts(legend_position="right", **size_opts(width and width + 200, height))
 
 
-def confusion_heatmap(confusion: dict, normalised: bool = False) -> hv.Overlay:
-    """Rows: true labels; columns: predicted labels (with 'unassigned'); counts or row fractions written in."""
+def confusion_heatmap(confusion: dict, normalised: bool = False, width: int | None = 620,
+                      height: int = 520) -> hv.Overlay:
+    """Rows: true labels; columns: predicted labels (with 'unassigned'); counts or row fractions written in.
+    ``width`` None: as wide as its container."""
     rows, cols = confusion["rows"], confusion["columns"]
     values = np.array(confusion["row_normalised" if normalised else "counts"], dtype=float)
     records = [(c, r, values[i, j]) for i, r in enumerate(rows) for j, c in enumerate(cols)]
     heat = hv.HeatMap(records, kdims=["predicted", "true"], vdims=["value"]).opts(
-        cmap="Blues", colorbar=True, xrotation=45, width=620, height=520, tools=["hover"],
+        cmap="Blues", colorbar=True, xrotation=45, tools=["hover"], **size_opts(width, height),
         invert_yaxis=True, title="Confusion matrix (" + ("row-normalised" if normalised else "counts") + ")",
         clim=(0, 1 if normalised else float(values.max() or 1)))
     text = [f"{v:.2f}" if normalised else f"{int(v)}" for _, _, v in records]
-    labels = hv.Labels([(c, r, t) for (c, r, _), t in zip(records, text, strict=True)],
-                       kdims=["predicted", "true"], vdims=["text"]).opts(text_font_size="9pt", text_color="black")
-    return heat * labels
+    top = 1 if normalised else float(values.max() or 1)
+    # dark text on light cells, white on dark ones: every number stays readable
+    labels = [hv.Labels([(c, r, t) for (c, r, v), t in zip(records, text, strict=True) if dark == (v > 0.6 * top)],
+                        kdims=["predicted", "true"], vdims=["text"]).opts(
+                            text_font_size="9pt", text_color="white" if dark else "black") for dark in (False, True)]
+    return heat * labels[0] * labels[1]
 
 
-def f1_bars(metrics: dict) -> hv.Bars:
+def f1_bars(metrics: dict, width: int | None = 480) -> hv.Bars:
+    """Each class's F1, worst first (``width`` None: as wide as its container)."""
     per_class = metrics.get("per_class", {})
     data = sorted(((c, v["f1"], v["support"]) for c, v in per_class.items()), key=lambda t: t[1])
     return hv.Bars(data, kdims=["class"], vdims=["F1", "support"]).opts(
-        invert_axes=True, width=480, height=max(200, 28 * len(data) + 60), xlim=(0, 1), tools=["hover"],
+        invert_axes=True, **size_opts(width, max(200, 28 * len(data) + 60)), xlim=(0, 1), tools=["hover"],
         title=f"Per-class F1 (macro-F1 {metrics.get('macro_f1', 0):.3f})", color="#2b5797")
 
 
-def reliability_plot(calibration: dict, width: int = 420, height: int = 380) -> hv.Overlay:
+def reliability_plot(calibration: dict, width: int | None = 420, height: int = 380) -> hv.Overlay:
     """Reliability diagram from a run's ``metrics["calibration"]``: per confidence bin (only bins holding cells),
     a bar up to the fraction of cells called right, a red band from there to the bin's mean confidence (the gap
-    the ECE weighs) and a point at (mean confidence, accuracy); the dashed diagonal is perfect calibration."""
+    the ECE weighs) and a point at (mean confidence, accuracy); the dashed diagonal is perfect calibration.
+    ``width`` None: as wide as its container."""
     bins = calibration.get("bins") or []
     ece = calibration.get("ece")
     x = hv.Dimension("confidence", label="confidence (top class)", range=(0, 1))
@@ -137,7 +150,7 @@ def reliability_plot(calibration: dict, width: int = 420, height: int = 380) -> 
         color="#7f7f7f", line_dash="dashed")
     title = "Reliability" + (f" (ECE {ece:.3f})" if ece is not None else "")
     return (bars * gaps * points * diagonal).opts(
-        width=width, height=height, title=title, xlim=(0, 1), ylim=(0, 1), legend_position="top_left",
+        **size_opts(width, height), title=title, xlim=(0, 1), ylim=(0, 1), legend_position="top_left",
         show_grid=True)
 
 

@@ -1,5 +1,5 @@
 """Reference (or saved annotator), truth and the Run button; live progress of runs in flight; the history of every
-run here."""
+run here. What it offers and says is in ``dashboards.run_text``."""
 
 from __future__ import annotations
 
@@ -13,109 +13,38 @@ from app.catalog import EMBEDDING_INTEGRATION
 from app.datasets import CheckReport
 from dashboards.data import labelled_datasets
 from dashboards.integration_form import IntegrationForm
+from dashboards.run_text import (
+    ANNOTATOR,
+    FINE_TUNE,
+    HEADS,
+    KNN,
+    LABELS_FROM,
+    NO_ANNOTATOR,
+    NO_REFERENCE,
+    NO_TRUTH,
+    REFERENCE,
+    TUNING,
+    annotator_choices,
+    annotator_note,
+    history_frame,
+    progress_text,
+    run_options,
+    submission,
+)
 from dashboards.safe_text import md, plain_formatters
+from dashboards.styles import FITTING_TABLE
 from dashboards.view import PlatformView
 
-NO_REFERENCE = "(none: evaluate on a 70/30 split of the query)"
-NO_TRUTH = "(none)"
-# what a user picks -> the head kind a run's options name (inference.heads.HEAD_KINDS; a test keeps them in step)
-HEADS = {"Logistic regression": "logistic_regression", "kNN reference mapping": "knn",
-         "Fine-tune the model": "fine-tune"}
-KNN, FINE_TUNE = "knn", "fine-tune"
-# where a run's labels come from: a reference dataset (a head trained for the run) or a saved annotator
-REFERENCE, ANNOTATOR = "reference", "annotator"
-LABELS_FROM = {"reference dataset": REFERENCE, "saved annotator": ANNOTATOR}
-NO_ANNOTATOR = "(no saved annotators yet: save one from a run's results)"
 # application id -> its own submission form (a view taking ``dataset``/``datasets``, giving ``submitted``); any
 # other application gets this panel's annotation form
 SUBMISSION_FORMS = {EMBEDDING_INTEGRATION: IntegrationForm}
-TUNING = {"epochs": "Epochs (at most)", "learning_rate": "Learning rate", "frozen_layers": "Frozen layers"}
 FOLLOWED = ("dataset", "datasets")  # what a form follows from this panel
+# the history fits its width: the text columns wrap, these keep their widths (px)
+HISTORY_WIDTHS = {"run": 85, "status": 80, "progress": 80, "duration_s": 95, "macro_f1": 85, "started": 160}
 
 
-def run_options(confidence: float, novelty: float = 0.0, head: str | None = "logistic_regression",
-                k: int | None = None, majority_voting: bool = False, tuning: dict | None = None) -> dict:
-    """The options of a submission from the run panel's choices: k only for the kNN head, and only when given
-    (blank: the platform picks it from the reference's class sizes); ``tuning`` (epochs, learning_rate,
-    frozen_layers) only for fine-tuning. ``head`` None: no head at all (an annotator brings its own)."""
-    options = {"confidence_threshold": float(confidence), "novelty_threshold": float(novelty),
-               "majority_voting": bool(majority_voting)}
-    if head:
-        options["head"] = head
-        if head == KNN and k is not None:
-            options["k"] = int(k)
-        if head == FINE_TUNE:
-            options.update(tuning or {})
-    return options
-
-
-def submission(labels_from: str, options: dict, reference: str | None = None, label_column: str | None = None,
-               truth_column: str | None = None, annotator: str | None = None) -> dict:
-    """The keyword arguments of ``platform.runs.submit`` after the application, model and dataset: a reference
-    and its label column, or a saved annotator (then no reference, no label column, no head or k)."""
-    truth = None if truth_column in (None, NO_TRUTH) else truth_column
-    if labels_from == ANNOTATOR:
-        return {"reference_id": None, "label_column": None, "truth_column": truth,
-                "options": {k: v for k, v in options.items() if k not in ("head", "k", *TUNING)},
-                "annotator": annotator or None}
-    return {"reference_id": reference or None, "label_column": label_column, "truth_column": truth,
-            "options": options, "annotator": None}
-
-
-def annotator_label(a, model_names: dict[str, str]) -> str:  # noqa: ANN001 - store.tables.AnnotatorEntry
-    """How a saved annotator is offered (a Select shows it as text): name, model, classes; untrained ones said."""
-    untrained = " · untrained (predictions mean nothing)" if not a.trained else ""
-    return f"{a.name} — {model_names.get(a.model_id, a.model_id)} · {len(a.classes or {})} classes{untrained}"
-
-
-def annotator_choices(annotators: list, model_names: dict[str, str]) -> dict[str, str]:
-    """Picker label -> id of the saved annotators (newest first, as the service lists them)."""
-    return {annotator_label(a, model_names): a.id for a in annotators}
-
-
-def annotator_note(a, model_id: str | None, model_names: dict[str, str]) -> tuple[str, str]:  # noqa: ANN001
-    """What to say about the picked annotator (Markdown, escaped) and how (an alert type): a model other than the
-    one selected is a refusal, untrained weights a warning, else what it is."""
-    if a is None:
-        return ("No saved annotator to use: save one from a finished run with a reference (section 3, "
-                "*Save this run's head as an annotator*), or take the labels from a reference dataset.", "warning")
-    model = model_names.get(a.model_id, a.model_id)
-    if model_id != a.model_id:
-        return (f"Annotator **{md(a.name)}** reads {md(model)}'s embeddings, and the selected model is "
-                f"{md(model_names.get(model_id, model_id or 'none'))}: pick {md(model)} in the model picker to use "
-                "it.", "danger")
-    check = (a.check or {}).get("macro_f1")
-    reference = (a.reference or {}).get("file_name") or "its reference"
-    text = (f"**{md(a.name)}**: {md(model)}, {len(a.classes or {})} classes learnt from {md(reference)}"
-            + (f" · held-out macro-F1 {float(check):.3f}" if check is not None else "")
-            + (f" · by {md(a.author)}" if a.author else ""))
-    if not a.trained:
-        return (text + "  \n**Trained on generated, untrained weights**: its predictions mean nothing.", "warning")
-    return text, "light"
-
-
-def history_frame(runs: list, model_names: dict[str, str], dataset_names: dict[str, str]) -> pd.DataFrame:
-    """One row per run, newest first: what a user scans to find a run."""
-    rows = []
-    for r in runs:
-        end = r.finished_at or None
-        duration = (end - r.started_at).total_seconds() if end and r.started_at else None
-        rows.append({"run": r.id[:8], "status": r.status, "model": model_names.get(r.model_id, r.model_id),
-                     "dataset": dataset_names.get(r.dataset_id, r.dataset_id[:8]),
-                     "stage": r.stage, "progress": round(100 * r.progress),
-                     "duration_s": round(duration, 1) if duration is not None else None,
-                     "macro_f1": round(r.metrics["macro_f1"], 3) if r.metrics.get("macro_f1") is not None else None,
-                     "weights": r.parameters.get("weights", ""),
-                     "started": r.created_at.strftime("%Y-%m-%d %H:%M:%S"), "id": r.id})
-    return pd.DataFrame(rows, columns=["run", "status", "model", "dataset", "stage", "progress", "duration_s",
-                                       "macro_f1", "weights", "started", "id"])
-
-
-def progress_text(status: dict, model_name: str) -> str:
-    cells = (f" · {status['cells_done']:,}/{status['cells_total']:,} cells" if status.get("cells_total") else "")
-    eta = f" · ETA {status['eta_s']:.0f} s" if status.get("eta_s") else ""
-    device = f" · {status['device']}" if status.get("device") else ""
-    return f"**{md(model_name)}** — {md(status['stage'])}{cells}{eta}{md(device)}"
+EVERYONE, MINE = "everyone", "mine"
+DELETE_RUN, CONFIRM_DELETE = "Delete the opened run", "Yes, delete it"
 
 
 class RunPanel(PlatformView):
@@ -159,6 +88,7 @@ class RunPanel(PlatformView):
                                         "label; shown beside the per-cell labels.")
     finished = param.Integer(default=0, doc="Bumped when one of this session's runs finishes.")
     opened = param.String(default="", doc="Id of the finished run last clicked in the history, to be shown.")
+    show = param.Selector(default=EVERYONE, objects=[EVERYONE, MINE], doc="The history: every user's runs or mine.")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)
@@ -169,8 +99,13 @@ class RunPanel(PlatformView):
         self.in_flight = pn.Column(sizing_mode="stretch_width", css_classes=["runs-in-flight"])
         self.history = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True, pagination="local",
                                             page_size=10, css_classes=["run-history"], sizing_mode="stretch_width",
-                                            hidden_columns=["id"])
+                                            hidden_columns=["id"], layout="fit_columns", widths=HISTORY_WIDTHS,
+                                            stylesheets=[FITTING_TABLE])
         self.history.on_click(self._on_history_click)
+        self.delete_button = pn.widgets.Button(name=DELETE_RUN, button_type="danger", button_style="outline",
+                                               css_classes=["delete-run"], visible=False)
+        self.delete_button.on_click(self._delete_opened)
+        self._confirming = ""
         self.forms = {app: make(self.platform, **{n: getattr(self, n) for n in FOLLOWED})
                       for app, make in SUBMISSION_FORMS.items()}
         for form in self.forms.values():
@@ -250,7 +185,7 @@ class RunPanel(PlatformView):
                           self.truth_column, self.annotator)
         try:
             run = await asyncio.to_thread(self.platform.runs.submit, self.application, self.model, self.dataset,
-                                          **args)
+                                          **args, user=self.user)
         except (InvalidRun, NotFound, ValueError) as exc:
             self._say(md(exc), "danger")
             return
@@ -304,7 +239,42 @@ class RunPanel(PlatformView):
 
     def _history(self, names: dict[str, str]) -> pd.DataFrame:
         datasets = {d.id: d.file_name for d in self.platform.datasets.list()}
-        return history_frame(self.platform.runs.list(), names, datasets)
+        runs = self.platform.runs.list()
+        if self.show == MINE:
+            runs = [r for r in runs if r.created_by == self.user.name]
+        return history_frame(runs, names, datasets)
+
+    @param.depends("show", watch=True)
+    def _on_show(self) -> None:
+        self.refresh_history()
+
+    @param.depends("opened", watch=True)
+    def _offer_delete(self) -> None:
+        self.delete_button.visible = bool(self.opened)
+        self.delete_button.name, self._confirming = DELETE_RUN, ""
+
+    async def _delete_opened(self, _event) -> None:  # noqa: ANN001
+        """Two clicks: the first says which run goes, the second deletes it (rows and files)."""
+        from app.lifecycle import RunInUse
+        from app.users import Forbidden
+
+        run_id = self.opened
+        if not run_id:
+            return
+        if self._confirming != run_id:
+            self._confirming, self.delete_button.name = run_id, CONFIRM_DELETE
+            self._say(f"Delete run {run_id[:8]} and its files for everyone on this server? Click *{CONFIRM_DELETE}* "
+                      "to do it.", "warning")
+            return
+        self._confirming, self.delete_button.name = "", DELETE_RUN
+        try:
+            out = await asyncio.to_thread(self.platform.runs.delete, run_id, self.user)
+        except (RunInUse, Forbidden, LookupError, ValueError) as exc:
+            self._say(md(exc), "danger")
+            return
+        self._say(f"Deleted run {run_id[:8]}; freed {out['bytes_freed'] / 2**20:.1f} MB.", "success")
+        self.opened = ""
+        self.refresh_history()
 
     def apply(self, snap: dict) -> None:
         """Show a snapshot: widget updates only, on the session's event loop."""
@@ -328,7 +298,7 @@ class RunPanel(PlatformView):
         event loop ~0.1 s per session while runs execute."""
         old = self.history.value
         if old is None or "id" not in old or len(old) != len(new) or list(old["id"]) != list(new["id"]):
-            self.history.formatters = plain_formatters(new)
+            self.history.formatters = plain_formatters(new, wrap=("model", "dataset", "stage", "weights", "by"))
             self.history.value = new
             return
         changes = {}
@@ -388,5 +358,10 @@ class RunPanel(PlatformView):
         forms = [pn.Column(form, visible=self.param.application.rx() == app, sizing_mode="stretch_width")
                  for app, form in self.forms.items()]
         return pn.Column("## 2 · Run", annotation, *forms, self.in_flight,
-                         "### All runs on this server (click a finished one to open it)", self.history,
+                         pn.Row("### Runs on this server (click a finished one to open it)",
+                                pn.widgets.RadioButtonGroup.from_param(self.param.show, button_type="primary",
+                                                                       button_style="outline",
+                                                                       css_classes=["history-show"], width=200),
+                                self.delete_button, sizing_mode="stretch_width"),
+                         self.history,
                          sizing_mode="stretch_width")

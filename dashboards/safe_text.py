@@ -45,7 +45,9 @@ def html(value: object) -> str:
     return _html.escape(_one_line(value), quote=True)
 
 
-def plain_formatters(frame: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """Tabulator formatters that show every text column as plain text (Tabulator's own ``plaintext``)."""
-    return {str(c): {"type": "plaintext"} for c in frame.columns
+def plain_formatters(frame: pd.DataFrame, wrap: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
+    """Tabulator formatters that show every text column as plain text (Tabulator's own ``plaintext``); the
+    columns named in ``wrap`` as plain text that wraps within the column's width (``textarea``, escaped as well),
+    so that a table fits its width without cutting words off."""
+    return {str(c): {"type": "textarea" if str(c) in wrap else "plaintext"} for c in frame.columns
             if frame[c].dtype == object or isinstance(frame[c].dtype, (pd.CategoricalDtype, pd.StringDtype))}

@@ -6,6 +6,7 @@ import panel as pn
 import param
 
 from app.platform import Platform
+from app.users import ANONYMOUS, User, user
 
 
 class PlatformView(pn.viewable.Viewer):
@@ -21,3 +22,10 @@ class PlatformView(pn.viewable.Viewer):
         if platform is not None:
             params["platform"] = platform
         super().__init__(**params)
+        # read here, in the session's own context: polls and handlers run in threads where pn.state has no user
+        self._user_name = pn.state.user or ANONYMOUS
+
+    @property
+    def user(self) -> User:
+        """Who this session is: Panel's login (basic auth, OAuth/OIDC) or, without one, the one anonymous user."""
+        return user(self.platform.settings, self._user_name)

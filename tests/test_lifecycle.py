@@ -195,3 +195,60 @@ def test_the_command_line_lists_deletes_and_measures(tmp_path):
     assert gone.returncode == 0 and f"deleted run {done.id}" in gone.stdout
     assert done.id not in cli("runs", "list").stdout
 
+
+
+def test_the_dashboard_deletes_with_a_confirmation_filters_mine_and_shows_disk_use(tmp_path):
+    import asyncio
+
+    from dashboards.data import CONFIRM_DELETE, DataPanel
+    from dashboards.runs import MINE, RunPanel
+    from dashboards.usage import UsageView, who_text
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice alice-token-0123456789\nbob bob-token-0123456789ab\n")
+    p = Platform(_settings(tmp_path / "home", HELICAL_PLATFORM_TOKENS=str(tokens)), start_cluster=False)
+    try:
+        with open(PBMC, "rb") as fh:
+            ds = p.datasets.ingest(fh, "pbmc <b>bold.h5ad")
+        alices, bobs = _run(p, ds), _run(p, ds)
+        with write_session(p.engine) as s:
+            for run, who in ((alices, "alice"), (bobs, "bob")):
+                row = s.get(Run, run.id)
+                row.created_by = who
+                s.add(row)
+
+        panel = RunPanel(p)
+        panel._user_name = "alice"  # as Panel's login would name the session
+        assert set(panel.history.value["id"]) == {alices.id, bobs.id}
+        assert dict(zip(panel.history.value["id"], panel.history.value["by"], strict=True))[bobs.id] == "bob"
+        panel.show = MINE
+        assert list(panel.history.value["id"]) == [alices.id]
+
+        panel.opened = bobs.id  # another user's run: refused, kept
+        assert panel.delete_button.visible
+        asyncio.run(panel._delete_opened(None))
+        assert panel.delete_button.name == CONFIRM_DELETE and "Click" in panel.message.object
+        asyncio.run(panel._delete_opened(None))
+        assert "belongs to bob" in panel.message.object and bobs.id in _ids(p)
+        panel.opened = alices.id
+        asyncio.run(panel._delete_opened(None))
+        asyncio.run(panel._delete_opened(None))
+        assert "Deleted run" in panel.message.object and alices.id not in _ids(p) and panel.opened == ""
+
+        data = DataPanel(p)
+        data._user_name = "bob"
+        data.dataset = ds.id
+        assert data.delete_button.visible
+        asyncio.run(data._delete_dataset(None))
+        assert "its 1 run(s)" in data.status.object and "&lt;b&gt;" in data.status.object  # escaped, not markup
+        asyncio.run(data._delete_dataset(None))
+        assert "belongs to no recorded user" in data.status.object  # uploaded without a user: admins only
+        assert ds.id in {d.id for d in p.datasets.list()}
+
+        usage = UsageView(p)
+        asyncio.run(usage._refresh())
+        assert "**Disk use**" in usage.usage.object and "&lt;b&gt;" in usage.usage.object
+        assert "Not signed in" in usage.who.object
+        assert who_text("alice", False, True).endswith("(may delete what they made).")
+    finally:
+        p.close()

@@ -9,8 +9,8 @@ import pandas as pd
 from dashboards.catalog import ModelPicker, model_card, model_label
 from dashboards.data import report_markdown
 from dashboards.plots import color_key, color_range, confusion_heatmap, disagreement, is_continuous, umap_plot
-from dashboards.results import UNTRAINED_BANNER, top_probabilities
-from dashboards.runs import history_frame, progress_text
+from dashboards.result_text import UNTRAINED_BANNER, top_probabilities
+from dashboards.run_text import history_frame, progress_text
 from inference.checks import check_file
 from store.engine import write_session
 from store.tables import ModelEntry
@@ -65,9 +65,11 @@ def test_history_and_progress_words():
         finished_at = pd.Timestamp("2026-01-01 10:00:42", tz="UTC")
         created_at = started_at
         metrics, parameters = {"macro_f1": 0.9312}, {"weights": "installed"}
+        created_by = "alice"
 
     frame = history_frame([R()], {"baseline": "Baseline"}, {"d1": "pbmc.h5ad"})
     row = frame.iloc[0]
+    assert row["by"] == "alice"
     assert (row["model"], row["dataset"], row["duration_s"], row["macro_f1"]) == ("Baseline", "pbmc.h5ad", 42.0, 0.931)
     text = progress_text({"stage": "embedding query", "cells_done": 120, "cells_total": 599, "eta_s": 12.4,
                           "device": "cpu"}, "Geneformer")
@@ -142,15 +144,15 @@ def test_pages_of_cells_read_only_their_row_groups_and_match_the_file(platform):
     assert view.run == run_id
 
     def position() -> str:
-        return next(o.object for o in view._table().objects[1].objects if hasattr(o, "object"))
+        return next(o.object for o in view.cells._table().objects[1].objects if hasattr(o, "object"))
 
     assert position() == "cells 1–20 of 25,000"
-    view.page = 3
+    view.cells.page = 3
     assert position() == "cells 61–80 of 25,000"
-    assert view._table().objects[0].value["cell_id"].tolist()[0] == "cell-60"
-    view.page = 10_000  # past the end: back to the last page
-    view._table()
-    assert view.page == 1_249 and position() == "cells 24,981–25,000 of 25,000"
+    assert view.cells._table().objects[0].value["cell_id"].tolist()[0] == "cell-60"
+    view.cells.page = 10_000  # past the end: back to the last page
+    view.cells._table()
+    assert view.cells.page == 1_249 and position() == "cells 24,981–25,000 of 25,000"
 
 
 def test_hover_names_the_cell_up_to_a_size_and_the_labels_under_the_cursor_beyond(monkeypatch):
@@ -208,14 +210,14 @@ def test_colour_options_come_from_the_runs_own_columns_by_kind(platform):
     assert view.color_by == "predicted_label"
     for color in ("novelty", "split", "true_label"):
         view.color_by = color
-        plot = view._umaps().objects[0].objects[0].object
+        plot = view._umap().objects[0].object
         hv.render(plot, backend="bokeh")
         assert color in view._cache[rich].columns
     view.color_by = "novelty"
     view.run = bare  # a run without that column: its own options, back to the predicted label
     assert "novelty" not in view.param.color_by.objects and "true_label" not in view.param.color_by.objects
     assert view.color_by == "predicted_label"
-    hv.render(view._umaps().objects[0].objects[0].object, backend="bokeh")
+    hv.render(view._umap().objects[0].object, backend="bokeh")
 
 
 def test_the_results_cache_keeps_only_the_runs_drawn_last(platform):
@@ -225,14 +227,14 @@ def test_the_results_cache_keeps_only_the_runs_drawn_last(platform):
     view = ResultsView(platform)
     for run_id in runs:
         view.run = run_id
-        view._umaps()
+        view._umap()
         assert len(view._cache) <= MAX_CACHED_RUNS
     assert list(view._cache) == runs[-MAX_CACHED_RUNS:]
     oldest, second = runs[-MAX_CACHED_RUNS], runs[-MAX_CACHED_RUNS + 1]
     view.run = oldest  # drawn again: the most recent now, so the next new run evicts the second oldest instead
-    view._umaps()
+    view._umap()
     view.run = runs[0]
-    view._umaps()
+    view._umap()
     assert second not in view._cache and list(view._cache)[-2:] == [oldest, runs[0]]
     assert len(view._cache) == MAX_CACHED_RUNS
 
@@ -308,7 +310,8 @@ CALIBRATION = {"ece": 0.0421, "n_cells": 180, "head": "logistic_regression", "te
 def test_the_run_options_come_from_the_head_picker_k_voting_and_thresholds(platform):
     import asyncio
 
-    from dashboards.runs import HEADS, RunPanel, run_options
+    from dashboards.run_text import HEADS, run_options
+    from dashboards.runs import RunPanel
     from inference.heads import HEAD_OPTIONS
 
     assert set(HEADS.values()) == set(HEAD_OPTIONS)  # the picker offers every head a run can ask for
@@ -346,7 +349,7 @@ def test_the_run_options_come_from_the_head_picker_k_voting_and_thresholds(platf
 
 def test_the_reliability_diagram_draws_the_bins_with_the_ece_in_its_title():
     from dashboards.plots import reliability_plot
-    from dashboards.results import calibration_caption
+    from dashboards.result_text import calibration_caption
 
     fig = hv.render(reliability_plot(CALIBRATION), backend="bokeh")
     assert fig.title.text == "Reliability (ECE 0.042)"
@@ -372,7 +375,7 @@ def _scores(macro_f1: float, labels=("B", "T")) -> dict:
 def test_the_metrics_name_the_head_and_follow_per_cell_or_majority_voting():
     from types import SimpleNamespace
 
-    from dashboards.results import CONSENSUS, PER_CELL, metrics_markdown, shown_metrics
+    from dashboards.result_text import CONSENSUS, PER_CELL, metrics_markdown, shown_metrics
 
     metrics = {**_scores(0.8), "scope": "held-out split", "calibration": CALIBRATION,
                CONSENSUS: {**_scores(0.9), "clusters": 12}}
@@ -395,7 +398,8 @@ def test_the_metrics_name_the_head_and_follow_per_cell_or_majority_voting():
 
 
 def test_a_majority_voting_run_offers_the_reference_fit_and_consensus_and_a_reliability_diagram(platform):
-    from dashboards.results import CONSENSUS, PER_CELL, ResultsView
+    from dashboards.result_text import CONSENSUS, PER_CELL
+    from dashboards.results import ResultsView
 
     n = 300
     rng = np.random.default_rng(2)
@@ -416,8 +420,9 @@ def test_a_majority_voting_run_offers_the_reference_fit_and_consensus_and_a_reli
     assert names["over-clustering"] == "over_clustering" and names["predicted label"] == "predicted_label"
     assert view.has_consensus and view.label_source == PER_CELL
 
-    def metrics_panes():
-        return [o for o in view._metrics().objects for o in getattr(o, "objects", [o])]
+    def metrics_panes():  # the headline's words and matrix, the details' F1 bars and reliability diagram
+        shown = [*view._summary().objects, view._confusion(), *view._details().objects]
+        return [o for o in shown for o in getattr(o, "objects", [o])]
 
     def classes(pane) -> set:
         return set(pane.css_classes or [])
@@ -431,12 +436,12 @@ def test_a_majority_voting_run_offers_the_reference_fit_and_consensus_and_a_reli
     titles = {}
     for color in ("reference_fit", "over_clustering"):
         view.color_by = color
-        titles[color] = hv.render(view._umaps().objects[0].objects[0].object, backend="bokeh").title.text
+        titles[color] = hv.render(view._umap().objects[0].object, backend="bokeh").title.text
     assert titles["reference_fit"].endswith("UMAP by reference fit")
     assert titles["over_clustering"].endswith("UMAP by over-clustering")
     view.label_source = CONSENSUS  # majority voting: the UMAP colours by the consensus, the scores are its own
     assert view.color_by == CONSENSUS
-    hv.render(view._umaps().objects[0].objects[0].object, backend="bokeh")
+    hv.render(view._umap().objects[0].object, backend="bokeh")
     assert "0.900" in next(p for p in metrics_panes() if "f1-bars" in classes(p)).object.opts.get().kwargs["title"]
     view.label_source = PER_CELL
     assert view.color_by == "predicted_label"
@@ -492,7 +497,7 @@ def test_the_annotators_table_says_what_each_is_and_deletes_only_what_is_not_bui
 
     view = AnnotatorsView(platform)
     assert len(view.table.value) == 3 and view.delete_button.disabled
-    assert view.table.formatters["name"] == {"type": "plaintext"}  # names, authors, files: shown as typed
+    assert view.table.formatters["name"] == {"type": "textarea"}  # names, authors, files: shown as typed, wrapped
     row_of = {row_id: i for i, row_id in enumerate(view.table.value["id"])}
     view.table.selection = [row_of[builtin]]
     assert view.selected == builtin and "PBMC 3k (baseline)" in shown(view.details.object)
@@ -511,7 +516,8 @@ def test_the_annotators_table_says_what_each_is_and_deletes_only_what_is_not_bui
 def test_the_run_panel_runs_with_a_saved_annotator_instead_of_a_reference(platform, monkeypatch):
     import asyncio
 
-    from dashboards.runs import ANNOTATOR, NO_TRUTH, REFERENCE, RunPanel, annotator_choices, run_options, submission
+    from dashboards.run_text import ANNOTATOR, NO_TRUTH, REFERENCE, annotator_choices, run_options, submission
+    from dashboards.runs import RunPanel
 
     options = run_options(0.6, 0.1, None, 7, True)
     assert options == {"confidence_threshold": 0.6, "novelty_threshold": 0.1, "majority_voting": True}
@@ -569,7 +575,8 @@ def test_the_run_panel_runs_with_a_saved_annotator_instead_of_a_reference(platfo
     assert sent["args"] == ("cell-type-annotation", "baseline", ds.id)
     assert sent["kwargs"] == {"reference_id": None, "label_column": None, "truth_column": "celltype",
                               "options": {"confidence_threshold": 0.5, "novelty_threshold": 0.0,
-                                          "majority_voting": False}, "annotator": mine}
+                                          "majority_voting": False}, "annotator": mine,
+                              "user": panel.user}  # the session's user (no sign-in here: the anonymous one)
     assert shown(panel.message.object) == "<b>stopped</b> here"  # the refusal, as typed
 
     _annotator(platform, "Newer PBMC")
@@ -583,7 +590,7 @@ def test_a_run_with_a_reference_saves_as_an_annotator_with_confirmed_ontology_te
 
     from app.annotators import Conflict
     from dashboards.dashboard import Dashboard
-    from dashboards.results import EDITED, ontology_frame, ontology_mapping, savable
+    from dashboards.result_annotator import EDITED, ontology_frame, ontology_mapping, savable
 
     frame = ontology_frame(["CD14 Monocytes", "weird blob"],
                            {"CD14 Monocytes": {"term_id": "CL:0001054", "term_label": "CD14-positive monocyte",
@@ -608,10 +615,10 @@ def test_a_run_with_a_reference_saves_as_an_annotator_with_confirmed_ontology_te
                                        parameters={"annotator": {"id": "a", "name": "x"}}))
 
     dash = Dashboard(platform)
-    view = dash.results
-    view.run = evaluation
+    dash.results.run = evaluation
+    view = dash.results.save_form  # the results' save form follows the run shown
     assert not view.can_save
-    view.run = run_id
+    dash.results.run = run_id
     assert view.can_save
     table = view.ontology.value
     assert table["class"].tolist() == head["classes"]
@@ -656,16 +663,16 @@ def test_a_run_with_a_reference_saves_as_an_annotator_with_confirmed_ontology_te
 
 
 def test_an_annotator_run_with_ontology_terms_shows_cell_types_or_cell_classes(platform):
-    from dashboards.results import (
+    from dashboards.result_text import (
         CELL_CLASS,
         CELL_TYPE,
         CLASS_COLUMN,
         CONSENSUS,
         PER_CELL,
-        ResultsView,
         metrics_markdown,
         shown_metrics,
     )
+    from dashboards.results import ResultsView
 
     n = 300
     rng = np.random.default_rng(3)
@@ -684,7 +691,7 @@ def test_an_annotator_run_with_ontology_terms_shows_cell_types_or_cell_classes(p
 
     view = ResultsView(platform)
     view.run = run_id
-    assert view.has_cell_class and view.level == CELL_TYPE and not view.can_save  # an annotator's run
+    assert view.has_cell_class and view.level == CELL_TYPE and not view.save_form.can_save  # an annotator's run
     assert view.param.color_by.names["predicted cell class"] == CLASS_COLUMN
     text = shown(metrics_markdown(view._runs[run_id]))
     assert "At the cell-class level: macro-F1 0.950" in text
@@ -693,15 +700,15 @@ def test_an_annotator_run_with_ontology_terms_shows_cell_types_or_cell_classes(p
     view.label_source = CONSENSUS
     view.level = CELL_CLASS  # the coarse level is each cell's own call: per cell, coloured by class
     assert view.label_source == PER_CELL and view.color_by == CLASS_COLUMN
-    plot = view._umaps().objects[0].objects[0].object
+    plot = view._umap().objects[0].object
     fig = hv.render(plot, backend="bokeh")
     assert fig.title.text.endswith("UMAP by predicted cell class")
     assert set(view._cache[run_id][CLASS_COLUMN]) == {"B cell", "T cell", "unassigned or unmapped"}
     classed = shown(metrics_markdown(view._runs[run_id], PER_CELL, CELL_CLASS))
     assert classed.startswith("Cell class (the Cell Ontology's coarse level, 2 classes): Macro-F1 0.950")
     assert shown_metrics(metrics, PER_CELL, CELL_CLASS)["confusion_matrix"]["rows"] == ["B cell", "T cell"]
-    panes = [o for o in view._metrics().objects for o in getattr(o, "objects", [o])]
-    matrix = next(p for p in panes if "confusion-matrix" in (p.css_classes or []))
+    matrix = view._confusion()
+    assert "confusion-matrix" in matrix.css_classes
     assert set(matrix.object.values()[0].dimension_values("true")) == {"B cell", "T cell"}
     view.label_source = CONSENSUS  # the consensus is of cell types: back to that level
     assert view.level == CELL_TYPE and view.color_by == CONSENSUS
@@ -718,7 +725,7 @@ def test_an_annotator_run_with_ontology_terms_shows_cell_types_or_cell_classes(p
 def test_a_fine_tuned_heads_line_says_its_epochs_best_epoch_and_untrained_start():
     from types import SimpleNamespace
 
-    from dashboards.results import head_text
+    from dashboards.result_text import head_text
 
     history = [{"epoch": 1, "val_macro_f1": 0.5}, {"epoch": 2, "val_macro_f1": 0.75}, {"epoch": 3, "val_macro_f1": 0.7}]
     run = SimpleNamespace(parameters={"head": {"kind": "fine-tune", "epochs": 10}}, metrics={}, provenance={
