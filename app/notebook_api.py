@@ -52,6 +52,8 @@ class Client(Protocol):
     def integrate(self, adata: AnnData, models: list[str], batch_column: str, label_column: str | None,
                   options: dict, progress: Progress | None) -> Integrated: ...
 
+    def annotated(self, run_id: str) -> AnnData: ...
+
 
 _client: Client | None = None
 _client_lock = threading.Lock()
@@ -66,6 +68,20 @@ def use_local(platform: Platform | None = None) -> Client:
     with _client_lock:
         _client = LocalClient(platform)
         return _client
+
+
+def connect(url: str, token: str | None = None, timeout: float = 300) -> Client:
+    """Run on a lab server's cluster through its REST API (``http://lab-server:5006``; ``token``: yours from
+    the server's ``HELICAL_PLATFORM_TOKENS``, or its shared ``HELICAL_PLATFORM_API_TOKEN``). The same calls and
+    exceptions as locally; ``use_local()`` switches back. Checks at once that the server answers and takes the
+    token (``Unavailable``, ``AccessDenied``)."""
+    from app.notebook_remote import RemoteClient
+
+    global _client
+    remote = RemoteClient(url, token, timeout)
+    with _client_lock:
+        _client = remote
+    return remote
 
 
 def client() -> Client:

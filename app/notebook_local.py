@@ -126,6 +126,11 @@ class LocalClient:
                                 integrated_uns(results, batch_column, label_column))
                 return Integrated(_read_h5ad(out), metrics_table(results))
 
+    def annotated(self, run_id: str) -> AnnData:
+        """A finished run's annotated file, as its download gives it."""
+        with _translated():
+            return _read_h5ad(self.platform.runs.export(run_id, "h5ad"))
+
     # ---- the steps ---------------------------------------------------------------------------------------------
     def _model(self, model: str, application: str, options: dict) -> tuple[str, dict]:
         """The catalog id of ``model`` (``id`` or ``id:VARIANT``) and the options with its variant; NotFound
