@@ -71,7 +71,15 @@ class DatasetService:
         with read_session(self.platform.engine) as s:
             existing = s.exec(select(Dataset).where(Dataset.sha256 == sha)).first()
         if existing is not None:
-            return existing
+            return existing  # the same bytes are stored once: nothing new counts against a quota
+        if user is not None:
+            from app.lifecycle import QuotaExceeded, check_quota
+
+            try:
+                check_quota(self.platform, user.name, size)
+            except QuotaExceeded:
+                path.unlink(missing_ok=True)  # no other dataset has these bytes (checked above)
+                raise
         report = check_file(path, file_name, vocabularies(self.platform.weights))
         checked = CheckReport(report)
         if not checked.ok:

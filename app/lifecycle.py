@@ -31,6 +31,37 @@ class RunInUse(RuntimeError):
     """A queued or running run cannot be deleted: it is cancelled first."""
 
 
+class QuotaExceeded(ValueError):
+    """An upload that would take a user over ``HELICAL_PLATFORM_QUOTA_GB`` (413, with the numbers)."""
+
+
+def user_bytes(platform, name: str) -> int:  # noqa: ANN001
+    """What ``name`` takes on disk: the files (and stored embeddings) of the datasets they uploaded first and the
+    folders of the runs they started."""
+    with read_session(platform.engine) as s:
+        datasets = list(s.exec(select(Dataset).where(Dataset.created_by == name)))
+        runs = list(s.exec(select(Run).where(Run.created_by == name)))
+    return (sum(d.size_bytes + platform.datasets.embeddings_size(d) for d in datasets)
+            + _size([platform.artifacts.run_dir(r.id) for r in runs]))
+
+
+def check_quota(platform, name: str, new_bytes: int) -> None:  # noqa: ANN001
+    """Refuse ``new_bytes`` more for ``name`` when it would pass the quota; no quota, nothing to check."""
+    quota = platform.settings.quota_gb
+    if not quota:
+        return
+    used, limit = user_bytes(platform, name), int(quota * 1e9)
+    if used + new_bytes > limit:
+        raise QuotaExceeded(f"This upload ({_human(new_bytes)}) would take {name} to {_human(used + new_bytes)}, "
+                            f"over the quota of {quota:g} GB per user (HELICAL_PLATFORM_QUOTA_GB); {name} uses "
+                            f"{_human(used)} now. Delete datasets or runs you no longer need (GET /api/usage lists "
+                            "them), or ask an admin.")
+
+
+def _human(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
 def _journal_dir(platform) -> Path:  # noqa: ANN001 - app.platform.Platform
     return platform.artifacts.inside(JOURNAL)
 

@@ -54,7 +54,7 @@ class RunFailed(PlatformError):
 
 CLASSES: dict[str, type[PlatformError]] = {
     "invalid_request": InputError, "invalid_file": InputError, "unreadable_file": InputError,
-    "invalid_id": InputError, "too_large": InputError, "model_cannot_use": InputError,
+    "invalid_id": InputError, "too_large": InputError, "over_quota": InputError, "model_cannot_use": InputError,
     "invalid_annotator": InputError, "invalid_json": InputError, "unsupported_media_type": InputError,
     "not_found": NotFound, "conflict": Conflict, "in_use": Conflict, "not_finished": Conflict,
     "unauthorized": AccessDenied, "forbidden": AccessDenied, "cross_origin": AccessDenied,

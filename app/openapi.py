@@ -65,7 +65,8 @@ def openapi_document() -> dict:
                 "multipart/form-data": {"schema": {"type": "object", "properties": {
                     "file": {"type": "string", "format": "binary"}}, "required": ["file"]}}}},
             "responses": {"201": _json({"$ref": REF + "Dataset"}, "Stored and checked"),
-                          "413": _error("Above the upload limit"), "415": _error("Not a readable single-cell file"),
+                          "413": _error("Above the upload limit (too_large), or the user's quota (over_quota)"),
+                          "415": _error("Not a readable single-cell file"),
                           **CROSS_SITE, **COMMON_ERRORS}}},
         "/api/submit": {"post": {
             "summary": "Submit a run (answers at once)", "operationId": "submit",

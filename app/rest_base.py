@@ -17,7 +17,7 @@ import tornado.web
 from app.annotators import AnnotatorFileError, AnnotatorInUse, Conflict
 from app.cross_site import cross_site_refusal, is_json
 from app.datasets import DatasetInUse, DatasetRejected, NotFound
-from app.lifecycle import RunInUse
+from app.lifecycle import QuotaExceeded, RunInUse
 from app.loopwatch import WATCH
 from app.platform import Platform
 from app.runs import InvalidRun, ModelCannotUse, RunNotFinished
@@ -61,6 +61,8 @@ def translate(exc: BaseException) -> ApiError:
         return ApiError(409, "not_finished", str(exc))
     if isinstance(exc, UploadTooLargeError):
         return ApiError(413, "too_large", str(exc))
+    if isinstance(exc, QuotaExceeded):
+        return ApiError(413, "over_quota", str(exc))
     if isinstance(exc, DatasetRejected):
         if exc.unreadable:
             return ApiError(415, "unreadable_file", str(exc), exc.report)

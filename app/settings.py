@@ -29,6 +29,20 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _gigabytes(env: Mapping[str, str], name: str) -> float:
+    """A size in GB (decimals allowed); unset or empty: 0, no limit."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number of gigabytes (e.g. 50 or 2.5).") from None
+    if not value > 0 or value == float("inf"):
+        raise SettingsError(f"{name}={raw!r} must be a positive number of gigabytes (unset it for no quota).")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if not raw:
@@ -76,6 +90,7 @@ class Settings:
     retention_days: int = 0  # finished runs older than this are deleted by the server; 0 keeps them
     tokens_file: Path | None = None  # "user token" per line: REST tokens that say who calls (app/users.py)
     admins: tuple[str, ...] = ()  # users who may delete anything
+    quota_gb: float = 0.0  # per user: datasets and runs they made; an upload over it is refused (0: no quota)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +121,7 @@ class Settings:
             retention_days=_int(env, ENV_PREFIX + "RETENTION_DAYS", 0, minimum=0),
             tokens_file=Path(env[ENV_PREFIX + "TOKENS"]).expanduser() if env.get(ENV_PREFIX + "TOKENS") else None,
             admins=tuple(a.strip() for a in (env.get(ENV_PREFIX + "ADMINS") or "").split(",") if a.strip()),
+            quota_gb=_gigabytes(env, ENV_PREFIX + "QUOTA_GB"),
         )
 
     @property

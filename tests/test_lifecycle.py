@@ -252,3 +252,42 @@ def test_the_dashboard_deletes_with_a_confirmation_filters_mine_and_shows_disk_u
         assert who_text("alice", False, True).endswith("(may delete what they made).")
     finally:
         p.close()
+
+
+def test_an_upload_over_a_users_quota_is_refused_with_the_numbers_and_nothing_kept(tmp_path):
+    import anndata as ad
+
+    from app.lifecycle import QuotaExceeded, user_bytes
+    from app.users import User
+
+    p = Platform(_settings(tmp_path / "home", HELICAL_PLATFORM_QUOTA_GB="0.006"), start_cluster=False)
+    alice = User("alice")
+    try:
+        with open(PBMC, "rb") as fh:
+            first = p.datasets.ingest(fh, "pbmc.h5ad", alice)
+        run = _run(p, first, payload=b"r" * 1_000_000)
+        with write_session(p.engine) as s:
+            row = s.get(Run, run.id)
+            row.created_by = "alice"
+            s.add(row)
+        assert user_bytes(p, "alice") == first.size_bytes + 1_000_000
+        other = tmp_path / "other.h5ad"
+        ad.read_h5ad(PBMC)[::-1].copy().write_h5ad(other, compression="gzip")  # other bytes, about as large
+        with open(other, "rb") as fh, pytest.raises(QuotaExceeded) as refused:
+            p.datasets.ingest(fh, "other.h5ad", alice)
+        words = str(refused.value)
+        assert "over the quota of 0.006 GB per user (HELICAL_PLATFORM_QUOTA_GB)" in words
+        assert f"alice uses {(first.size_bytes + 1_000_000) / 1e6:.1f} MB now" in words
+        assert translate(refused.value).status == 413 and translate(refused.value).code == "over_quota"
+        assert [d.id for d in p.datasets.list()] == [first.id]
+        stored = list((p.artifacts.home / "datasets").rglob("*.h5ad"))
+        assert stored == [p.datasets.path(first)]  # the refused bytes are not kept
+        with open(PBMC, "rb") as fh:  # the same bytes again take no more room: not refused
+            assert p.datasets.ingest(fh, "pbmc again.h5ad", alice).id == first.id
+        with open(other, "rb") as fh:  # another user has room
+            assert p.datasets.ingest(fh, "other.h5ad", User("bob")).created_by == "bob"
+    finally:
+        p.close()
+    for bad in ("-1", "lots", "0"):
+        with pytest.raises(SettingsError, match="HELICAL_PLATFORM_QUOTA_GB"):
+            Settings.from_env({"HELICAL_PLATFORM_QUOTA_GB": bad})

@@ -31,7 +31,7 @@ def server(tmp_path_factory):
     tokens = tmp / "tokens.txt"
     tokens.write_text("# user token\n" + "".join(f"{u} {t}\n" for u, t in TOKENS.items()))
     with make_serve(tmp, {"HELICAL_PLATFORM_TOKENS": str(tokens), "HELICAL_PLATFORM_ADMINS": "carol",
-                          "HELICAL_PLATFORM_API_TOKEN": SHARED}) as s:
+                          "HELICAL_PLATFORM_API_TOKEN": SHARED, "HELICAL_PLATFORM_QUOTA_GB": "0.03"}) as s:
         yield s
 
 
@@ -102,6 +102,24 @@ def test_each_user_sees_what_they_made_and_deletes_only_their_own_unless_admin(s
     wrong = requests.get(server.url + "/api/runs", headers={"Authorization": "Bearer not-a-known-token-at-all"},
                          timeout=30)
     assert wrong.status_code == 401 and "HELICAL_PLATFORM_TOKENS" in error_of(wrong)["message"]
+
+
+def test_an_upload_over_the_users_quota_answers_413_with_the_numbers(server, tmp_path):
+    import numpy as np
+    import scipy.sparse as sp
+
+    big = ad.AnnData(X=sp.random(3000, 2000, density=0.9, format="csr", dtype=np.float32, random_state=0))
+    big.X.data = np.ceil(big.X.data * 20)
+    path = tmp_path / "big.h5ad"
+    big.write_h5ad(path)  # about 43 MB: over the 30 MB quota on its own
+    with open(path, "rb") as fh:
+        r = requests.post(server.url + "/api/upload", params={"filename": path.name}, data=fh, timeout=300,
+                          headers={"Content-Type": "application/octet-stream",
+                                   "Authorization": f"Bearer {TOKENS['bob']}"})
+    assert r.status_code == 413 and error_of(r)["code"] == "over_quota", r.text
+    message = error_of(r)["message"]
+    assert "would take bob to" in message and "over the quota of 0.03 GB per user" in message
+    assert _as(server, "bob", "GET", "/api/datasets", params={"mine": "true"}).json() == []  # nothing kept
 
 
 def _wait(server, run_id: str) -> str:
