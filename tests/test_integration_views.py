@@ -208,7 +208,7 @@ def test_the_run_panel_shows_the_integration_form_and_submits_a_group(platform, 
         "cells_total": 599, "eta_s": None, "error": None, "device": "cpu", "model": run_id[4:]})
     asyncio.run(form._on_run(None))
     assert calls == [("embedding-integration", ["baseline", "harmony"], ds.id,
-                      {"label_column": "celltype", "options": {"batch_column": "batch"}})]
+                      {"label_column": "celltype", "options": {"batch_column": "batch"}, "user": form.user})]
     assert "Submitted 2 runs" in shown(form.message.object)
     assert set(dash.runs._mine) == {"run-baseline", "run-harmony"}  # followed like the panel's own runs
     dash.runs.apply({"names": {"baseline": "Baseline", "harmony": "Harmony"}, "history": dash.runs.history.value,
@@ -311,7 +311,8 @@ def test_the_results_view_hands_integration_runs_to_their_view_and_opens_a_run_c
     assert results.run == harmony and results.own is False
     view = results.views["embedding-integration"]
     assert view.run == harmony and view.body.visible
-    assert results._metrics().objects == [] and results._table().objects == []  # annotation views stand aside
+    for annotation_view in (results._summary, results._confusion, results._umap, results._details):
+        assert annotation_view().objects == []  # the annotation views stand aside
     results.run = ""
     assert not view.body.visible and view.run == ""
 
