@@ -59,6 +59,25 @@ class YieldToServer(WorkerPlugin):
             log.debug("could not lower the worker's priority", exc_info=True)
 
 
+class ImportFirst(WorkerPlugin):
+    """Import scikit-learn once when a worker starts, before any task (about a second; umap-learn, which compiles
+    with numba at import, is left to the first run).
+
+    A worker runs a model's actor and CPU tasks in different threads. Two threads importing scikit-learn for the
+    first time at once can meet inside its circular imports and one gets ``ImportError: cannot import name … from
+    partially initialized module`` (seen in CI: scib-metrics, importing umap and so scikit-learn, in an
+    integration's CPU task while the actor's thread imported scikit-learn). Imported whole first, it is never
+    partially initialised again."""
+
+    name = "helical-platform-import-first"
+
+    def setup(self, worker) -> None:  # noqa: ANN001 - distributed.Worker
+        try:
+            import sklearn.base  # noqa: F401
+        except Exception:  # a worker without it fails its runs with the import's own message
+            log.warning("could not pre-import scikit-learn", exc_info=True)
+
+
 def start_compute(
     scheduler_address: str | None,
     n_workers: int = 2,
@@ -72,7 +91,9 @@ def start_compute(
     """
     if scheduler_address:
         log.info("connecting to the Dask scheduler at %s", scheduler_address)
-        return Compute(Client(scheduler_address, timeout="30s"))
+        client = Client(scheduler_address, timeout="30s")
+        client.register_plugin(ImportFirst())
+        return Compute(client)
     cluster = LocalCluster(
         n_workers=n_workers,
         threads_per_worker=threads_per_worker,
@@ -82,5 +103,6 @@ def start_compute(
     )
     client = Client(cluster)
     client.register_plugin(YieldToServer())
+    client.register_plugin(ImportFirst())
     log.info("started a LocalCluster of %s worker processes (CPU priority %d)", n_workers, WORKER_NICENESS)
     return Compute(client, cluster)

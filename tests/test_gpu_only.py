@@ -132,3 +132,13 @@ def test_a_gpu_only_model_is_listed_as_needing_a_gpu(gpu_only_backend, cpu_clust
     picker = ModelPicker(p)
     assert f"GPU-only test model — {NEEDS_GPU}" in picker.param.model.names
     assert f"TranscriptFormer (tf_sapiens, GPU only) — weights missing — {NEEDS_GPU}" in picker.param.model.names
+
+
+def test_workers_import_scikit_learn_before_any_task(cpu_cluster):
+    """Every worker has scikit-learn whole before its first task (inference/cluster.py ImportFirst): two of its
+    threads importing it at once could otherwise meet a partially initialised module (seen in CI)."""
+    import sys
+
+    p, _ = cpu_cluster
+    loaded = p.compute().client.run(lambda: "sklearn.utils.sparsefuncs" in sys.modules)
+    assert loaded and all(loaded.values())
