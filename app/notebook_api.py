@@ -9,6 +9,7 @@ behind the same ``Client`` protocol and the same functions. ``helical_platform``
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from app.platform import Platform
 
+ACTIVE = ("queued", "running")
 Progress = Callable[[dict], None]
 """Called at every poll with the run's status as the REST API gives it (``status``, ``stage``, ``progress``,
 ``cells_done``, ``cells_total``, ``eta_s``, ``run_id``; for several runs, ``runs`` lists each one's)."""
@@ -138,6 +140,56 @@ def integrate(adata: AnnData, models: list[str] | str, batch_column: str, label_
 
 
 # ---- what every client shares ---------------------------------------------------------------------------------
+def wait_runs(status_of: Callable[[str], dict], cancel: Callable[[list[str]], None], run_ids: list[str],
+              progress: Progress | None, poll_s: float) -> None:
+    """Poll ``status_of`` (a run's status as the REST API gives it) until every run ends, telling ``progress``; an
+    interrupt (the kernel's stop button) calls ``cancel`` (which waits for the runs to stop, so nothing is left
+    half-written) and is raised again. A run that did not finish raises RunFailed."""
+    from app.notebook_errors import RunFailed
+
+    try:
+        while True:
+            statuses = [status_of(r) for r in run_ids]
+            if progress is not None:
+                progress(combined(statuses))
+            if all(s["status"] not in ACTIVE for s in statuses):
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        cancel(run_ids)
+        raise
+    failed = [s for s in statuses if s["status"] != "done"]
+    if failed:
+        s = failed[0]
+        raise RunFailed(f"Run {s['run_id']} ({s.get('model')}) {s['status']}: {s.get('error')}",
+                        "cancelled" if s["status"] == "cancelled" else "run_failed",
+                        {"run_id": s["run_id"], "status": s["status"]})
+
+
+def until(done: Callable[[], bool], timeout: float, poll_s: float) -> None:
+    """Wait for ``done``; a second interrupt stops the wait (the runs are cancelled either way)."""
+    end = time.monotonic() + timeout
+    try:
+        while not done() and time.monotonic() < end:
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        pass
+
+
+def combined(statuses: list[dict]) -> dict:
+    """One status for several runs (integration: one per model): the first active one's stage and cells, the mean
+    progress; a single run's status as it is."""
+    if len(statuses) == 1:
+        return statuses[0]
+    active = [s for s in statuses if s["status"] in ACTIVE]
+    now = (active or statuses)[0]
+    return {**now, "status": now["status"] if active else ("done" if all(s["status"] == "done" for s in statuses)
+                                                            else "failed"),
+            "stage": f"{now['model']}: {now['stage']}",
+            "progress": sum(float(s["progress"] or 0) for s in statuses) / len(statuses), "runs": statuses}
+
+
+
 @contextmanager
 def _progress(progress: bool | Progress) -> Iterator[Progress | None]:
     """The caller's callback, a progress bar (closed however the call ends: an interrupt, an error), or none."""

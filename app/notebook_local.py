@@ -8,15 +8,14 @@ checked); the result is the run's own annotated file, read back, so the API retu
 from __future__ import annotations
 
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.catalog import CELL_TYPE_ANNOTATION, EMBEDDING_INTEGRATION
-from app.notebook_api import Integrated, Progress
-from app.notebook_errors import InputError, NotFound, PlatformError, RunFailed, Unavailable, error_from_service
+from app.notebook_api import Integrated, Progress, until, wait_runs
+from app.notebook_errors import InputError, NotFound, PlatformError, Unavailable, error_from_service
 from store.tables import ACTIVE
 
 if TYPE_CHECKING:
@@ -180,58 +179,19 @@ class LocalClient:
         through the runs service, waits for the cluster to stop them (so nothing is left half-written), and is
         raised again. A run that did not finish raises RunFailed."""
         runs = self.platform.runs
-        try:
-            while True:
-                statuses = [_status(runs, r) for r in run_ids]
-                if progress is not None:
-                    progress(_combined(statuses))
-                if all(s["status"] not in ACTIVE for s in statuses):
-                    break
-                time.sleep(POLL_S)
-        except KeyboardInterrupt:
-            self._cancel(run_ids)
-            raise
-        failed = [s for s in statuses if s["status"] != "done"]
-        if failed:
-            s = failed[0]
-            raise RunFailed(f"Run {s['run_id']} ({s['model']}) {s['status']}: {s['error']}",
-                            "cancelled" if s["status"] == "cancelled" else "run_failed",
-                            {"run_id": s["run_id"], "status": s["status"]})
+        wait_runs(lambda r: _status(runs, r), self._cancel, run_ids, progress, POLL_S)
 
     def _cancel(self, run_ids: list[str]) -> None:
         runs = self.platform.runs
         for r in run_ids:
             runs.cancel(r)
-        _until(lambda: all(runs.status(r)["status"] not in ACTIVE for r in run_ids), CANCEL_WAIT_S)
+        until(lambda: all(runs.status(r)["status"] not in ACTIVE for r in run_ids), CANCEL_WAIT_S, POLL_S)
 
 
 def _status(runs, run_id: str) -> dict:  # noqa: ANN001 - app.runs.RunsService
     """The run's status as the REST API sends it (the status a plain string)."""
     status = runs.status(run_id)
     return {**status, "status": str(status["status"])}
-
-
-def _until(done: Callable[[], bool], timeout: float) -> None:
-    """Wait for ``done``; a second interrupt stops the wait (the runs are cancelled either way)."""
-    end = time.monotonic() + timeout
-    try:
-        while not done() and time.monotonic() < end:
-            time.sleep(POLL_S)
-    except KeyboardInterrupt:
-        pass
-
-
-def _combined(statuses: list[dict]) -> dict:
-    """One status for several runs (integration: one per model): the first active one's stage and cells, the mean
-    progress; a single run's status as it is."""
-    if len(statuses) == 1:
-        return statuses[0]
-    active = [s for s in statuses if s["status"] in ACTIVE]
-    now = (active or statuses)[0]
-    return {**now, "status": now["status"] if active else ("done" if all(s["status"] == "done" for s in statuses)
-                                                            else "failed"),
-            "stage": f"{now['model']}: {now['stage']}",
-            "progress": sum(float(s["progress"] or 0) for s in statuses) / len(statuses), "runs": statuses}
 
 
 def _read_h5ad(path: Path) -> AnnData:

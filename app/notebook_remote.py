@@ -9,14 +9,13 @@ file and read back.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.notebook_api import Integrated, Progress
-from app.notebook_errors import AccessDenied, InputError, PlatformError, RunFailed, Unavailable, error_from_code
+from app.notebook_api import ACTIVE, Integrated, Progress, until, wait_runs
+from app.notebook_errors import AccessDenied, InputError, PlatformError, Unavailable, error_from_code
 
 if TYPE_CHECKING:
     import requests
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
 POLL_S = 1.0
 CANCEL_WAIT_S = 60
 CHUNK = 1 << 20
-ACTIVE = ("queued", "running")
 ANNOTATION, INTEGRATION = "cell-type-annotation", "embedding-integration"
 
 
@@ -139,36 +137,13 @@ class RemoteClient:
     def _wait(self, run_ids: list[str], progress: Progress | None) -> None:
         """Poll until every run ends; an interrupt (the kernel's stop button) cancels them on the server and waits
         for the cluster to stop them, then is raised again."""
-        from app.notebook_local import _combined
-
-        try:
-            while True:
-                statuses = [self._get(f"/api/status/{r}") for r in run_ids]
-                if progress is not None:
-                    progress(_combined(statuses))
-                if all(s["status"] not in ACTIVE for s in statuses):
-                    break
-                time.sleep(POLL_S)
-        except KeyboardInterrupt:
-            self._cancel(run_ids)
-            raise
-        failed = [s for s in statuses if s["status"] != "done"]
-        if failed:
-            s = failed[0]
-            raise RunFailed(f"Run {s['run_id']} ({s.get('model')}) {s['status']}: {s.get('error')}",
-                            "cancelled" if s["status"] == "cancelled" else "run_failed",
-                            {"run_id": s["run_id"], "status": s["status"]})
+        wait_runs(lambda r: self._get(f"/api/status/{r}"), self._cancel, run_ids, progress, POLL_S)
 
     def _cancel(self, run_ids: list[str]) -> None:
         for r in run_ids:
             self._request("POST", f"/api/runs/{r}/cancel")
-        end = time.monotonic() + CANCEL_WAIT_S
-        try:
-            while time.monotonic() < end and any(self._get(f"/api/status/{r}")["status"] in ACTIVE
-                                                 for r in run_ids):
-                time.sleep(POLL_S)
-        except KeyboardInterrupt:  # a second interrupt stops the wait; the runs are cancelled either way
-            pass
+        until(lambda: all(self._get(f"/api/status/{r}")["status"] not in ACTIVE for r in run_ids), CANCEL_WAIT_S,
+              POLL_S)
 
     @contextmanager
     def _download(self, run_id: str) -> Iterator[Path]:
