@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from store.tables import ACTIVE, ClassifierHead, Dataset, Run, RunStatus, utcnow
 
 log = logging.getLogger(__name__)
 JOURNAL = "deleting"
+JOURNAL_STALE_S = 600  # a journal whose rows are still there and older than this was never committed
 
 
 class RunInUse(RuntimeError):
@@ -98,9 +100,10 @@ def _begin(platform, key: str, what: dict) -> Path:  # noqa: ANN001
     return journal
 
 
-def _finish(platform, journal: Path) -> int:  # noqa: ANN001
-    """Remove what the journal lists (files, folders, a dataset's stored embeddings), then the journal."""
-    what = json.loads(journal.read_text())
+def _finish(platform, journal: Path, what: dict | None = None) -> int:  # noqa: ANN001
+    """Remove what the journal lists (files, folders, a dataset's stored embeddings), then the journal. The
+    deleting process passes ``what`` itself: a replica starting meanwhile may have read or removed the journal."""
+    what = what if what is not None else json.loads(journal.read_text())
     paths = [Path(p) for p in what.get("paths", [])]
     freed = _size(paths)
     _remove(paths)
@@ -117,7 +120,8 @@ def delete_run(platform, run_id: str, user: User | None = None) -> dict:  # noqa
     run = platform.runs.get(run_id)  # NotFound for an unknown id
     check_delete(user, run.created_by, f"Run {run.id[:8]}")
     paths = [platform.artifacts.run_dir(run.id), platform.artifacts.staging_dir(run.id)]
-    journal = _begin(platform, f"run-{run.id}", {"kind": "run", "id": run.id, "paths": [str(p) for p in paths]})
+    what = {"kind": "run", "id": run.id, "paths": [str(p) for p in paths]}
+    journal = _begin(platform, f"run-{run.id}", what)
     with write_session(platform.engine) as s:
         row = s.get(Run, run.id)
         if row is not None and row.status in ACTIVE:
@@ -126,7 +130,7 @@ def delete_run(platform, run_id: str, user: User | None = None) -> dict:  # noqa
                            "then delete it.")
         if row is not None:
             s.delete(row)
-    freed = _finish(platform, journal)
+    freed = _finish(platform, journal, what)
     log.info("deleted run %s (%s, %s), %d bytes", run.id, run.model_id, run.status, freed)
     return {"run_id": run.id, "bytes_freed": freed}
 
@@ -157,16 +161,15 @@ def delete_dataset(platform, dataset_id: str, cascade: bool = False,  # noqa: AN
             raise DatasetInUse(f"{ds.file_name} has {len(runs)} finished run(s): delete with cascade "
                                "(REST ?cascade=true, CLI --cascade) to delete them with it.")
         paths += [platform.artifacts.run_dir(r.id) for r in runs]
-        journal = _begin(platform, f"dataset-{ds.id}", {"kind": "dataset", "id": ds.id,
-                                                        "paths": [str(p) for p in paths],
-                                                        "embeddings": [ds.sha256]})
+        what = {"kind": "dataset", "id": ds.id, "paths": [str(p) for p in paths], "embeddings": [ds.sha256]}
+        journal = _begin(platform, f"dataset-{ds.id}", what)
         for run in runs:
             s.delete(run)
         for head in heads:
             if (row := s.get(ClassifierHead, head.cache_key)) is not None:
                 s.delete(row)
         s.delete(s.get(Dataset, ds.id))
-    freed = _finish(platform, journal)
+    freed = _finish(platform, journal, what)
     log.info("deleted dataset %s (%s) with %d run(s), %d bytes", ds.id, ds.file_name, len(runs), freed)
     return {"dataset_id": ds.id, "runs_deleted": [r.id for r in runs], "bytes_freed": freed}
 
@@ -187,9 +190,11 @@ def recover(platform) -> list[str]:  # noqa: ANN001
         with read_session(platform.engine) as s:
             still_there = s.get(table, what.get("id")) is not None
         if still_there:  # the rows were never deleted: nothing to finish
-            journal.unlink(missing_ok=True)
+            # ... unless another replica is between writing it and committing (seconds): a young one is left
+            if time.time() - journal.stat().st_mtime > JOURNAL_STALE_S:
+                journal.unlink(missing_ok=True)
             continue
-        freed = _finish(platform, journal)
+        freed = _finish(platform, journal, what)
         log.warning("finished the deletion of %s %s that an interrupted process left (%d bytes)", what["kind"],
                     what["id"], freed)
         done.append(f"{what['kind']}:{what['id']}")
