@@ -22,6 +22,6 @@ VOLUME ["/data"]
 EXPOSE 5006
 HEALTHCHECK --interval=30s --timeout=10s --start-period=90s --retries=3 \
   CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://localhost:{os.environ[\"HELICAL_PLATFORM_PORT\"]}/api/health', timeout=8)"
-CMD panel serve panel_serve.py --index panel_serve --plugins app.rest \
+CMD panel serve panel_serve.py --index panel_serve --plugins app.rest --warm \
     --address "$HELICAL_PLATFORM_ADDRESS" --port "$HELICAL_PLATFORM_PORT" \
     --allow-websocket-origin "$HELICAL_PLATFORM_ALLOW_ORIGIN"

@@ -32,7 +32,7 @@ serve: $(STAMP)
 	@case '$(HELICAL_PLATFORM_ALLOW_ORIGIN)' in *'*'*|'') echo "HELICAL_PLATFORM_ALLOW_ORIGIN must name hosts (host:port), never '*'" >&2; exit 1;; esac
 	@echo "Helical AI Platform: http://$(HELICAL_PLATFORM_ADDRESS):$(HELICAL_PLATFORM_PORT)/"
 	HELICAL_PLATFORM_PORT=$(HELICAL_PLATFORM_PORT) HELICAL_PLATFORM_ADDRESS=$(HELICAL_PLATFORM_ADDRESS) \
-	  exec $(VENV)/bin/panel serve panel_serve.py --index panel_serve --plugins app.rest \
+	  exec $(VENV)/bin/panel serve panel_serve.py --index panel_serve --plugins app.rest --warm \
 	  --address $(HELICAL_PLATFORM_ADDRESS) --port $(HELICAL_PLATFORM_PORT) $(WEBSOCKET_ORIGINS) $(SERVE_ARGS)
 
 lint: $(STAMP)
