@@ -22,6 +22,7 @@ from store.artifacts import new_id
 from store.engine import read_session, write_session
 from store.tables import ClassifierHead, Run, RunStatus, utcnow
 from tests.conftest import PBMC
+from tests.reliability import record
 
 APP = "cell-type-annotation"
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def test_a_finished_run_is_deleted_with_its_files_and_an_active_one_is_refused_l
         platform.runs.delete("../../platform.db")
 
 
-def test_a_deletion_interrupted_after_its_rows_is_finished_at_the_next_start(tmp_path, monkeypatch):
+def test_a_deletion_interrupted_after_its_rows_is_finished_at_the_next_start(tmp_path, monkeypatch, request):
     settings = _settings(tmp_path / "home")
     p = Platform(settings, start_cluster=False)
     with open(PBMC, "rb") as fh:
@@ -107,6 +108,10 @@ def test_a_deletion_interrupted_after_its_rows_is_finished_at_the_next_start(tmp
         assert not folder.exists() and not list((again.artifacts.home / "deleting").glob("*.json"))
     finally:
         again.close()
+    record("faults", "A deletion interrupted after its transaction (the process dies before any file is removed)",
+           "delete a finished run; the file removal raises SystemExit; a new Platform started on the same home",
+           "the run was never listed after the transaction; its folder and journal stayed until the next start, "
+           "which removed both", "no half-deleted run listed; nothing left on disk", request.node.nodeid)
 
 
 def test_a_journal_whose_rows_are_still_there_is_dropped_and_nothing_removed(platform, dataset):
@@ -159,7 +164,7 @@ def test_usage_counts_every_dataset_and_run_and_a_hard_link_once(platform, datas
     assert out["retention_days"] is None
 
 
-def test_retention_deletes_only_finished_runs_past_it(tmp_path):
+def test_retention_deletes_only_finished_runs_past_it(tmp_path, request):
     p = Platform(_settings(tmp_path / "home", HELICAL_PLATFORM_RETENTION_DAYS="7"), start_cluster=False)
     try:
         with open(PBMC, "rb") as fh:
@@ -176,6 +181,10 @@ def test_retention_deletes_only_finished_runs_past_it(tmp_path):
     for bad, words in (("-1", "must be at least 0"), ("a week", "is not a whole number")):
         with pytest.raises(SettingsError, match=f"HELICAL_PLATFORM_RETENTION_DAYS.*{words}"):
             Settings.from_env({"HELICAL_PLATFORM_RETENTION_DAYS": bad})
+    record("faults", "Retention (HELICAL_PLATFORM_RETENTION_DAYS=7)", "done, failed and cancelled runs finished 10 "
+           "days ago, a done run 2 days ago, a running one created 30 days ago; '-1' and 'a week' as the value",
+           "the three old finished runs deleted, the recent and the running one kept; both bad values stop the "
+           "start naming the variable", "nothing active or recent touched", request.node.nodeid)
 
 
 def test_the_command_line_lists_deletes_and_measures(tmp_path):

@@ -1,7 +1,9 @@
 """Two server processes on one data home, and the CLI beside them: each run belongs to the process that took it.
 
-Real processes throughout: two `make serve` instances sharing one home and SQLite database (as two replicas,
-or `panel serve --num-procs 2`, would), `helical-platform info` run as a user runs it, and a real SIGKILL.
+Real processes throughout: two `make serve` instances sharing one home and one database (as two replicas, or
+`panel serve --num-procs 2`, would), `helical-platform info` run as a user runs it, and a real SIGKILL. Both
+databases: the home's SQLite file (one host) and a real PostgreSQL server (the deployment for a lab that outgrows
+one process: replicas on one PostgreSQL and a shared data home), where the REST flow's deletes are checked too.
 """
 
 from __future__ import annotations
@@ -22,14 +24,27 @@ LEASE_S = 6
 ACTIVE = ("queued", "running")
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def servers(request, tmp_path_factory):
     home = tmp_path_factory.mktemp("shared-home") / "home"
     env = {"HELICAL_PLATFORM_API_TOKEN": TOKEN, "HELICAL_PLATFORM_HOME": str(home),
            "HELICAL_PLATFORM_LEASE_S": str(LEASE_S)}
-    with make_serve(tmp_path_factory.mktemp("a"), env) as a:
-        with make_serve(tmp_path_factory.mktemp("b"), env) as b:  # started after A: one writes the weights
-            yield a, b, home
+    database = None
+    if request.param == "postgresql":
+        cluster = request.getfixturevalue("postgres_cluster")
+        database = cluster.create_database("replicas")
+        env["HELICAL_PLATFORM_DB_URL"] = database
+    try:
+        with make_serve(tmp_path_factory.mktemp("a"), env) as a:
+            with make_serve(tmp_path_factory.mktemp("b"), env) as b:  # started after A: one writes the weights
+                yield a, b, home, env
+    finally:
+        if database:
+            cluster.drop_database(database)
+
+
+def _backend(servers) -> str:  # noqa: ANN001
+    return "PostgreSQL" if "HELICAL_PLATFORM_DB_URL" in servers[3] else "SQLite"
 
 
 def _submit(server, dataset_id: str, model: str) -> str:
@@ -40,11 +55,11 @@ def _submit(server, dataset_id: str, model: str) -> str:
 
 
 def test_the_cli_during_a_run_leaves_it_running_and_it_ends_done(servers, request):
-    a, _b, home = servers
+    a, _b, _home, served_env = servers
     ds = upload(a, PBMC).json()["dataset_id"]
     run_id = _submit(a, ds, "geneformer")
     wait_until(lambda: api(a, "GET", f"/api/status/{run_id}").json()["status"] == "running", 120, "the run to run")
-    env = {**os.environ, "HELICAL_PLATFORM_HOME": str(home)}
+    env = {**os.environ, **served_env}
     info = subprocess.run([str(REPO / ".venv" / "bin" / "helical-platform"), "info"], env=env, capture_output=True,
                           text=True, timeout=300)
     assert info.returncode == 0, info.stderr
@@ -55,14 +70,14 @@ def test_the_cli_during_a_run_leaves_it_running_and_it_ends_done(servers, reques
         seen.append(api(a, "GET", f"/api/status/{run_id}").json()["status"])
     assert "failed" not in seen and seen[-1] == "done", seen
     assert api(a, "GET", f"/api/results/{run_id}").status_code == 200
-    record("faults", "`helical-platform info` on the same data home while a run is in flight",
+    record("faults", f"`helical-platform info` on the same data home while a run is in flight ({_backend(servers)})",
            "Geneformer run on a served instance; the CLI run as a user runs it",
            f"the run stayed {seen[0]} and ended done (statuses seen: {' → '.join(dict.fromkeys(seen))})",
            "never failed; results served", request.node.nodeid)
 
 
 def test_two_servers_on_one_home_one_killed_its_runs_fail_within_the_lease(servers, request):
-    a, b, _home = servers
+    a, b, _home, _env = servers
     ds = upload(b, PBMC).json()["dataset_id"]
     theirs = _submit(b, ds, "baseline")
     mine = _submit(a, ds, "geneformer")
@@ -78,7 +93,28 @@ def test_two_servers_on_one_home_one_killed_its_runs_fail_within_the_lease(serve
     assert api(b, "GET", f"/api/results/{theirs}").json()["cells"]["total"] == 599
     again = _submit(b, ds, "baseline")  # the survivor carries on
     assert wait_run(b, again)["status"] == "done"
-    record("faults", "Two server processes on one data home and database; one killed with SIGKILL",
+    record("faults", f"Two server processes on one data home and {_backend(servers)} database; one killed with "
+           "SIGKILL",
            f"a run in flight on each; lease {LEASE_S} s",
            f"the killed server's run failed {failed_after:.1f} s after the kill, by the survivor: "
            f"{status['error'][:140]}", "the survivor's run done; it takes new runs", request.node.nodeid)
+
+
+def test_the_survivor_deletes_a_run_and_a_dataset_with_its_runs(servers):
+    """The REST lifecycle on the shared database: a finished run and then its dataset (with ``cascade``) go, rows
+    and files, and nothing of them is listed afterwards."""
+    _a, b, home, _env = servers
+    ds = upload(b, PBMC).json()["dataset_id"]  # the same bytes as before: the stored dataset
+    run_id = _submit(b, ds, "baseline")
+    assert wait_run(b, run_id)["status"] == "done"
+    run_dir = home / "runs" / run_id
+    assert run_dir.is_dir()
+    assert api(b, "DELETE", f"/api/runs/{run_id}").status_code == 200
+    assert api(b, "GET", f"/api/runs/{run_id}").status_code == 404 and not run_dir.exists()
+    refused = api(b, "DELETE", f"/api/datasets/{ds}")
+    assert refused.status_code == 409 and "cascade" in refused.json()["error"]["message"]
+    gone = api(b, "DELETE", f"/api/datasets/{ds}", params={"cascade": "true"})
+    assert gone.status_code == 200, gone.text
+    assert ds not in {d["dataset_id"] for d in api(b, "GET", "/api/datasets").json()}
+    assert not [r for r in api(b, "GET", "/api/runs").json() if r["dataset"] == ds]
+    assert not list((home / "deleting").glob("*.json"))  # no deletion left half-done

@@ -13,6 +13,7 @@ from app.settings import Settings, SettingsError
 from app.users import ANONYMOUS, SHARED_TOKEN_USER, User, check_delete, read_tokens, token_user, user
 from tests.api_client import error_of
 from tests.conftest import PBMC
+from tests.reliability import record
 from tests.serving import make_serve
 
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab", "carol": "carol-token-0123456789"}
@@ -104,7 +105,7 @@ def test_each_user_sees_what_they_made_and_deletes_only_their_own_unless_admin(s
     assert wrong.status_code == 401 and "HELICAL_PLATFORM_TOKENS" in error_of(wrong)["message"]
 
 
-def test_an_upload_over_the_users_quota_answers_413_with_the_numbers(server, tmp_path):
+def test_an_upload_over_the_users_quota_answers_413_with_the_numbers(server, tmp_path, request):
     import numpy as np
     import scipy.sparse as sp
 
@@ -120,6 +121,9 @@ def test_an_upload_over_the_users_quota_answers_413_with_the_numbers(server, tmp
     message = error_of(r)["message"]
     assert "would take bob to" in message and "over the quota of 0.03 GB per user" in message
     assert _as(server, "bob", "GET", "/api/datasets", params={"mine": "true"}).json() == []  # nothing kept
+    record("security", "An upload over its user's quota (HELICAL_PLATFORM_QUOTA_GB=0.03)",
+           f"bob uploads a {path.stat().st_size / 1e6:.0f} MB .h5ad through the REST API with his own token",
+           f"413 over_quota: {message[:120]}", "nothing kept; bob's list of datasets still empty", request.node.nodeid)
 
 
 def _wait(server, run_id: str) -> str:
