@@ -83,7 +83,8 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit}, {platform.node()} ({os.cpu_count()} CPUs)")
-    print("| round | start to listening | first GET / | first page in chromium | second page | max loop stall after listening |")
+    print("| round | start to listening | first GET / | first page in chromium | second page | "
+          "max loop stall after listening |")
     print("|---|---|---|---|---|---|")
     for i, r in enumerate(rounds, 1):
         print(f"| {i} | {r['start_to_listen_s']:.1f} s | {r['first_get_s']:.2f} s | {r['first_page_s']:.2f} s | "

@@ -121,3 +121,63 @@ def test_the_page_fits_every_screen_and_loads_nothing_from_elsewhere(server):
         if width >= 1440:  # a laptop's screen and wider: the headline is seen whole without scrolling
             for selector, box in boxes.items():
                 assert box["y"] >= 0 and box["y"] + box["height"] <= height, (size, selector, box)
+
+
+# Every laid-out element, through shadow roots, with text of its own: its text colour against the first opaque
+# background behind it (its own, or its ancestors', crossing shadow hosts), as WCAG's contrast ratio.
+CONTRAST = """
+() => {
+  const rgba = (s) => (s.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const parent = (el) => el.parentElement || (el.getRootNode() && el.getRootNode().host) || null;
+  const background = (el) => {
+    for (let e = el; e; e = parent(e)) {
+      const c = rgba(getComputedStyle(e).backgroundColor);
+      if (c.length >= 3 && (c.length < 4 || c[3] > 0.5)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const found = [];
+  const visit = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      if (el.shadowRoot) visit(el.shadowRoot);
+      const own = [...el.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent.trim()).join(' ');
+      if (!own || el.getClientRects().length === 0) continue;
+      const style = getComputedStyle(el);
+      if (style.visibility === 'hidden' || Number(style.opacity) === 0) continue;
+      const fg = rgba(style.color).slice(0, 3), bg = background(el);
+      const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+      const ratio = (hi + 0.05) / (lo + 0.05);
+      found.push({text: own.slice(0, 40), tag: el.tagName.toLowerCase(), ratio: Math.round(ratio * 100) / 100,
+                  color: style.color, background: `rgb(${bg.join(', ')})`});
+    }
+  };
+  visit(document);
+  return found;
+}
+"""
+
+
+def test_the_dark_theme_is_readable(server):
+    """Panel's dark theme (``?theme=dark``): every piece of text on the page showing a finished run stands out
+    from what is behind it (WCAG's 3:1, the large-text and interface level), and the page is dark."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with browser_page({"width": 1440, "height": 900}) as page:
+        page.goto(server.url + "/?theme=dark", timeout=120_000)
+        for selector in HEADLINE:
+            page.locator(selector).first.wait_for(timeout=120_000)
+        page.locator(".cell-table .tabulator-row").first.wait_for(timeout=60_000)
+        page.locator(".catalog-models .tabulator-row").first.wait_for(timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(SHOTS / "dark-1440x900.png"))
+        texts = page.evaluate(CONTRAST)
+        body = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    (SHOTS / "dark-contrast.json").write_text(json.dumps(texts, indent=1))
+    assert len(texts) > 50, texts  # the page's text was measured, not an empty page
+    dark = [int(x) for x in body[body.find("(") + 1:body.find(")")].split(",")[:3]]
+    assert sum(dark) < 3 * 80, f"the page is not dark: {body}"
+    faint = [t for t in texts if t["ratio"] < 3.0]
+    assert faint == [], f"text that does not stand out in the dark theme: {json.dumps(faint[:20], indent=1)}"
