@@ -49,6 +49,14 @@ RESULT_VIEWS = {EMBEDDING_INTEGRATION: IntegrationView}
 HALF = {"flex": "1 1 420px"}
 
 
+GETTING_STARTED = (
+    "**No finished run yet.** Results appear here once one finishes: (1) under **Data** below, upload an `.h5ad` "
+    "of raw counts (or pick one already on the server) — it is checked and the report says what was found; "
+    "(2) pick an application and a model in the sidebar (the baseline needs no GPU and takes seconds); "
+    "(3) under **Run**, choose a labelled reference or a saved annotator and press **Run**: its progress shows "
+    "there, and the run opens here when it is done.")
+
+
 class ResultsView(PlatformView):
     """A finished run (and another beside it); ``finished`` (linked by the Dashboard) re-reads the list of runs."""
 
@@ -224,7 +232,11 @@ class ResultsView(PlatformView):
 
     @param.depends("run", "label_source", "level")
     def _summary(self) -> pn.viewable.Viewable:
-        """The headline's words: untrained banner, scores, head; and the downloads."""
+        """The headline's words: untrained banner, scores, head; and the downloads. Before any run has finished,
+        how to make one (the results come first on the page, so a new user reads this first)."""
+        if not self._runs:
+            return pn.pane.Alert(GETTING_STARTED, alert_type="info", css_classes=["results-empty"],
+                                 sizing_mode="stretch_width")
         if not self._shows_own():
             return pn.Column()
         return summary(self._runs[self.run], self.label_source, self.level, downloads(self.platform, self.run))

@@ -735,3 +735,18 @@ def test_a_fine_tuned_heads_line_says_its_epochs_best_epoch_and_untrained_start(
     assert "Head: Fine-tuned model, temperature 1.50" in text
     assert "fine-tuned 3 epochs, best epoch 2 (validation macro-F1 0.750), stopped early, from untrained weights" \
         in text
+
+
+def test_before_any_run_the_results_say_how_to_make_one(tmp_path):
+    from app.platform import Platform
+    from app.settings import Settings
+    from dashboards.results import GETTING_STARTED, ResultsView
+
+    empty = Platform(Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "home")}), start_cluster=False)
+    try:
+        view = ResultsView(empty)
+        shown = view._summary()
+        assert shown.object == GETTING_STARTED and "results-empty" in shown.css_classes
+        assert view._confusion().objects == [] and view.run == ""
+    finally:
+        empty.close()
