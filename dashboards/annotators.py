@@ -11,7 +11,7 @@ import param
 
 from dashboards.safe_text import code, md, plain_formatters
 from dashboards.styles import FITTING_TABLE
-from dashboards.view import PlatformView
+from dashboards.view import EVERYONE, MINE, PlatformView, show_toggle
 
 HEAD_WORDS = {"logistic_regression": "logistic regression", "knn": "kNN", "fine_tuned_linear": "fine-tuned model"}
 DELETE, CONFIRM = "Delete selected annotator", "Yes, delete it"
@@ -79,6 +79,8 @@ class AnnotatorsView(PlatformView):
     selected = param.String(default="", doc="Id of the annotator whose details are shown ('' for none).")
     annotators_changed = param.Integer(default=0, doc="Bumped when an annotator is saved: the table is read again.")
     deleted = param.Integer(default=0, doc="Bumped when this view deletes an annotator.")
+    show = param.Selector(default=EVERYONE, objects=[EVERYONE, MINE],
+                          doc="The annotators listed: every user's (and the built-in ones), or this user's own.")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)
@@ -102,9 +104,9 @@ class AnnotatorsView(PlatformView):
     def _model_names(self) -> dict[str, str]:
         return {m.id: m.name for m in self.platform.models()}
 
-    @param.depends("annotators_changed", watch=True)
+    @param.depends("annotators_changed", "show", watch=True)
     def refresh(self) -> None:
-        rows = self.platform.annotators.list()
+        rows = self.shown(self.platform.annotators.list(), self.show)
         self._rows = {a.id: a for a in rows}
         frame = annotators_frame(rows, self._model_names())
         self.table.formatters = plain_formatters(frame, wrap=("name", "model", "head", "reference", "author"))
@@ -161,5 +163,6 @@ class AnnotatorsView(PlatformView):
             pn.pane.Markdown("Trained heads saved under a name, to label new data without bringing a reference: "
                              "pick one in section 2 (*Labels from: saved annotator*); save one from a run's "
                              "Results (at the top of the page).", styles={"font-size": "0.9em", "opacity": "0.8"}),
+            show_toggle(self.param.show, "annotators-show"),
             self.table, pn.Row(self.delete_button, self.message, sizing_mode="stretch_width"), self.details,
             css_classes=["annotators"], sizing_mode="stretch_width")

@@ -10,7 +10,7 @@ import param
 
 from app.datasets import CheckReport
 from dashboards.safe_text import code, md
-from dashboards.view import PlatformView
+from dashboards.view import EVERYONE, MINE, PlatformView, show_toggle
 
 
 def size_text(n_bytes: int) -> str:
@@ -96,6 +96,8 @@ class DataPanel(PlatformView):
     dataset = param.Selector(default=None, doc="The dataset to annotate (query), by id; '' for none.")
     datasets = param.List(default=[], doc="The stored datasets (rows), as last read: set anew whenever one is added.")
     finished = param.Integer(default=0, doc="Bumped when a run finishes: the stored embeddings are read again.")
+    show = param.Selector(default=EVERYONE, objects=[EVERYONE, MINE],
+                          doc="The stored datasets offered: every user's, or the ones this user uploaded.")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)
@@ -122,10 +124,15 @@ class DataPanel(PlatformView):
         self._confirming = ""
         self.refresh()
 
-    def refresh(self) -> None:
-        datasets = self.platform.datasets.list()
-        self._by_id = {d.id: d for d in datasets}
+    @param.depends("show", watch=True)
+    def _on_show(self) -> None:
+        self.refresh()
+
+    def refresh(self, keep: str = "") -> None:
+        """Read the stored datasets again; ``keep`` (one just stored) is offered even in *mine*."""
         current = self.dataset
+        datasets = self.shown(self.platform.datasets.list(), self.show, keep=keep or current or "")
+        self._by_id = {d.id: d for d in datasets}
         self.param.dataset.objects = {"(choose a dataset)": "", **{dataset_label(d): d.id for d in datasets}}
         self.dataset = current if current in self._by_id else ""
         self.datasets = datasets
@@ -146,7 +153,7 @@ class DataPanel(PlatformView):
         except (ValueError, LookupError, OSError) as exc:
             self.status.object, self.status.alert_type = f"{md(name)}: {md(exc)}", "danger"
             return
-        self.refresh()
+        self.refresh(keep=ds.id)
         self.dataset = ds.id
         self.status.object, self.status.alert_type = f"Stored {md(ds.file_name)}: {ds.n_cells:,} cells.", "success"
 
@@ -221,9 +228,11 @@ class DataPanel(PlatformView):
 
     def __panel__(self) -> pn.viewable.Viewable:
         tabs = [("Upload", pn.Column(self.dropper, sizing_mode="stretch_width")),
-                ("Stored datasets", pn.widgets.Select.from_param(
-                    self.param.dataset, name="Stored datasets (shared on this server)",
-                    css_classes=["dataset-picker"], sizing_mode="stretch_width"))]
+                ("Stored datasets", pn.Column(show_toggle(self.param.show, "datasets-show"),
+                                              pn.widgets.Select.from_param(
+                                                  self.param.dataset, name="Stored datasets (shared on this server)",
+                                                  css_classes=["dataset-picker"], sizing_mode="stretch_width"),
+                                              sizing_mode="stretch_width"))]
         if self.platform.settings.files_root is not None:
             tabs.append(("File on the server", pn.Column(self.server_path, self.server_button)))
         return pn.Column("## 1 · Data", pn.Tabs(*tabs, sizing_mode="stretch_width"), self.status, self.report,

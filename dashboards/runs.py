@@ -33,7 +33,7 @@ from dashboards.run_text import (
 )
 from dashboards.safe_text import md, plain_formatters
 from dashboards.styles import FITTING_TABLE
-from dashboards.view import PlatformView
+from dashboards.view import EVERYONE, MINE, PlatformView, show_toggle
 
 # application id -> its own submission form (a view taking ``dataset``/``datasets``, giving ``submitted``); any
 # other application gets this panel's annotation form
@@ -43,7 +43,6 @@ FOLLOWED = ("dataset", "datasets")  # what a form follows from this panel
 HISTORY_WIDTHS = {"run": 85, "status": 80, "progress": 80, "duration_s": 95, "macro_f1": 85, "started": 160}
 
 
-EVERYONE, MINE = "everyone", "mine"
 DELETE_RUN, CONFIRM_DELETE = "Delete the opened run", "Yes, delete it"
 
 
@@ -240,8 +239,7 @@ class RunPanel(PlatformView):
     def _history(self, names: dict[str, str]) -> pd.DataFrame:
         datasets = {d.id: d.file_name for d in self.platform.datasets.list()}
         runs = self.platform.runs.list()
-        if self.show == MINE:
-            runs = [r for r in runs if r.created_by == self.user.name]
+        runs = self.shown(runs, self.show)
         return history_frame(runs, names, datasets)
 
     @param.depends("show", watch=True)
@@ -359,9 +357,7 @@ class RunPanel(PlatformView):
                  for app, form in self.forms.items()]
         return pn.Column("## 2 · Run", annotation, *forms, self.in_flight,
                          pn.Row("### Runs on this server (click a finished one to open it)",
-                                pn.widgets.RadioButtonGroup.from_param(self.param.show, button_type="primary",
-                                                                       button_style="outline",
-                                                                       css_classes=["history-show"], width=200),
+                                show_toggle(self.param.show, "history-show"),
                                 self.delete_button, sizing_mode="stretch_width"),
                          self.history,
                          sizing_mode="stretch_width")

@@ -8,6 +8,8 @@ import param
 from app.platform import Platform
 from app.users import ANONYMOUS, User, user
 
+EVERYONE, MINE = "everyone", "mine"  # what a list shows: every user's items, or the session user's own
+
 
 class PlatformView(pn.viewable.Viewer):
     """A view of one Platform. ``View(platform)`` and ``View(platform=platform)`` are the same.
@@ -29,3 +31,16 @@ class PlatformView(pn.viewable.Viewer):
     def user(self) -> User:
         """Who this session is: Panel's login (basic auth, OAuth/OIDC) or, without one, the one anonymous user."""
         return user(self.platform.settings, self._user_name)
+
+    def shown(self, rows: list, show: str, keep: str = "") -> list:
+        """``rows`` (with ``created_by``) as a list set to ``show`` lists them: all, or this user's own (and the
+        row ``keep``, the one picked now, which a user who uploaded bytes another user stored first still needs)."""
+        if show != MINE:
+            return rows
+        return [r for r in rows if r.created_by == self.user.name or (keep and r.id == keep)]
+
+
+def show_toggle(parameter: param.Parameter, css_class: str) -> pn.widgets.RadioButtonGroup:
+    """The everyone / mine switch of a list."""
+    return pn.widgets.RadioButtonGroup.from_param(parameter, button_type="primary", button_style="outline",
+                                                  css_classes=[css_class], width=200)

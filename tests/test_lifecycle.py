@@ -307,3 +307,42 @@ def test_an_upload_over_a_users_quota_is_refused_with_the_numbers_and_nothing_ke
     for bad in ("-1", "lots", "0"):
         with pytest.raises(SettingsError, match="HELICAL_PLATFORM_QUOTA_GB"):
             Settings.from_env({"HELICAL_PLATFORM_QUOTA_GB": bad})
+
+
+def test_the_dashboards_lists_show_everyones_or_the_users_own(tmp_path):
+    """The stored datasets (the Data section's picker), the annotators table and the run history each switch
+    between every user's items and the session user's own."""
+    import anndata as ad
+
+    from app.users import User
+    from dashboards.annotators import AnnotatorsView
+    from dashboards.data import DataPanel
+    from dashboards.view import MINE
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice alice-token-0123456789\nbob bob-token-0123456789ab\n")
+    p = Platform(_settings(tmp_path / "home", HELICAL_PLATFORM_TOKENS=str(tokens)), start_cluster=False)
+    try:
+        with open(PBMC, "rb") as fh:
+            alices = p.datasets.ingest(fh, "alice.h5ad", User("alice"))
+        other = tmp_path / "bob.h5ad"
+        ad.read_h5ad(PBMC)[::2].copy().write_h5ad(other)
+        with open(other, "rb") as fh:
+            bobs = p.datasets.ingest(fh, "bob.h5ad", User("bob"))
+        data = DataPanel(p)
+        data._user_name = "bob"
+        assert set(data.param.dataset.objects.values()) == {"", alices.id, bobs.id}
+        data.show = MINE
+        assert set(data.param.dataset.objects.values()) == {"", bobs.id}
+        data.refresh(keep=alices.id)  # bob uploaded alice's bytes again: the stored one is offered to him too
+        data.dataset = alices.id
+        assert set(data.param.dataset.objects.values()) == {"", alices.id, bobs.id}
+
+        annotators = AnnotatorsView(p)
+        annotators._user_name = "bob"
+        everyone = set(annotators.table.value["name"])
+        assert "PBMC 3k (baseline)" in everyone  # built in: nobody's own
+        annotators.show = MINE
+        assert annotators.table.value.empty
+    finally:
+        p.close()
