@@ -189,7 +189,6 @@ def combined(statuses: list[dict]) -> dict:
             "progress": sum(float(s["progress"] or 0) for s in statuses) / len(statuses), "runs": statuses}
 
 
-
 @contextmanager
 def _progress(progress: bool | Progress) -> Iterator[Progress | None]:
     """The caller's callback, a progress bar (closed however the call ends: an interrupt, an error), or none."""

@@ -2,7 +2,7 @@
 memory than a block of them (the issue's third point).
 
     python bench/atlas_data.py --cells 1000000 --out atlas.h5ad                  # the shipped 599-cell subset
-    python bench/atlas_data.py --source ../shared/data/pbmc3k_10x.h5ad --cells 1000000 --out atlas.h5ad
+    python bench/atlas_data.py --source pbmc3k_10x.h5ad --cells 1000000 --out atlas.h5ad  # the full 2,700-cell pbmc3k
 
 Each cell is a real cell of the source, drawn with replacement and thinned binomially to a depth drawn per cell
 (40-95 % of its UMIs: a shallower sequencing of the same cell), so no two cells are copies. Two cell-type mixes,

@@ -11,7 +11,7 @@ import param
 
 from dashboards.safe_text import code, md, plain_formatters
 from dashboards.styles import FITTING_TABLE
-from dashboards.view import EVERYONE, MINE, PlatformView, show_toggle
+from dashboards.view import PlatformView, show_selector, show_toggle
 
 HEAD_WORDS = {"logistic_regression": "logistic regression", "knn": "kNN", "fine_tuned_linear": "fine-tuned model"}
 DELETE, CONFIRM = "Delete selected annotator", "Yes, delete it"
@@ -79,8 +79,7 @@ class AnnotatorsView(PlatformView):
     selected = param.String(default="", doc="Id of the annotator whose details are shown ('' for none).")
     annotators_changed = param.Integer(default=0, doc="Bumped when an annotator is saved: the table is read again.")
     deleted = param.Integer(default=0, doc="Bumped when this view deletes an annotator.")
-    show = param.Selector(default=EVERYONE, objects=[EVERYONE, MINE],
-                          doc="The annotators listed: every user's (and the built-in ones), or this user's own.")
+    show = show_selector("The annotators listed: every user's (and the built-in ones), or this user's own.")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)

@@ -10,7 +10,7 @@ import param
 
 from app.datasets import CheckReport
 from dashboards.safe_text import code, md
-from dashboards.view import EVERYONE, MINE, PlatformView, show_toggle
+from dashboards.view import PlatformView, show_selector, show_toggle
 
 
 def size_text(n_bytes: int) -> str:
@@ -96,8 +96,7 @@ class DataPanel(PlatformView):
     dataset = param.Selector(default=None, doc="The dataset to annotate (query), by id; '' for none.")
     datasets = param.List(default=[], doc="The stored datasets (rows), as last read: set anew whenever one is added.")
     finished = param.Integer(default=0, doc="Bumped when a run finishes: the stored embeddings are read again.")
-    show = param.Selector(default=EVERYONE, objects=[EVERYONE, MINE],
-                          doc="The stored datasets offered: every user's, or the ones this user uploaded.")
+    show = show_selector("The stored datasets offered: every user's, or the ones this user uploaded.")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)
@@ -131,9 +130,10 @@ class DataPanel(PlatformView):
     def refresh(self, keep: str = "") -> None:
         """Read the stored datasets again; ``keep`` (one just stored) is offered even in *mine*."""
         current = self.dataset
-        datasets = self.shown(self.platform.datasets.list(), self.show, keep=keep or current or "")
+        datasets = self.platform.datasets.list()  # all of them: the run forms pick references from these
         self._by_id = {d.id: d for d in datasets}
-        self.param.dataset.objects = {"(choose a dataset)": "", **{dataset_label(d): d.id for d in datasets}}
+        offered = self.shown(datasets, self.show, keep=keep or current or "")
+        self.param.dataset.objects = {"(choose a dataset)": "", **{dataset_label(d): d.id for d in offered}}
         self.dataset = current if current in self._by_id else ""
         self.datasets = datasets
 

@@ -33,7 +33,7 @@ from dashboards.run_text import (
 )
 from dashboards.safe_text import md, plain_formatters
 from dashboards.styles import FITTING_TABLE
-from dashboards.view import EVERYONE, MINE, PlatformView, show_toggle
+from dashboards.view import PlatformView, show_selector, show_toggle
 
 # application id -> its own submission form (a view taking ``dataset``/``datasets``, giving ``submitted``); any
 # other application gets this panel's annotation form
@@ -87,7 +87,7 @@ class RunPanel(PlatformView):
                                         "label; shown beside the per-cell labels.")
     finished = param.Integer(default=0, doc="Bumped when one of this session's runs finishes.")
     opened = param.String(default="", doc="Id of the finished run last clicked in the history, to be shown.")
-    show = param.Selector(default=EVERYONE, objects=[EVERYONE, MINE], doc="The history: every user's runs or mine.")
+    show = show_selector("The history: every user's runs or mine.")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)

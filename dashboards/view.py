@@ -40,6 +40,11 @@ class PlatformView(pn.viewable.Viewer):
         return [r for r in rows if r.created_by == self.user.name or (keep and r.id == keep)]
 
 
+def show_selector(doc: str) -> param.Selector:
+    """The parameter of what a list shows: ``EVERYONE`` (the default) or ``MINE``."""
+    return param.Selector(default=EVERYONE, objects=[EVERYONE, MINE], doc=doc)
+
+
 def show_toggle(parameter: param.Parameter, css_class: str) -> pn.widgets.RadioButtonGroup:
     """The everyone / mine switch of a list."""
     return pn.widgets.RadioButtonGroup.from_param(parameter, button_type="primary", button_style="outline",

@@ -217,8 +217,9 @@ def test_the_dashboard_deletes_with_a_confirmation_filters_mine_and_shows_disk_u
     import asyncio
 
     from dashboards.data import CONFIRM_DELETE, DataPanel
-    from dashboards.runs import MINE, RunPanel
+    from dashboards.runs import RunPanel
     from dashboards.usage import UsageView, who_text
+    from dashboards.view import MINE
 
     tokens = tmp_path / "tokens"
     tokens.write_text("alice alice-token-0123456789\nbob bob-token-0123456789ab\n")
@@ -334,6 +335,7 @@ def test_the_dashboards_lists_show_everyones_or_the_users_own(tmp_path):
         assert set(data.param.dataset.objects.values()) == {"", alices.id, bobs.id}
         data.show = MINE
         assert set(data.param.dataset.objects.values()) == {"", bobs.id}
+        assert {d.id for d in data.datasets} == {alices.id, bobs.id}  # the run forms still pick references from all
         data.refresh(keep=alices.id)  # bob uploaded alice's bytes again: the stored one is offered to him too
         data.dataset = alices.id
         assert set(data.param.dataset.objects.values()) == {"", alices.id, bobs.id}
