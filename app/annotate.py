@@ -153,10 +153,11 @@ def train_annotator(settings: Settings, model: str, reference: Path, label_colum
     from app.annotators import annotator_json, check_name, check_ontology
     from app.platform import Platform
     from app.weights import weights_locations
-    from inference.counts import DataInput, load_counts
+    from inference.counts import Counts, DataInput
     from inference.heads.base import class_counts
     from inference.heads.knn import resolve_k
-    from inference.pipeline import _labels, train_head
+    from inference.pipeline import _labels
+    from inference.reference import Reference, train_head
 
     check_name(name)
     backend_name, variant = parse_model(model)
@@ -164,11 +165,12 @@ def train_annotator(settings: Settings, model: str, reference: Path, label_colum
     if label_column not in CheckReport(ref.check_report).label_columns:
         raise ValueError(f"{label_column!r} is not a label column of {reference.name}; its label columns are: "
                          f"{', '.join(CheckReport(ref.check_report).label_columns) or 'none'}.")
-    cells = load_counts(DataInput(str(reference), reference.name, ref.sha256))
-    labels = _labels(cells, label_column, "reference")
-    keep = labels.notna().to_numpy()
-    cells, labels = cells[keep].copy(), labels[keep].astype(str).to_numpy()
-    check_ontology(ontology, class_counts(labels))  # refused before anything is embedded
+    with Counts(DataInput(str(reference), reference.name, ref.sha256)) as counts:
+        column = _labels(counts, label_column, "reference")
+        keep = column.notna().to_numpy()
+        sample = Reference(counts, keep, column[keep].astype(str).to_numpy(), ref.sha256, seed=seed)
+        check_ontology(ontology, class_counts(sample.labels))  # refused before anything is read or embedded
+        cells, labels = sample.read(), sample.trained_labels  # types over the cap sampled, a block at a time
     if head.get("kind") == "knn":
         head = {**head, "k": resolve_k(head.get("k"), class_counts(labels))}
     backend, info = build_backend(backend_name, variant, weights_locations(settings), settings.device)
@@ -190,7 +192,9 @@ def train_annotator(settings: Settings, model: str, reference: Path, label_colum
             "name": name, "description": description, "author": author, "model_id": backend_name,
             "backend": backend_name, "variant": variant or "", "model_checksum": info.get("checksum", ""),
             "trained": bool(info.get("trained", True)), "label_column": label_column,
-            "reference": {"file_name": reference.name, "sha256": ref.sha256, "cells": int(cells.n_obs)},
+            "reference": {"file_name": reference.name, "sha256": ref.sha256, "cells": int(cells.n_obs),
+                          **({"labelled_cells": int(len(sample.labels)), "cells_per_type": sample.cells_per_type}
+                             if sample.sampled else {})},
             "ontology": ontology, "provenance": {"trained_by": "helical-platform annotators train", "head": head,
                                                  "seed": seed}})
         return annotator_json(entry)

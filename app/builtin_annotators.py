@@ -54,7 +54,7 @@ def build(data: Path, out: Path, seed: int = 0) -> dict:
     from inference.annotator_file import write_annotator_file
     from inference.heads import head_settings
     from inference.heads.base import class_counts
-    from inference.pipeline import train_head
+    from inference.reference import train_head
 
     cells = ad.read_h5ad(data)
     labels = cells.obs[PBMC3K_LABEL].astype(str).to_numpy()

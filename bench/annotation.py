@@ -101,7 +101,7 @@ def heads(args: argparse.Namespace) -> None:
     # head choice on the same features
     backend = create_backend("baseline", None, None)
     backend.fit(adata[~held].copy())
-    feats = backend.embed(adata).features
+    feats = backend.embed(adata).for_head
     for name, make in (("logistic regression head", lambda: Head.train(feats[~held], labels[~held], {})),
                        ("MLP head (128 hidden, as helical's notebook)",
                         lambda: MLPClassifier(hidden_layer_sizes=(128,), max_iter=300, random_state=0)

@@ -289,7 +289,7 @@ def novelty_suite(adata: ad.AnnData, label: str, seeds: list[int], tmp: Path) ->
     from inference.backends import create_backend
     from inference.heads import Head
     from inference.pipeline import stratified_split
-    from inference.run_files import EMBEDDINGS, PREDICTIONS, head_file
+    from inference.run_files import PREDICTIONS, head_file
 
     rows = []
     types = sorted(adata.obs[label].astype(str).unique())
@@ -310,8 +310,8 @@ def novelty_suite(adata: ad.AnnData, label: str, seeds: list[int], tmp: Path) ->
             head = Head.load(head_file(folder / "heads", result["provenance"]["head"]["cache_key"]))
             backend = create_backend("baseline", None, None)
             backend.set_state(head.extra)
-            ref_coords = head.space.project(backend.features(ref_cells))
-            query_coords = head.space.project(np.load(out / EMBEDDINGS))
+            ref_coords = head.space.project(backend.head_input(ref_cells))
+            query_coords = head.space.project(backend.head_input(adata[held].copy()))
             knn = kth_distance_percentile(ref_coords, query_coords)
             fit = table["reference_fit"].to_numpy()
             rows.append(emit({

@@ -1,8 +1,9 @@
 """Embedding a dataset through the embedding store: block by block, or not at all when it is already there.
 
 Both applications embed here, so an annotation reuses an integration run's embeddings and the other way round.
-``on_block`` sees each block of features as it comes (annotation classifies while it embeds); on a reused entry
-it sees the stored blocks, so the caller's code is the same either way.
+``on_block`` sees each block of what the head reads as it comes (annotation classifies while it embeds); on a reused
+entry it sees the stored blocks (or, for a backend whose head reads the counts, those recomputed block by block),
+so the caller's code is the same either way.
 """
 
 from __future__ import annotations
@@ -60,8 +61,21 @@ def _compute(cells: Counts | AnnData, backend: Backend, writer: EmbeddingWriter,
         own_basis = emb.basis is not emb.features
         writer.write(start, emb.features, emb.basis if own_basis else None, emb.genes_used)
         if on_block is not None:
-            on_block(start, emb.features)
+            on_block(start, emb.for_head)
         del emb
+
+
+def _replay(cells: Counts | AnnData, backend: Backend, stored: StoredEmbedding, on_block: OnBlock,
+            should_stop: ShouldStop | None, size: int) -> None:
+    """``on_block`` over a stored entry: its blocks, or what the head reads recomputed from the counts."""
+    if backend.head_reads_counts:
+        for start, cells_block in _blocks(cells, size):
+            check_stop(should_stop)
+            on_block(start, backend.head_input(cells_block, should_stop=should_stop))
+        return
+    for start in range(0, cells.n_obs, size):
+        check_stop(should_stop)
+        on_block(start, np.asarray(stored.features[start:start + size]))
 
 
 def embed_dataset(cells: Counts | AnnData, backend: Backend, progress: Callable[[int, int], None],
@@ -80,9 +94,7 @@ def embed_dataset(cells: Counts | AnnData, backend: Backend, progress: Callable[
                 if on_reused is not None:
                     on_reused()
                 if on_block is not None:
-                    for start in range(0, n, block):
-                        check_stop(should_stop)
-                        on_block(start, np.asarray(got.features[start:start + block]))
+                    _replay(cells, backend, got, on_block, should_stop, block)
                 progress(n, n)
                 return Embedded(got.features, got.basis, got.genes_used, True, got.provenance())
             if prepare is not None:

@@ -10,7 +10,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
 
@@ -18,39 +17,34 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from inference.annotation_stage import Stage
 from inference.backends.base import Backend, check_stop
 from inference.backends.fine_tuned import for_head
 from inference.calibration import reliability, uncalibrated
 from inference.consensus import majority_vote, over_cluster
-from inference.counts import AnnotationError, Counts, DataInput, load_counts
+from inference.counts import AnnotationError, Counts, DataInput
 from inference.embedding import REUSED, embed_dataset, embedding_key
 from inference.embedding_store import EmbeddingStore
-from inference.heads import DEFAULT_HEAD, FINE_TUNE, Head, head_cache_key
+from inference.heads import DEFAULT_HEAD, Head
 from inference.layout import umap_layout
 from inference.metrics import LOW_CONFIDENCE, NOT_IN_REFERENCE, UNASSIGNED, annotation_metrics
 from inference.prediction import Prediction
+from inference.reference import (  # noqa: F401 - the gene share is this module's API too
+    CELLS_PER_TYPE,
+    MIN_ANNOTATOR_GENE_SHARE,
+    HeadRequest,
+    Reference,
+    annotator_head,
+    check_annotator_genes,
+    trained_head,
+)
 from inference.result_writer import write_results
 from inference.run_files import (
     PROVENANCE,
-    head_file,
     write_text,
 )
 from inference.timing import StageProgress
 from inference.timing import StageTimer as _Timer
-
-
-class Stage(StrEnum):
-    """The stages of an annotation run, in order: the words progress shows, the keys of its stage timings."""
-
-    CHECKING = "checking"
-    EMBEDDING_REFERENCE = "embedding reference"
-    TRAINING_HEAD = "training head"
-    EMBEDDING_QUERY = "embedding query"
-    PREDICTING = "predicting"
-    MAJORITY_VOTING = "majority voting"
-    UMAP = "UMAP"
-    WRITING = "writing"
-
 
 QUERY_BLOCK = 10_000  # cells read, embedded and classified at a time: memory follows the block, not the file
 PACKAGES = ("helical", "torch", "transformers", "scanpy", "anndata", "scikit-learn", "umap-learn", "numpy",
@@ -79,6 +73,7 @@ class AnnotationJob:
     holdout_fraction: float = 0.3
     umap: dict | None = None
     write_csv: bool = False
+    reference_cells_per_type: int | None = CELLS_PER_TYPE  # larger types are sampled to this many (None: all)
 
 
 def _labels(adata: AnnData, column: str, what: str) -> pd.Series:
@@ -137,41 +132,47 @@ def predict(job: AnnotationJob, backend: Backend, model_info: dict, progress: St
     timer = _Timer(progress)
     timer.stage(Stage.CHECKING)
     with Counts(job.query) as query:
-        return _predict(job, backend, model_info, query, timer, should_stop, workdir)
+        if job.reference is None or job.annotator_head:
+            return _predict(job, backend, model_info, query, None, timer, should_stop, workdir)
+        with Counts(job.reference) as reference:
+            return _predict(job, backend, model_info, query, reference, timer, should_stop, workdir)
 
 
-def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Counts, timer: _Timer,
-             should_stop: Callable[[], bool] | None, workdir: Path | None) -> Prediction:
+def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Counts, reference: Counts | None,
+             timer: _Timer, should_stop: Callable[[], bool] | None, workdir: Path | None) -> Prediction:
     cells: Counts | AnnData = query
     held_out = None
     store = EmbeddingStore(job.embeddings_dir) if job.embeddings_dir else None
     if job.annotator_head:  # a saved annotator: its head instead of a reference
-        head, key, head_reused, reference_cells = _annotator_head(job, backend, model_info)
-        _check_annotator_genes(backend, query)
+        head, key, head_reused, reference_cells = annotator_head(job.annotator_head, job.annotator_checksum,
+                                                                 backend, model_info)
+        trained_on: dict[str, object] = {"reference_cells": reference_cells}
+        check_annotator_genes(backend, query)
         evaluation, truth_column = False, job.truth_column
     else:
-        evaluation = job.reference is None
-        if evaluation:
-            cells = query.whole()  # the query is its own reference: its cells are needed at once
-            labels_all = _labels(cells, job.label_column, "query")
+        evaluation = reference is None
+        if evaluation:  # the query is its own reference: a stratified split of it
+            labels_all = _labels(query, job.label_column, "query")
             held_out = stratified_split(labels_all, job.holdout_fraction, job.seed)
             keep = ~held_out & labels_all.notna().to_numpy()
-            ref = _Reference(cells, keep, labels_all[keep].astype(str).to_numpy(), job.query.sha256)
+            ref = Reference(query, keep, labels_all[keep].astype(str).to_numpy(), job.query.sha256,
+                            job.reference_cells_per_type, job.seed)
             ref_key = f"{job.query.sha256}:split:{job.holdout_fraction}:{job.seed}"
             truth_column = job.label_column
         else:
-            reference = load_counts(job.reference)
             ref_series = _labels(reference, job.label_column, "reference")
             keep = ref_series.notna().to_numpy()
-            ref = _Reference(reference, keep, ref_series[keep].astype(str).to_numpy(), job.reference.sha256)
+            ref = Reference(reference, keep, ref_series[keep].astype(str).to_numpy(), job.reference.sha256,
+                            job.reference_cells_per_type, job.seed)
             ref_key = job.reference.sha256
             truth_column = job.truth_column
         if len(set(ref.labels)) < 2:
             raise AnnotationError(f"The reference's column {job.label_column!r} has {len(set(ref.labels))} class; "
                                   "a classifier needs at least two cell types.")
         check_stop(should_stop)
-        head, key, head_reused = _trained_head(job, backend, model_info, ref, ref_key, timer, should_stop, store)
-        reference_cells = int(ref.keep.sum())
+        head, key, head_reused = trained_head(HeadRequest(job.head, job.label_column, job.heads_dir, job.seed),
+                                              backend, model_info, ref, ref_key, timer, should_stop, store)
+        trained_on = ref.describe()
     check_stop(should_stop)
     backend = for_head(backend, head.extra)  # a fine-tuned head embeds with its own backbone
 
@@ -229,7 +230,7 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
                        "evaluation_mode": evaluation, "query_block_cells": QUERY_BLOCK,
                        **({"holdout_fraction": job.holdout_fraction} if evaluation else {})},
         "head": {"cache_key": key, "reused": head_reused, "classes": head.classes.tolist(),
-                 "reference_cells": reference_cells, **head.describe(),
+                 **trained_on, **head.describe(),
                  **({"annotator": job.annotator_name} if job.annotator_head else {})},
         "genes_used": genes_used,
         "embedding": embedded.provenance,
@@ -239,100 +240,6 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
                       reference_fit=fit.astype(np.float32), reason=reason.astype(str),
                       classes=head.classes.astype(str), features=features, basis=basis, truth=truth,
                       held_out=held_out, metrics=metrics, provenance=provenance, timings=timer.timings)
-
-
-@dataclass
-class _Reference:
-    """The reference's cells, which of them are labelled (and trained on), their labels, and its file's sha256."""
-
-    cells: AnnData
-    keep: np.ndarray
-    labels: np.ndarray
-    sha256: str
-
-
-def _trained_head(job: AnnotationJob, backend: Backend, model_info: dict, ref: _Reference, ref_key: str,
-                  timer: _Timer, should_stop: Callable[[], bool] | None,
-                  store: EmbeddingStore | None) -> tuple[Head, str, bool]:
-    """The head for this model, reference and settings: from the cache, or embedded and trained (then cached).
-    A model that learns nothing from the reference embeds the whole reference file through the embedding store
-    (computed once, shared with every run on that file) and trains on its labelled rows."""
-    settings = {**job.head, "backend_state": backend.has_state}
-    key = head_cache_key(model_info.get("checksum", backend.key), ref_key, job.label_column, settings)
-    head_path = head_file(job.heads_dir, key) if job.heads_dir else None
-    if head_path and head_path.is_file():
-        head = Head.load(head_path)
-        if backend.has_state:
-            backend.set_state(head.extra)
-        return head, key, True
-    if job.head.get("kind") == FINE_TUNE:
-        from inference.finetune_head import train_fine_tuned_head
-
-        if head_path:
-            head_path.parent.mkdir(parents=True, exist_ok=True)
-        head = train_fine_tuned_head(backend, ref.cells[ref.keep], ref.labels, job.head, model_info, job.seed, timer,
-                                     should_stop, head_path.with_suffix(".safetensors") if head_path else None)
-        if head_path:
-            head.save(head_path)
-        return head, key, False
-    features = None
-    if store is not None and not backend.has_state:
-        timer.stage(Stage.EMBEDDING_REFERENCE, 0, ref.cells.n_obs)
-        embedded = embed_dataset(ref.cells, backend, timer.report, should_stop, store,
-                                 embedding_key(backend, model_info, ref.sha256),
-                                 on_reused=lambda: timer.say(REUSED, ref.cells.n_obs, ref.cells.n_obs))
-        features = np.asarray(embedded.features[ref.keep])
-    reference = ref.cells[ref.keep].copy() if features is None else ref.cells[ref.keep]
-    head = train_head(backend, reference, ref.labels, job.head, job.seed, timer, should_stop, features)
-    if head_path:
-        head_path.parent.mkdir(parents=True, exist_ok=True)
-        head.save(head_path)
-    return head, key, False
-
-
-def train_head(backend: Backend, reference: AnnData, labels: np.ndarray, settings: dict, seed: int = 0,
-               timer: _Timer | None = None, should_stop: Callable[[], bool] | None = None,
-               features: np.ndarray | None = None) -> Head:
-    """Fit the backend to the reference (the baseline learns its genes), embed it (unless its ``features`` are
-    given), train the head; the backend's fitted state is kept with the head."""
-    timer = timer or _Timer(None)
-    if features is None:
-        timer.stage(Stage.EMBEDDING_REFERENCE, 0, reference.n_obs)
-        backend.fit(reference)
-        features = backend.embed(reference, progress=timer.report, should_stop=should_stop).features
-    timer.stage(Stage.TRAINING_HEAD)
-    head = Head.train(features, labels, settings, seed=seed)
-    if backend.has_state:
-        head.extra = backend.state()
-    return head
-
-
-def _annotator_head(job: AnnotationJob, backend: Backend, model_info: dict) -> tuple[Head, str, bool, int]:
-    """A saved annotator's head, refused unless this model's weights are the ones it was trained on."""
-    checksum = model_info.get("checksum", backend.key)
-    if job.annotator_checksum and checksum != job.annotator_checksum:
-        raise AnnotationError(
-            f"This annotator was trained on weights with checksum {job.annotator_checksum[:16]}…, but the model's "
-            f"weights here have checksum {str(checksum)[:16]}…: its head would read another model's embeddings. "
-            "Stage the weights it was trained on, or train an annotator on these.")
-    head = Head.load(Path(job.annotator_head))
-    if backend.has_state:
-        backend.set_state(head.extra)
-    cells = int(np.diff(head.fit.offsets).sum())
-    return head, f"annotator:{Path(job.annotator_head).stem}", True, cells
-
-
-MIN_ANNOTATOR_GENE_SHARE = 0.5
-
-
-def _check_annotator_genes(backend: Backend, query: Counts) -> None:
-    """An annotator learnt from genes the query may lack: refuse before embedding when it lacks most of them."""
-    found = backend.genes_present(query.block(0, min(1, query.n_obs)))
-    if found and found[1] and found[0] < MIN_ANNOTATOR_GENE_SHARE * found[1]:
-        raise AnnotationError(
-            f"The query has {found[0]:,} of the {found[1]:,} genes this annotator reads (needs at least "
-            f"{MIN_ANNOTATOR_GENE_SHARE:.0%}): check that the genes are human and named by Ensembl id or current "
-            "symbol, as in the reference it learnt from.")
 
 
 def _calibration(head: Head, proba: np.ndarray, truth: np.ndarray) -> dict[str, object]:

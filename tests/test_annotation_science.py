@@ -102,8 +102,8 @@ def test_left_one_type_out_the_reference_fit_ranks_that_types_cells_as_novel(sub
         in_ref = ~held & (labels != left_out)
         backend = BaselineBackend()
         backend.fit(subset[in_ref].copy())
-        head = Head.train(backend.embed(subset[in_ref].copy()).features, labels[in_ref], head_settings())
-        out = head.predict(backend.embed(subset[held].copy()).features)
+        head = Head.train(backend.embed(subset[in_ref].copy()).for_head, labels[in_ref], head_settings())
+        out = head.predict(backend.embed(subset[held].copy()).for_head)
         novel = labels[held] == left_out
         assert 0 <= out.reference_fit.min() and out.reference_fit.max() <= 1
         fit_auc[left_out] = roc_auc_score(novel, 1 - out.reference_fit)

@@ -77,14 +77,16 @@ def test_baseline_embeds_with_the_reference_genes(pbmc_small):
     backend.load()
     backend.fit(reference)
     out = backend.embed(pbmc_small)
-    assert out.features.shape == (pbmc_small.n_obs, 2000)
-    assert out.basis.shape == (pbmc_small.n_obs, 50)
-    assert np.isfinite(out.features).all() and out.genes_used == 2000
+    # the head reads the reference's 2,000 genes; what is stored (and drawn) is their 50 PCs
+    assert out.head_input.shape == (pbmc_small.n_obs, 2000) and out.for_head is out.head_input
+    assert out.features.shape == (pbmc_small.n_obs, 50) and out.basis is out.features
+    assert np.isfinite(out.head_input).all() and out.genes_used == 2000
+    assert np.array_equal(backend.head_input(pbmc_small[:7].copy()), out.head_input[:7])
     # the same cells under symbols only (no Ensembl column) give the same features
     symbols_only = pbmc_small.copy()
     del symbols_only.var["gene_ids"]
     again = backend.embed(symbols_only)
-    assert np.corrcoef(again.features.ravel(), out.features.ravel())[0, 1] > 0.9
+    assert np.corrcoef(again.head_input.ravel(), out.head_input.ravel())[0, 1] > 0.9
 
 
 def test_cancel_stops_between_batches(tiny_locations, pbmc_small):

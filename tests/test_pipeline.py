@@ -113,7 +113,7 @@ def test_the_annotated_file_keeps_the_input_and_adds_the_predictions(split_files
     assert out.shape == original.shape and (out.X != original.X).nnz == 0
     assert (out.obs["celltype"] == original.obs["celltype"]).all()
     assert {"predicted_label", "prediction_confidence", "prediction_assigned"} <= set(out.obs.columns)
-    assert out.obsm["X_umap"].shape == (out.n_obs, 2) and out.obsm["X_baseline"].shape == (out.n_obs, 2000)
+    assert out.obsm["X_umap"].shape == (out.n_obs, 2) and out.obsm["X_baseline"].shape == (out.n_obs, 50)
     assert out.uns["helical_platform"]["weights"] == "trained"
 
 
@@ -194,13 +194,10 @@ def test_the_query_is_read_embedded_and_classified_a_block_at_a_time(model, spli
     work.mkdir()
     blocked = pipeline.predict(_job(tmp_path, ref, query, model=model, name="blocked"), backend, info,
                                workdir=work)
-    n_ref = ad.read_h5ad(ref, backed="r").n_obs
-    assert read == [(0, n_ref), (0, 32), (32, 64), (64, 75)]  # the reference whole, then the query's blocks
+    assert read == [(0, 32), (32, 64), (64, 75)]  # the query's blocks; the head is the first run's: no reference
     assert isinstance(blocked.features, np.memmap) and Path(blocked.features.filename) == work / "embeddings.npy"
-    # the baseline's features are exactly equal; matrix products over other row counts (PCA, the head, a
-    # transformer's batches) may round the last bit differently
-    if model == "baseline":
-        assert np.array_equal(blocked.features, whole.features)
+    # matrix products over other row counts (the baseline's PCA, the head, a transformer's batches) may round the
+    # last bit differently
     assert np.allclose(blocked.features, whole.features, atol=1e-5, rtol=0)
     assert np.allclose(blocked.basis, whole.basis, atol=1e-5, rtol=0)
     assert np.allclose(blocked.proba, whole.proba, atol=1e-5, rtol=0)
@@ -210,12 +207,45 @@ def test_the_query_is_read_embedded_and_classified_a_block_at_a_time(model, spli
     # handed to the CPU phase through the folder: the embeddings are not copied, the run's file is a link to them
     blocked.save(work)
     loaded = pipeline.Prediction.load(work)
-    assert (loaded.basis is loaded.features) == (model != "baseline")
+    assert loaded.basis is loaded.features  # every backend's stored embedding is its UMAP's basis
     job = _job(tmp_path, ref, query, model=model, name="blocked")
     pipeline.finish(job, loaded)
     stored = np.load(tmp_path / "blocked" / "embeddings.npy")
     assert np.array_equal(stored, np.asarray(blocked.features))
     assert os.stat(tmp_path / "blocked" / "embeddings.npy").st_ino == os.stat(work / "embeddings.npy").st_ino
+
+
+def test_the_baseline_stores_its_pcs_and_its_head_reads_the_genes_again_from_the_counts(split_files, tmp_path,
+                                                                                          monkeypatch):
+    """What the baseline stores per cell is its 50 PCs (the store's entry, the run folder, ``obsm``), not the
+    2,000 genes its head reads: a second run reusing the stored entry recomputes those genes block by block from
+    the query's counts and calls every cell as the first run did."""
+    from inference import pipeline
+    from inference.counts import Counts
+
+    ref, query = split_files
+    backend = create_backend("baseline", None, None)
+    info = backend.provenance()
+    monkeypatch.setattr(pipeline, "QUERY_BLOCK", 32)
+    first = pipeline.predict(_job(tmp_path, ref, query, name="first", embeddings_dir=str(tmp_path / "emb")),
+                             backend, info, workdir=tmp_path)
+    n = ad.read_h5ad(query, backed="r").n_obs
+    assert first.provenance["embedding"]["reused"] is False and first.features.shape == (n, 50)
+    entries = list((tmp_path / "emb").rglob("*.npy"))
+    assert entries and all(np.load(e, mmap_mode="r").shape == (n, 50) for e in entries)
+
+    read = []
+    real_block = Counts.block
+    monkeypatch.setattr(Counts, "block", lambda self, a, b: read.append((a, b)) or real_block(self, a, b))
+    again = pipeline.predict(_job(tmp_path, ref, query, name="again", embeddings_dir=str(tmp_path / "emb")),
+                             create_backend("baseline", None, None), info, workdir=tmp_path / "w2")
+    assert again.provenance["embedding"]["reused"] is True and again.provenance["head"]["reused"] is True
+    assert read == [(0, 32), (32, 64), (64, n)]  # the reference not at all (the head is cached), the query by block
+    assert np.array_equal(again.proba, first.proba) and (again.predicted == first.predicted).all()
+    assert np.array_equal(np.asarray(again.features), np.asarray(first.features))
+    pipeline.finish(_job(tmp_path, ref, query, name="again"), again)
+    out = ad.read_h5ad(tmp_path / "again" / "annotated.h5ad", backed="r")
+    assert out.obsm["X_baseline"].shape == (n, 50)
 
 
 def test_evaluation_mode_trains_on_a_stratified_split_and_scores_the_held_out_part(tmp_path):

@@ -737,6 +737,22 @@ def test_a_fine_tuned_heads_line_says_its_epochs_best_epoch_and_untrained_start(
         in text
 
 
+def test_a_head_trained_on_a_sample_of_its_reference_says_so():
+    from types import SimpleNamespace
+
+    from dashboards.result_text import head_text
+
+    sampled = SimpleNamespace(parameters={"head": {"kind": "knn"}}, metrics={}, provenance={"head": {
+        "kind": "knn", "k": 15, "reference_cells": 80_000,
+        "reference_sample": {"labelled_cells": 1_000_000, "cells_per_type": 10_000, "seed": 0}}})
+    assert shown(head_text(sampled)) == ("Head: kNN reference mapping, k = 15, trained on 80,000 of the reference's "
+                                         "1,000,000 labelled cells (types over 10,000 cells sampled down to that "
+                                         "many)")
+    whole = SimpleNamespace(parameters={"head": {"kind": "knn"}}, metrics={}, provenance={"head": {
+        "kind": "knn", "k": 15, "reference_cells": 300}})
+    assert "sampled" not in shown(head_text(whole))
+
+
 def test_before_any_run_the_results_say_how_to_make_one(tmp_path):
     from app.platform import Platform
     from app.settings import Settings

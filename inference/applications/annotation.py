@@ -29,6 +29,7 @@ from inference.finetune_head import FINE_TUNE_OPTIONS, head_options
 from inference.heads import DEFAULT_HEAD, FINE_TUNE, HEAD_OPTIONS, head_settings
 from inference.heads.knn import resolve_k
 from inference.pipeline import (
+    CELLS_PER_TYPE,
     MIN_ANNOTATOR_GENE_SHARE,
     AnnotationJob,
     DataInput,
@@ -83,7 +84,9 @@ class CellTypeAnnotation(Application):
             seed = int(options.get("seed", 0))
         except (TypeError, ValueError):
             raise SubmissionError("seed must be a whole number.") from None
-        head = _head(options, CheckReport(labels_from.check_report).label_columns.get(label_column, {}),
+        cap = _cells_per_type(options)
+        classes = CheckReport(labels_from.check_report).label_columns.get(label_column, {})
+        head = _head(options, {c: min(n, cap) if cap else n for c, n in classes.items()},
                      evaluation=reference is None, file_name=labels_from.file_name)
         if head["kind"] == FINE_TUNE and not can_fine_tune(request.model.backend):
             raise SubmissionError(f"{request.model.name} cannot be fine-tuned here: head = fine-tune is offered for "
@@ -93,6 +96,7 @@ class CellTypeAnnotation(Application):
             raise SubmissionError("majority_voting must be true or false.")
         return Accepted(parameters={"confidence_threshold": threshold, "novelty_threshold": novelty, "seed": seed,
                                     "head": head, "majority_voting": voting,
+                                    "cells_per_type": cap,
                                     "evaluation_mode": reference is None},
                         label_column=label_column, truth_column=truth or (label_column if reference is None else None),
                         cells_total=int(query.n_cells or 0))
@@ -105,9 +109,9 @@ class CellTypeAnnotation(Application):
         if request.model.id != a.model_id:
             raise SubmissionError(f"Annotator {a.name!r} reads {a.model_id}'s embeddings: choose the model "
                                   f"{a.model_id}, not {request.model.id}.")
-        if {"head", "k", *FINE_TUNE_OPTIONS} & set(request.options):
-            raise SubmissionError(f"Annotator {a.name!r} brings its own head: leave head, k and the fine-tuning "
-                                  "options out.")
+        if {"head", "k", "cells_per_type", *FINE_TUNE_OPTIONS} & set(request.options):
+            raise SubmissionError(f"Annotator {a.name!r} brings its own head: leave head, k, cells_per_type and "
+                                  "the fine-tuning options out.")
         truth = request.truth_column
         if truth and truth not in CheckReport(query.check_report).label_columns:
             raise SubmissionError(f"{truth!r} is not a label column of the query {query.file_name}.")
@@ -152,6 +156,7 @@ class CellTypeAnnotation(Application):
                              confidence_threshold=p.get("confidence_threshold", 0.5), seed=p.get("seed", 0),
                              novelty_threshold=p.get("novelty_threshold", 0.0),
                              head=p.get("head") or head_settings(), majority_voting=p.get("majority_voting", False),
+                             reference_cells_per_type=p.get("cells_per_type", CELLS_PER_TYPE) or None,
                              **({"annotator_head": request.annotator.head_path,
                                  "annotator_checksum": request.annotator.model_checksum,
                                  "annotator_name": request.annotator.name,
@@ -179,6 +184,18 @@ def _fraction(options: dict, key: str, default: float, meaning: str) -> float:
         raise SubmissionError(f"{key} must be a number between 0 and 1 ({meaning}).") from None
     if not 0 <= value <= 1:
         raise SubmissionError(f"{key} must lie between 0 and 1, not {value:g} ({meaning}).")
+    return value
+
+
+def _cells_per_type(options: dict) -> int:
+    """At most this many cells of each reference type train the head (larger types are sampled; 0: every cell)."""
+    value = options.get("cells_per_type", CELLS_PER_TYPE)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SubmissionError(f"cells_per_type must be a whole number of cells (0 trains on every labelled cell; "
+                              f"the default {CELLS_PER_TYPE:,} samples larger types down to that many), not "
+                              f"{str(value)[:40]!r}.")
     return value
 
 

@@ -20,12 +20,20 @@ class Cancelled(RuntimeError):
 
 @dataclass
 class Embedding:
-    """What a backend gives for a set of cells: features for the classifier head, and the basis of the UMAP
-    (the same matrix for foundation models; a PCA of the features for the baseline)."""
+    """What a backend gives for a set of cells: ``features``, the embedding that is stored (embedding store, run
+    folder, ``obsm``) and read by the views; ``basis``, the UMAP's (the same matrix for every backend today); and,
+    only for a backend whose head reads something else, ``head_input`` (the baseline's 2,000 genes: recomputed
+    from the counts whenever needed, never stored, as 2,000 numbers per cell would be 8 GB at a million cells)."""
 
     features: np.ndarray
     basis: np.ndarray
     genes_used: int
+    head_input: np.ndarray | None = None
+
+    @property
+    def for_head(self) -> np.ndarray:
+        """What a classifier head trains on and predicts from."""
+        return self.features if self.head_input is None else self.head_input
 
 
 class Backend(ABC):
@@ -43,6 +51,8 @@ class Backend(ABC):
     corrects_batches: ClassVar[bool] = False  # an integration method: ``correct`` after ``embed``
     # helical runs it on CUDA only: its actor goes to a GPU worker, and a cluster without one refuses its runs
     requires_gpu: ClassVar[bool] = False
+    # its head reads ``head_input`` (from the counts), not the stored embedding: a reused embedding does not feed it
+    head_reads_counts: ClassVar[bool] = False
     weights = None  # inference.weights.ResolvedWeights, for backends that need them
 
     @property
@@ -102,6 +112,11 @@ class Backend(ABC):
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027 - nothing to restore by default
         """Restore what ``state()`` returned."""
+
+    def head_input(self, adata: AnnData, progress: Progress | None = None,
+                   should_stop: ShouldStop | None = None) -> np.ndarray:
+        """What the head reads for ``adata`` when it is not the embedding (``head_reads_counts`` backends only)."""
+        raise NotImplementedError(f"{self.key}'s head reads its embedding.")
 
 
 def check_stop(should_stop: ShouldStop | None) -> None:

@@ -5,6 +5,11 @@ features feed the same heads as the others. They are deliberately *not* scaled b
 deviations: under a shift (stimulated, treated or another lab's cells) the query's genes move away from the
 reference's statistics, and scaled features lost up to 0.02 accuracy and macro-F1 to the unscaled recipe (measured
 in docs/BENCHMARKS.md). Only the UMAP's basis is a PCA of scaled features, as scanpy draws it.
+
+What is stored as its embedding (embedding store, run folder, ``obsm['X_baseline']``) is that basis, 50 numbers
+per cell, as ``obsm['X_pca']`` would be; the head's 2,000 genes are recomputed from the counts block by block
+whenever a head needs them (a block's normalisation and a column pick), so a million-cell run never holds or
+writes 8 GB of them.
 """
 
 from __future__ import annotations
@@ -66,8 +71,11 @@ class BaselineBackend(Backend):
         scaled = np.clip(self.scaler.transform(block), -10, 10)
         self.pca = PCA(n_components=min(self.n_pcs, *scaled.shape), random_state=self.seed).fit(scaled)
 
-    def features(self, adata: AnnData, progress: Progress | None = None,
-                 should_stop: ShouldStop | None = None) -> np.ndarray:
+    head_reads_counts = True
+
+    def head_input(self, adata: AnnData, progress: Progress | None = None,
+                   should_stop: ShouldStop | None = None) -> np.ndarray:
+        """The reference's 2,000 genes of ``adata``, log-normalised (absent genes are zero): what the head reads."""
         if self.genes is None:
             raise RuntimeError("The baseline has not been fitted on a reference.")
         keys = gene_keys(adata)
@@ -90,9 +98,10 @@ class BaselineBackend(Backend):
 
     def embed(self, adata: AnnData, progress: Progress | None = None,
               should_stop: ShouldStop | None = None) -> Embedding:
-        feats = self.features(adata, progress, should_stop)
+        genes = self.head_input(adata, progress, should_stop)
         present = len(set(self.genes) & set(gene_keys(adata)))
-        return Embedding(features=feats, basis=self.basis(feats), genes_used=present)
+        basis = self.basis(genes)
+        return Embedding(features=basis, basis=basis, genes_used=present, head_input=genes)
 
     needs_weights = False
 
@@ -110,12 +119,14 @@ class BaselineBackend(Backend):
         return {"n_top_genes": self.n_top_genes, "n_pcs": self.n_pcs, "seed": self.seed, "flavor": "seurat"}
 
     def embedding_settings(self) -> dict[str, object]:
-        """The baseline's embedding follows what it learnt from its reference (genes, scaling, PCA)."""
+        """The baseline's embedding follows what it learnt from its reference (genes, scaling, PCA). ``stores``
+        keeps entries written before the embedding became the 50 PCs (2,000 genes each) from being served: the
+        model and its heads are unchanged, so its checksum (which saved annotators are checked against) is too."""
         from inference.embedding_store import state_digest
 
         if self.genes is None:
             raise RuntimeError("The baseline has not been fitted on a reference.")
-        return {"state": state_digest(self.state())}
+        return {"state": state_digest(self.state()), "stores": "pcs"}
 
     def state(self) -> dict[str, np.ndarray]:
         """What ``fit`` learnt, as plain arrays (kept with the cached head)."""
