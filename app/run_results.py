@@ -74,13 +74,17 @@ class ResultsReader:
     def cells(self, run_id: str, columns: list[str] | None = None) -> pd.DataFrame:
         """Per-cell predictions of a finished run (only the columns asked for are read). Labels come as
         categoricals (parquet's dictionary, not a string per cell: 10 million cells load in seconds, not minutes)."""
-        import pyarrow.parquet as pq
+        return read_cells(self.result_dir(run_id) / PREDICTIONS, columns)
 
-        path = self.result_dir(run_id) / PREDICTIONS
-        available = pq.ParquetFile(path).schema_arrow.names
-        wanted = [c for c in columns if c in available] if columns else available
-        labels = [c for c in LABEL_COLUMNS if c in wanted]
-        return pq.read_table(path, columns=wanted, read_dictionary=labels).to_pandas()
+
+def read_cells(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The columns asked for of a predictions table (all without), labels as categoricals."""
+    import pyarrow.parquet as pq
+
+    available = pq.ParquetFile(path).schema_arrow.names
+    wanted = [c for c in columns if c in available] if columns else available
+    labels = [c for c in LABEL_COLUMNS if c in wanted]
+    return pq.read_table(path, columns=wanted, read_dictionary=labels).to_pandas()
 
     def export(self, run_id: str, fmt: str) -> Path:
         """The annotated .h5ad, or the per-cell CSV (written once, atomically, from the predictions)."""
@@ -100,7 +104,11 @@ class ResultsReader:
         if fmt != "csv":
             raise ValueError(f"Unknown format {fmt!r}: choose h5ad, csv or cellxgene.")
         csv = folder / CSV
-        if not csv.exists():
-            with atomic_path(csv) as tmp:
-                pd.read_parquet(folder / PREDICTIONS).to_csv(tmp, index=False)
+        if not csv.exists():  # a row group (10,000 cells) at a time: a million-cell table is never held whole
+            import pyarrow.parquet as pq
+
+            source = pq.ParquetFile(folder / PREDICTIONS)
+            with atomic_path(csv) as tmp, open(tmp, "w", newline="") as fh:
+                for i in range(source.num_row_groups):
+                    source.read_row_group(i).to_pandas().to_csv(fh, index=False, header=i == 0)
         return csv

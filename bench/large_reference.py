@@ -115,7 +115,8 @@ def main() -> None:
         platform = Platform(Settings.from_env({"HELICAL_PLATFORM_HOME": f"{tmp}/home",
                                                "HELICAL_PLATFORM_WORKERS": str(args.workers),
                                                "HELICAL_PLATFORM_GENERATE_WEIGHTS": "none",
-                                               "HELICAL_PLATFORM_DEVICE": "cpu"}))
+                                               "HELICAL_PLATFORM_DEVICE": "cpu",
+                                               "HELICAL_PLATFORM_MAX_UPLOAD_MB": "65536"}))
         try:
             warm_workers(platform.compute(timeout=300).client)
             query_path = folder / "query.h5ad"

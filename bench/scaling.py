@@ -63,27 +63,30 @@ def resample(data: Path, n: int, out: Path, seed: int = 0) -> Path:
 
 
 def warm_workers(client) -> None:  # noqa: ANN001
-    """Compile umap-learn's numba kernels on every worker first: a cold worker adds ~30 s to its first UMAP. 5,000
-    points: above 4,096 umap-learn searches neighbours with NN-descent, below exactly; both get compiled."""
+    """Compile umap-learn's and the over-clustering's numba kernels on every worker first: a cold worker adds ~30 s
+    to its first UMAP and ~50 s to its first majority voting. 5,000 points: above 4,096 umap-learn searches
+    neighbours with NN-descent, below exactly; both get compiled."""
     def warm() -> None:
         import numpy as np
 
+        from inference.consensus import over_cluster
         from inference.layout import umap_layout
 
         basis = np.random.default_rng(0).normal(size=(5_000, 10)).astype(np.float32)
         umap_layout(basis[:500])
         umap_layout(basis)
+        over_cluster(basis)
 
     client.run(warm)
 
 
-def run_once(platform, ref_id: str, query_id: str) -> dict:  # noqa: ANN001
+def run_once(platform, ref_id: str, query_id: str, options: dict | None = None) -> dict:  # noqa: ANN001
     """Submit, follow the stage and the memory every 0.2 s; the peak resident set per stage."""
     pid = os.getpid()
     before = tree_rss(pid)
     started = time.perf_counter()
     run = platform.runs.submit("cell-type-annotation", "baseline", query_id, reference_id=ref_id,
-                               label_column="celltype", truth_column="celltype")
+                               label_column="celltype", truth_column="celltype", options=options)
     peaks: dict[str, int] = {}
     while True:
         status = platform.runs.status(run.id)
@@ -141,6 +144,7 @@ def main() -> None:
     p.add_argument("--generator", choices=["resample", "atlas"], default="resample",
                    help="resample: the query made in memory (as published up to 100k); atlas: bench/atlas_data.py, "
                         "block by block in two cell-type mixes (what a 1,000,000-cell query needs)")
+    p.add_argument("--majority-voting", action="store_true", help="runs with majority voting (over-clustering)")
     p.add_argument("--plot-only", action="store_true", help="redraw the image from bench/out/scaling.json")
     p.add_argument("--no-publish", action="store_true",
                    help="print the rows only; leave bench/out/scaling.json and docs/images/scaling.png as they are")
@@ -158,7 +162,8 @@ def main() -> None:
         platform = Platform(Settings.from_env({"HELICAL_PLATFORM_HOME": f"{tmp}/home",
                                                "HELICAL_PLATFORM_WORKERS": str(args.workers),
                                                "HELICAL_PLATFORM_GENERATE_WEIGHTS": "none",
-                                               "HELICAL_PLATFORM_DEVICE": "cpu"}))
+                                               "HELICAL_PLATFORM_DEVICE": "cpu",
+                                               "HELICAL_PLATFORM_MAX_UPLOAD_MB": "65536"}))
         warm_workers(platform.compute(timeout=300).client)
         with open(args.data, "rb") as fh:
             ref = platform.datasets.ingest(fh, "pbmc3k reference.h5ad")
@@ -175,7 +180,8 @@ def main() -> None:
                 query = platform.datasets.ingest(fh, path.name)
                 upload_s = time.perf_counter() - t
             path.unlink()
-            result = {"cells": n, "store_and_check_s": round(upload_s, 2), **run_once(platform, ref.id, query.id)}
+            result = {"cells": n, "store_and_check_s": round(upload_s, 2), **run_once(platform, ref.id, query.id,
+                                                                             {"majority_voting": args.majority_voting})}
             result["s_per_1k_cells"] = round(1000 * result["wall_s"] / n, 3)
             rows.append(result)
             print(json.dumps(result), flush=True)
@@ -183,21 +189,24 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     meta = {"date": datetime.now(UTC).isoformat(timespec="minutes"), "commit": commit, "host": _platform.node(),
-            "cpus": os.cpu_count(), "workers": args.workers, "generator": args.generator}
+            "cpus": os.cpu_count(), "workers": args.workers, "generator": args.generator,
+            "majority_voting": args.majority_voting}
     print(json.dumps(meta))
     if not args.no_publish:
         out = REPO / "bench" / "out" / "scaling.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         plot(rows, REPO / "docs" / "images" / "scaling.png")
-    print("\n| cells | submit → done (s) | s per 1k cells | embed query (s) | UMAP (s) | UMAP fit on, start | "
-          "writing (s) | peak GiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| cells | submit → done (s) | s per 1k cells | embed query (s) | predicting (s) | majority voting (s) | "
+          "UMAP (s) | UMAP fit on, start | writing (s) | peak GiB (stage) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s, u = r["stage_s"], r["umap"]
+        stage = max(r["peak_rss_by_stage_gib"], key=r["peak_rss_by_stage_gib"].get)
         print(f"| {r['cells']:,} | {r['wall_s']} | {r['s_per_1k_cells']} | {s.get('embedding query', 0):.1f} | "
-              f"{s.get('UMAP', 0):.1f} | {u.get('fit_on', 0):,}, {u.get('init', '')} | {s.get('writing', 0):.1f} | "
-              f"{r['peak_rss_gib']} |")
+              f"{s.get('predicting', 0):.1f} | {s.get('majority voting', 0):.1f} | {s.get('UMAP', 0):.1f} | "
+              f"{u.get('fit_on', 0):,}, {u.get('init', '')} | {s.get('writing', 0):.1f} | "
+              f"{r['peak_rss_gib']} ({stage}) |")
     if len(rows) >= 2:
         print(f"\ntime per cell, {rows[-1]['cells']:,} vs {rows[-2]['cells']:,}: "
               f"{rows[-1]['s_per_1k_cells'] / rows[-2]['s_per_1k_cells']:.2f}x")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -88,26 +89,31 @@ def write_cellxgene(src_h5ad: Path, dst: Path, term_ids: np.ndarray, labels: np.
 
     The user's own ``cell_type`` / ``cell_type_ontology_term_id`` columns are kept, renamed ``cell_type_original``
     / ``cell_type_ontology_term_id_original`` (``_2``, ``_3``... if those names are taken too). ``labels=None``
-    writes no ``cell_type`` (CELLxGENE Discover adds it on upload). Reads the whole file into memory; written to a
+    writes no ``cell_type`` (CELLxGENE Discover adds it on upload). The file is copied as it is (streamed) and only
+    its ``obs`` is rewritten in the copy, so a million-cell file's matrices never pass through memory; written to a
     temporary name first, so a failure leaves no partial ``dst``.
     """
-    import anndata as ad
+    import h5py
+    from anndata.io import read_elem, write_elem
 
     src, dst = Path(src_h5ad), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError("Write the CELLxGENE copy to a new file, not over the original.")
-    adata = ad.read_h5ad(src)
-    _checked(term_ids, labels, adata.n_obs)
-    obs = adata.obs
+    with h5py.File(src, "r") as f:
+        obs: pd.DataFrame = read_elem(f["obs"])
+    _checked(term_ids, labels, len(obs))
     renames = {c: _free_name(obs.columns, f"{c}_original") for c in (LABEL_COLUMN, TERM_COLUMN) if c in obs.columns}
-    adata.obs = obs.rename(columns=renames)
-    adata.obs[TERM_COLUMN] = pd.Categorical(np.asarray(term_ids, dtype=str))
+    obs = obs.rename(columns=renames)
+    obs[TERM_COLUMN] = pd.Categorical(np.asarray(term_ids, dtype=str))
     if labels is not None:
-        adata.obs[LABEL_COLUMN] = pd.Categorical(np.asarray(labels, dtype=str))
+        obs[LABEL_COLUMN] = pd.Categorical(np.asarray(labels, dtype=str))
     dst.parent.mkdir(parents=True, exist_ok=True)
     partial = dst.with_name(f".{dst.name}.partial.h5ad")
     try:
-        adata.write_h5ad(partial)
+        shutil.copyfile(src, partial)
+        with h5py.File(partial, "r+") as f:
+            del f["obs"]
+            write_elem(f, "obs", obs)
         os.replace(partial, dst)
     finally:
         partial.unlink(missing_ok=True)
@@ -118,14 +124,17 @@ def cellxgene_from_result(result_dir: Path, out: Path) -> Path:
     """The CELLxGENE copy of a finished run's annotated file: each cell's predicted label as its Cell Ontology
     term, as the run recorded it (the annotator's confirmed map); refused, in plain words, for a run whose labels
     were not mapped."""
+    import pyarrow.parquet as pq
+
     from inference.run_files import ANNOTATED, PREDICTIONS, atomic_path
 
-    table = pd.read_parquet(Path(result_dir) / PREDICTIONS)
-    if "predicted_cell_type_ontology_term_id" not in table:
+    predictions = Path(result_dir) / PREDICTIONS
+    if "predicted_cell_type_ontology_term_id" not in pq.ParquetFile(predictions).schema_arrow.names:
         raise OntologyError("This run's labels are not mapped to Cell Ontology terms, so it has no CELLxGENE "
                             "cell_type: save it as an annotator (confirming a term for each label) and annotate "
                             "with that annotator, or use one that maps its labels (the built-in PBMC one does).")
-    pairs = table[["predicted_label", "predicted_cell_type_ontology_term_id"]].drop_duplicates()
+    table = pd.read_parquet(predictions, columns=["predicted_label", "predicted_cell_type_ontology_term_id"])
+    pairs = table.drop_duplicates()
     mapping = {str(label): (str(term) or None) for label, term in pairs.itertuples(index=False)}
     term_ids, labels = cellxgene_columns(table["predicted_label"].to_numpy(), mapping)
     with atomic_path(out) as tmp:  # a name of its own: two downloads at once never share a partial file

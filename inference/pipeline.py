@@ -21,7 +21,7 @@ from inference.annotation_stage import Stage
 from inference.backends.base import Backend, check_stop
 from inference.backends.fine_tuned import for_head
 from inference.calibration import reliability, uncalibrated
-from inference.consensus import majority_vote, over_cluster
+from inference.consensus import CLUSTER_MAX_CELLS, majority_vote, over_cluster
 from inference.counts import AnnotationError, Counts, DataInput
 from inference.embedding import REUSED, embed_dataset, embedding_key
 from inference.embedding_store import EmbeddingStore
@@ -270,7 +270,8 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
         if p.truth is not None and p.metrics:
             mask = (p.truth != "") & (p.held_out if p.held_out is not None else True)
             p.metrics["majority_voting"] = {**annotation_metrics(p.truth[mask], consensus[1][mask]),
-                                            "clusters": int(len(set(clusters)))}
+                                            "clusters": int(len(set(clusters))),
+                                            "clustered_cells": min(len(clusters), CLUSTER_MAX_CELLS)}
         check_stop(should_stop)
     terms = _ontology_columns(job, p)
     timer.stage(Stage.UMAP)

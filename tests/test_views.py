@@ -332,7 +332,9 @@ def test_the_run_options_come_from_the_head_picker_k_voting_and_thresholds(platf
     panel.head, panel.k, panel.majority_voting, panel.novelty = "knn", 5, True, 0.25
     assert k_input.visible is True
     assert panel.submission_options() == {"confidence_threshold": 0.5, "novelty_threshold": 0.25, "head": "knn",
-                                          "k": 5, "majority_voting": True}
+                                          "k": 5, "majority_voting": True, "cells_per_type": 10_000}
+    assert run_options(0.5, head="knn", cells_per_type=0)["cells_per_type"] == 0  # 0: every labelled cell
+    assert "cells_per_type" not in run_options(0.5, None, cells_per_type=500)  # an annotator's head is trained
 
     with open(PBMC, "rb") as fh:
         ds = platform.datasets.ingest(fh, "pbmc.h5ad")
