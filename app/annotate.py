@@ -170,7 +170,7 @@ def train_annotator(settings: Settings, model: str, reference: Path, label_colum
         keep = column.notna().to_numpy()
         sample = Reference(counts, keep, column[keep].astype(str).to_numpy(), ref.sha256, seed=seed)
         check_ontology(ontology, class_counts(sample.labels))  # refused before anything is read or embedded
-        cells, labels = sample.read(), sample.trained_labels  # types over the cap sampled, a block at a time
+        cells, labels = sample.read(), sample.trained_labels  # a sample of a large one, read a block at a time
     if head.get("kind") == "knn":
         head = {**head, "k": resolve_k(head.get("k"), class_counts(labels))}
     backend, info = build_backend(backend_name, variant, weights_locations(settings), settings.device)
@@ -193,7 +193,7 @@ def train_annotator(settings: Settings, model: str, reference: Path, label_colum
             "backend": backend_name, "variant": variant or "", "model_checksum": info.get("checksum", ""),
             "trained": bool(info.get("trained", True)), "label_column": label_column,
             "reference": {"file_name": reference.name, "sha256": ref.sha256, "cells": int(cells.n_obs),
-                          **({"labelled_cells": int(len(sample.labels)), "cells_per_type": sample.cells_per_type}
+                          **({"labelled_cells": int(len(sample.labels)), "max_cells": sample.max_cells}
                              if sample.sampled else {})},
             "ontology": ontology, "provenance": {"trained_by": "helical-platform annotators train", "head": head,
                                                  "seed": seed}})

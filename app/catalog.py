@@ -8,7 +8,7 @@ from sqlmodel import select
 from inference.applications import REGISTRY
 from inference.backends import requires_gpu
 from inference.devices import NEEDS_GPU as NEEDS_GPU  # the dashboards' word for it (they import app only)
-from inference.reference import CELLS_PER_TYPE as CELLS_PER_TYPE  # the run form's default (dashboards import app)
+from inference.reference import MAX_REFERENCE_CELLS as MAX_REFERENCE_CELLS  # the run form's default
 from store.engine import read_session, write_session
 from store.tables import Application, ModelEntry
 

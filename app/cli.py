@@ -213,8 +213,8 @@ def _annotate_options(args: argparse.Namespace) -> dict[str, object]:
         options["head"] = args.head
     if args.k is not None:
         options["k"] = args.k
-    if args.cells_per_type is not None:
-        options["cells_per_type"] = args.cells_per_type
+    if args.max_reference_cells is not None:
+        options["max_reference_cells"] = args.max_reference_cells
     return {**options, **tuning_options(args)}
 
 
@@ -278,9 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(Geneformer, scGPT, UCE) on the reference")
     ann.add_argument("--k", type=int, help="neighbours of the knn head (default 15, or the smallest class's size)")
     add_tuning_arguments(ann)
-    ann.add_argument("--cells-per-type", type=int,
-                     help="train the head on at most this many reference cells of each type (a seeded sample of "
-                          "larger types; default 10000, as CellTypist's atlas models; 0: every labelled cell)")
+    ann.add_argument("--max-reference-cells", type=int,
+                     help="train the head on at most this many labelled reference cells (default 100000; beyond, "
+                          "a seeded sample keeping each type's share, at least 500 of each type; 0: every cell)")
     ann.add_argument("--majority-voting", action="store_true",
                      help="also label each over-cluster of the query by its majority (obs['majority_voting'])")
     ann.add_argument("--novelty-threshold", type=float, default=0.0,

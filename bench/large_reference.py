@@ -10,12 +10,13 @@ reference cell: the reference is made from one half, the query from the other, b
 factor, a different donor for the reference and the query). Each row is one run through the runs service on a
 2-worker LocalCluster (the embedded default), with the whole platform's peak resident memory (this process and
 every worker, sampled every 0.2 s). A first run on a reference trains its head (the labels read at once; at most
-``cells_per_type`` cells of each type read from the file a block at a time); a second run finds it cached.
+at most 100,000 of its cells, a sample keeping each type's share, read from the file a block at a time); a second
+run finds it cached.
 
-``--compare`` adds a 100,000-cell reference, once trained on every cell (``cells_per_type`` 0: the plain recipe,
-the whole reference in memory) and once on the default sample of 10,000 cells per type, for both heads, each
-scored on the same query: macro-F1 over all cells, over mix A (the source's proportions, the reference's donor
-scales absent) and over mix B. Prints JSON rows and a Markdown table.
+``--compare`` adds a 100,000-cell reference, once trained on every cell (``max_reference_cells`` 0: the plain
+recipe, the whole reference in memory) and once on a stratified sample of half of it (``--sample``), for both heads,
+each scored on the same query: macro-F1 over all cells, over mix A (the source's proportions) and over mix B (the
+types evenly, another donor's gene scales). Prints JSON rows and a Markdown table.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def main() -> None:
     p.add_argument("--query-cells", type=int, default=100_000)
     p.add_argument("--compare", action="store_true", help="also the 100k reference: full fit against the sample")
     p.add_argument("--skip-large", action="store_true", help="only the comparison")
+    p.add_argument("--sample", type=int, default=50_000, help="the sampled fit's max_reference_cells (--compare)")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
 
@@ -134,11 +136,11 @@ def main() -> None:
                 print(json.dumps({"reference": made, "store_and_check_s": ref_s}), flush=True)
                 plans = [("knn", {"head": "knn"}), ("knn", {"head": "knn"})]  # trains, then cached
                 if n_ref == 100_000 and args.compare:
-                    plans = [(h, {"head": h, "cells_per_type": cap}) for h in ("knn", "logistic_regression")
-                             for cap in (0, 10_000)]
+                    plans = [(h, {"head": h, "max_reference_cells": cap}) for h in ("knn", "logistic_regression")
+                             for cap in (0, args.sample)]
                 for head, options in plans:
                     row = {"reference_cells_file": n_ref, "query_cells": args.query_cells, "head": head,
-                           "cells_per_type": options.get("cells_per_type", 10_000),
+                           "max_reference_cells": options.get("max_reference_cells", 100_000),
                            **run(platform, query_id, ref_id, options)}
                     row.update(by_mix(platform, row["run_id"], query_path))
                     rows.append(row)
@@ -150,14 +152,14 @@ def main() -> None:
     print(json.dumps({"date": datetime.now(UTC).isoformat(timespec="minutes"), "commit": commit,
                       "host": _platform.node(), "cpus": os.cpu_count(), "workers": args.workers,
                       "source": args.source.name}))
-    print("\n| reference (file) | head | cells per type | trained on | head | submit → done (s) | training (s) | "
+    print("\n| reference (file) | head | max cells | trained on | head | submit → done (s) | training (s) | "
           "embed + classify query (s) | UMAP (s) | peak GiB (stage) | macro-F1 | mix A | mix B |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["stage_s"]
         training = s.get("embedding reference", 0) + s.get("training head", 0)
         query = s.get("embedding query", 0) + s.get("predicting", 0)
-        print(f"| {r['reference_cells_file']:,} | {r['head']} | {r['cells_per_type'] or 'all'} | "
+        print(f"| {r['reference_cells_file']:,} | {r['head']} | {r['max_reference_cells'] or 'all'} | "
               f"{r['reference_cells']:,} | {'cached' if r['head_reused'] else 'trained'} | {r['wall_s']} | "
               f"{training:.1f} | {query:.1f} | {s.get('UMAP', 0):.1f} | {r['peak_rss_gib']} ({r['peak_stage']}) | "
               f"{r['macro_f1']:.3f} | {r['macro_f1_mix_A']:.3f} | {r['macro_f1_mix_B']:.3f} |")

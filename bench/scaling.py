@@ -114,7 +114,7 @@ def plot(rows: list[dict], path: Path) -> None:
     cells = [r["cells"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.loglog(cells, [r["wall_s"] for r in rows], "o-", label="submit → done")
-    for stage in ("embedding reference", "embedding query", "UMAP", "writing"):
+    for stage in ("embedding reference", "embedding query", "majority voting", "UMAP", "writing"):
         # a stage a run skipped (the reference, once its head is cached) is left out, not drawn as zero
         a.loglog(cells, [r["stage_s"].get(stage, float("nan")) for r in rows], ".--", label=stage)
     a.loglog(cells, [rows[0]["wall_s"] * c / cells[0] for c in cells], ":", color="grey", label="linear")
@@ -146,12 +146,14 @@ def main() -> None:
                         "block by block in two cell-type mixes (what a 1,000,000-cell query needs)")
     p.add_argument("--majority-voting", action="store_true", help="runs with majority voting (over-clustering)")
     p.add_argument("--plot-only", action="store_true", help="redraw the image from bench/out/scaling.json")
+    p.add_argument("--name", default="scaling",
+                   help="bench/out/<name>.json and docs/images/<name>.png (the atlas runs: scaling-atlas)")
     p.add_argument("--no-publish", action="store_true",
                    help="print the rows only; leave bench/out/scaling.json and docs/images/scaling.png as they are")
     args = p.parse_args()
+    out, image = REPO / "bench" / "out" / f"{args.name}.json", REPO / "docs" / "images" / f"{args.name}.png"
     if args.plot_only:
-        plot(json.loads((REPO / "bench" / "out" / "scaling.json").read_text())["rows"],
-             REPO / "docs" / "images" / "scaling.png")
+        plot(json.loads(out.read_text())["rows"], image)
         return
 
     from app.platform import Platform
@@ -193,10 +195,9 @@ def main() -> None:
             "majority_voting": args.majority_voting}
     print(json.dumps(meta))
     if not args.no_publish:
-        out = REPO / "bench" / "out" / "scaling.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        plot(rows, REPO / "docs" / "images" / "scaling.png")
+        plot(rows, image)
     print("\n| cells | submit → done (s) | s per 1k cells | embed query (s) | predicting (s) | majority voting (s) | "
           "UMAP (s) | UMAP fit on, start | writing (s) | peak GiB (stage) |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -53,8 +53,7 @@ def head_text(run) -> str:  # noqa: ANN001 - store.tables.Run
     sample = trained.get("reference_sample")
     if sample:
         text += (f", trained on {int(trained.get('reference_cells', 0)):,} of the reference's "
-                 f"{int(sample['labelled_cells']):,} labelled cells (types over {int(sample['cells_per_type']):,} "
-                 "cells sampled down to that many)")
+                 f"{int(sample['labelled_cells']):,} labelled cells (a sample keeping each type's share)")
     tuning = (trained.get("reference_check") or {}).get("fine_tuning")
     if tuning:
         text += " · " + fine_tuning_text(tuning)

@@ -22,17 +22,17 @@ TUNING = {"epochs": "Epochs (at most)", "learning_rate": "Learning rate", "froze
 
 def run_options(confidence: float, novelty: float = 0.0, head: str | None = "logistic_regression",
                 k: int | None = None, majority_voting: bool = False, tuning: dict | None = None,
-                cells_per_type: int | None = None) -> dict:
+                max_reference_cells: int | None = None) -> dict:
     """The options of a submission from the run panel's choices: k only for the kNN head, and only when given
     (blank: the platform picks it from the reference's class sizes); ``tuning`` (epochs, learning_rate,
     frozen_layers) only for fine-tuning. ``head`` None: no head at all (an annotator brings its own, so no
-    ``cells_per_type`` either)."""
+    ``max_reference_cells`` either)."""
     options = {"confidence_threshold": float(confidence), "novelty_threshold": float(novelty),
                "majority_voting": bool(majority_voting)}
     if head:
         options["head"] = head
-        if cells_per_type is not None:
-            options["cells_per_type"] = int(cells_per_type)
+        if max_reference_cells is not None:
+            options["max_reference_cells"] = int(max_reference_cells)
         if head == KNN and k is not None:
             options["k"] = int(k)
         if head == FINE_TUNE:
@@ -47,7 +47,8 @@ def submission(labels_from: str, options: dict, reference: str | None = None, la
     truth = None if truth_column in (None, NO_TRUTH) else truth_column
     if labels_from == ANNOTATOR:
         return {"reference_id": None, "label_column": None, "truth_column": truth,
-                "options": {k: v for k, v in options.items() if k not in ("head", "k", "cells_per_type", *TUNING)},
+                "options": {k: v for k, v in options.items()
+                            if k not in ("head", "k", "max_reference_cells", *TUNING)},
                 "annotator": annotator or None}
     return {"reference_id": reference or None, "label_column": label_column, "truth_column": truth,
             "options": options, "annotator": None}

@@ -9,7 +9,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from app.catalog import CELLS_PER_TYPE, EMBEDDING_INTEGRATION
+from app.catalog import EMBEDDING_INTEGRATION, MAX_REFERENCE_CELLS
 from app.datasets import CheckReport
 from dashboards.data import labelled_datasets
 from dashboards.integration_form import IntegrationForm
@@ -82,9 +82,9 @@ class RunPanel(PlatformView):
     novelty = param.Number(default=0.0, bounds=(0, 1), step=0.05,
                            doc="Cells that fit the reference less than this (0-1) are left unassigned as 'does not "
                                "fit the reference'; 0 leaves none out.")
-    cells_per_type = param.Integer(default=CELLS_PER_TYPE, bounds=(0, None),
-                                   doc="The head trains on at most this many reference cells of each type (a seeded "
-                                       "sample of larger types, as CellTypist's atlas models); 0: every cell.")
+    max_reference_cells = param.Integer(default=MAX_REFERENCE_CELLS, bounds=(0, None),
+                                        doc="The head trains on at most this many labelled reference cells (beyond, a "
+                                            "seeded sample keeping each type's share); 0: every cell.")
     majority_voting = param.Boolean(default=False,
                                     doc="Also over-cluster the query and give every cell its cluster's most common "
                                         "label; shown beside the per-cell labels.")
@@ -224,7 +224,8 @@ class RunPanel(PlatformView):
     def submission_options(self) -> dict:
         """The submission's options, from this panel's choices (no head or k with an annotator: it has its own)."""
         return run_options(self.confidence, self.novelty, None if self.labels_from == ANNOTATOR else self.head,
-                           self.k, self.majority_voting, {t: getattr(self, t) for t in TUNING}, self.cells_per_type)
+                           self.k, self.majority_voting, {t: getattr(self, t) for t in TUNING},
+                           self.max_reference_cells)
 
     def _say(self, text: str, kind: str) -> None:
         self.message.object, self.message.alert_type, self.message.visible = text, kind, True
@@ -353,8 +354,9 @@ class RunPanel(PlatformView):
                                                      width=240),
                    pn.widgets.FloatSlider.from_param(self.param.novelty, name="Novelty threshold (reference fit)",
                                                      css_classes=["novelty-threshold"], width=240),
-                   pn.widgets.IntInput.from_param(self.param.cells_per_type, name="Cells per type (0: all)",
-                                                  css_classes=["cells-per-type"], width=150, step=1000,
+                   pn.widgets.IntInput.from_param(self.param.max_reference_cells,
+                                                  name="Reference cells, at most (0: all)",
+                                                  css_classes=["max-reference-cells"], width=190, step=10_000,
                                                   visible=by_reference),
                    self.button),
             self.message, visible=self.param.application.rx().rx.pipe(lambda a: a not in self.forms),

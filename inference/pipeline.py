@@ -29,13 +29,14 @@ from inference.heads import DEFAULT_HEAD, Head
 from inference.layout import umap_layout
 from inference.metrics import LOW_CONFIDENCE, NOT_IN_REFERENCE, UNASSIGNED, annotation_metrics
 from inference.prediction import Prediction
-from inference.reference import (  # noqa: F401 - the gene share is this module's API too
-    CELLS_PER_TYPE,
+from inference.reference import (  # noqa: F401 - the gene share and sample sizes are this module's API too
+    MAX_REFERENCE_CELLS,
     MIN_ANNOTATOR_GENE_SHARE,
     HeadRequest,
     Reference,
     annotator_head,
     check_annotator_genes,
+    sample_sizes,
     trained_head,
 )
 from inference.result_writer import write_results
@@ -73,7 +74,7 @@ class AnnotationJob:
     holdout_fraction: float = 0.3
     umap: dict | None = None
     write_csv: bool = False
-    reference_cells_per_type: int | None = CELLS_PER_TYPE  # larger types are sampled to this many (None: all)
+    max_reference_cells: int | None = MAX_REFERENCE_CELLS  # beyond, a stratified sample of this many (None: all)
 
 
 def _labels(adata: AnnData, column: str, what: str) -> pd.Series:
@@ -156,14 +157,14 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
             held_out = stratified_split(labels_all, job.holdout_fraction, job.seed)
             keep = ~held_out & labels_all.notna().to_numpy()
             ref = Reference(query, keep, labels_all[keep].astype(str).to_numpy(), job.query.sha256,
-                            job.reference_cells_per_type, job.seed)
+                            job.max_reference_cells, job.seed)
             ref_key = f"{job.query.sha256}:split:{job.holdout_fraction}:{job.seed}"
             truth_column = job.label_column
         else:
             ref_series = _labels(reference, job.label_column, "reference")
             keep = ref_series.notna().to_numpy()
             ref = Reference(reference, keep, ref_series[keep].astype(str).to_numpy(), job.reference.sha256,
-                            job.reference_cells_per_type, job.seed)
+                            job.max_reference_cells, job.seed)
             ref_key = job.reference.sha256
             truth_column = job.truth_column
         if len(set(ref.labels)) < 2:

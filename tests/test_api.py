@@ -10,6 +10,7 @@ import pytest
 import requests
 import scanpy
 
+from inference.reference import sample_sizes
 from tests.api_client import AUTH, TOKEN, api, error_of, upload, wait_run
 from tests.conftest import PBMC
 from tests.reliability import record
@@ -113,7 +114,7 @@ def test_knn_head_majority_voting_and_every_probability_agree_in_rest_csv_and_h5
                            ({"k": 5}, "k applies to the knn head only"),
                            ({"novelty_threshold": 1.5}, "novelty_threshold must lie between 0 and 1"),
                            ({"majority_voting": "yes"}, "majority_voting must be true or false"),
-                           ({"cells_per_type": -3}, "cells_per_type must be a whole number of cells"),
+                           ({"max_reference_cells": -3}, "max_reference_cells must be a whole number of cells"),
                            ({"head": "fine-tune"}, "cannot be fine-tuned here"),  # the baseline has no model
                            ({"head": "knn", "epochs": 3}, "epochs apply to head = fine-tune only")):
         r = api(server, "POST", "/api/submit", json={**base, "options": options})
@@ -122,7 +123,7 @@ def test_knn_head_majority_voting_and_every_probability_agree_in_rest_csv_and_h5
 
     s = api(server, "POST", "/api/submit", json={**base, "options": {
         "head": "knn", "majority_voting": True, "novelty_threshold": 0.02, "confidence_threshold": 0.0,
-        "cells_per_type": 30}})
+        "max_reference_cells": 100}})
     assert s.status_code == 202, s.text
     run_id = s.json()["run_id"]
     assert wait_run(server, run_id)["status"] == "done"
@@ -138,11 +139,11 @@ def test_knn_head_majority_voting_and_every_probability_agree_in_rest_csv_and_h5
     provenance = res["provenance"]
     smallest = min(ad.read_h5ad(ref).obs["celltype"].value_counts())  # k left out: it follows the smallest class
     assert provenance["head"]["kind"] == "knn" and provenance["head"]["k"] == min(15, smallest) == 4
-    # at most 30 cells of each reference type trained the head (the larger types sampled), and it says so
+    # at most 100 of the reference's 299 labelled cells trained the head, each type keeping its share
     sizes = ad.read_h5ad(ref).obs["celltype"].value_counts()
-    assert provenance["head"]["reference_cells"] == sum(min(n, 30) for n in sizes) < sizes.sum()
-    assert provenance["head"]["reference_sample"] == {"labelled_cells": int(sizes.sum()), "cells_per_type": 30,
-                                                      "seed": 0}
+    assert provenance["head"]["reference_cells"] == sum(sample_sizes(sizes.to_dict(), 100).values()) < sizes.sum()
+    assert provenance["head"]["reference_sample"] == {"labelled_cells": int(sizes.sum()), "max_cells": 100,
+                                                      "min_per_type": 500, "seed": 0}
     assert provenance["parameters"]["majority_voting"] is True
     m = res["metrics"]
     assert m["majority_voting"]["macro_f1"] > 0.5 and m["majority_voting"]["clusters"] >= 2

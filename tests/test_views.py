@@ -332,9 +332,9 @@ def test_the_run_options_come_from_the_head_picker_k_voting_and_thresholds(platf
     panel.head, panel.k, panel.majority_voting, panel.novelty = "knn", 5, True, 0.25
     assert k_input.visible is True
     assert panel.submission_options() == {"confidence_threshold": 0.5, "novelty_threshold": 0.25, "head": "knn",
-                                          "k": 5, "majority_voting": True, "cells_per_type": 10_000}
-    assert run_options(0.5, head="knn", cells_per_type=0)["cells_per_type"] == 0  # 0: every labelled cell
-    assert "cells_per_type" not in run_options(0.5, None, cells_per_type=500)  # an annotator's head is trained
+                                          "k": 5, "majority_voting": True, "max_reference_cells": 100_000}
+    assert run_options(0.5, head="knn", max_reference_cells=0)["max_reference_cells"] == 0  # 0: every labelled cell
+    assert "max_reference_cells" not in run_options(0.5, None, max_reference_cells=500)  # an annotator's is trained
 
     with open(PBMC, "rb") as fh:
         ds = platform.datasets.ingest(fh, "pbmc.h5ad")
@@ -745,14 +745,13 @@ def test_a_head_trained_on_a_sample_of_its_reference_says_so():
     from dashboards.result_text import head_text
 
     sampled = SimpleNamespace(parameters={"head": {"kind": "knn"}}, metrics={}, provenance={"head": {
-        "kind": "knn", "k": 15, "reference_cells": 80_000,
-        "reference_sample": {"labelled_cells": 1_000_000, "cells_per_type": 10_000, "seed": 0}}})
-    assert shown(head_text(sampled)) == ("Head: kNN reference mapping, k = 15, trained on 80,000 of the reference's "
-                                         "1,000,000 labelled cells (types over 10,000 cells sampled down to that "
-                                         "many)")
+        "kind": "knn", "k": 15, "reference_cells": 100_012,
+        "reference_sample": {"labelled_cells": 1_000_000, "max_cells": 100_000, "min_per_type": 500, "seed": 0}}})
+    assert shown(head_text(sampled)) == ("Head: kNN reference mapping, k = 15, trained on 100,012 of the reference's "
+                                         "1,000,000 labelled cells (a sample keeping each type's share)")
     whole = SimpleNamespace(parameters={"head": {"kind": "knn"}}, metrics={}, provenance={"head": {
         "kind": "knn", "k": 15, "reference_cells": 300}})
-    assert "sampled" not in shown(head_text(whole))
+    assert "sample" not in shown(head_text(whole))
 
 
 def test_before_any_run_the_results_say_how_to_make_one(tmp_path):

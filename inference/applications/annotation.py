@@ -29,7 +29,7 @@ from inference.finetune_head import FINE_TUNE_OPTIONS, head_options
 from inference.heads import DEFAULT_HEAD, FINE_TUNE, HEAD_OPTIONS, head_settings
 from inference.heads.knn import resolve_k
 from inference.pipeline import (
-    CELLS_PER_TYPE,
+    MAX_REFERENCE_CELLS,
     MIN_ANNOTATOR_GENE_SHARE,
     AnnotationJob,
     DataInput,
@@ -37,6 +37,7 @@ from inference.pipeline import (
     Stage,
     finish,
     predict,
+    sample_sizes,
     training_counts,
 )
 
@@ -84,9 +85,9 @@ class CellTypeAnnotation(Application):
             seed = int(options.get("seed", 0))
         except (TypeError, ValueError):
             raise SubmissionError("seed must be a whole number.") from None
-        cap = _cells_per_type(options)
+        cap = _max_reference_cells(options)
         classes = CheckReport(labels_from.check_report).label_columns.get(label_column, {})
-        head = _head(options, {c: min(n, cap) if cap else n for c, n in classes.items()},
+        head = _head(options, sample_sizes(classes, cap),
                      evaluation=reference is None, file_name=labels_from.file_name)
         if head["kind"] == FINE_TUNE and not can_fine_tune(request.model.backend):
             raise SubmissionError(f"{request.model.name} cannot be fine-tuned here: head = fine-tune is offered for "
@@ -96,7 +97,7 @@ class CellTypeAnnotation(Application):
             raise SubmissionError("majority_voting must be true or false.")
         return Accepted(parameters={"confidence_threshold": threshold, "novelty_threshold": novelty, "seed": seed,
                                     "head": head, "majority_voting": voting,
-                                    "cells_per_type": cap,
+                                    "max_reference_cells": cap,
                                     "evaluation_mode": reference is None},
                         label_column=label_column, truth_column=truth or (label_column if reference is None else None),
                         cells_total=int(query.n_cells or 0))
@@ -109,9 +110,9 @@ class CellTypeAnnotation(Application):
         if request.model.id != a.model_id:
             raise SubmissionError(f"Annotator {a.name!r} reads {a.model_id}'s embeddings: choose the model "
                                   f"{a.model_id}, not {request.model.id}.")
-        if {"head", "k", "cells_per_type", *FINE_TUNE_OPTIONS} & set(request.options):
-            raise SubmissionError(f"Annotator {a.name!r} brings its own head: leave head, k, cells_per_type and "
-                                  "the fine-tuning options out.")
+        if {"head", "k", "max_reference_cells", *FINE_TUNE_OPTIONS} & set(request.options):
+            raise SubmissionError(f"Annotator {a.name!r} brings its own head: leave head, k, max_reference_cells "
+                                  "and the fine-tuning options out.")
         truth = request.truth_column
         if truth and truth not in CheckReport(query.check_report).label_columns:
             raise SubmissionError(f"{truth!r} is not a label column of the query {query.file_name}.")
@@ -156,7 +157,7 @@ class CellTypeAnnotation(Application):
                              confidence_threshold=p.get("confidence_threshold", 0.5), seed=p.get("seed", 0),
                              novelty_threshold=p.get("novelty_threshold", 0.0),
                              head=p.get("head") or head_settings(), majority_voting=p.get("majority_voting", False),
-                             reference_cells_per_type=p.get("cells_per_type", CELLS_PER_TYPE) or None,
+                             max_reference_cells=p.get("max_reference_cells", MAX_REFERENCE_CELLS) or None,
                              **({"annotator_head": request.annotator.head_path,
                                  "annotator_checksum": request.annotator.model_checksum,
                                  "annotator_name": request.annotator.name,
@@ -187,14 +188,15 @@ def _fraction(options: dict, key: str, default: float, meaning: str) -> float:
     return value
 
 
-def _cells_per_type(options: dict) -> int:
-    """At most this many cells of each reference type train the head (larger types are sampled; 0: every cell)."""
-    value = options.get("cells_per_type", CELLS_PER_TYPE)
+def _max_reference_cells(options: dict) -> int:
+    """At most this many labelled reference cells train the head (a sample stratified by type; 0: every cell)."""
+    value = options.get("max_reference_cells", MAX_REFERENCE_CELLS)
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SubmissionError(f"cells_per_type must be a whole number of cells (0 trains on every labelled cell; "
-                              f"the default {CELLS_PER_TYPE:,} samples larger types down to that many), not "
+        raise SubmissionError(f"max_reference_cells must be a whole number of cells (0 trains on every labelled "
+                              f"cell; by default a reference of more than {MAX_REFERENCE_CELLS:,} trains on a sample "
+                              f"of that many, stratified by type), not "
                               f"{str(value)[:40]!r}.")
     return value
 
