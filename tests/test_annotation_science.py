@@ -29,25 +29,6 @@ def test_the_knn_head_votes_by_inverse_distance_as_worked_by_hand():
     assert np.allclose(vote(np.array([[0.0, 2.0]]), np.array([[1, 0]]), 2), [[0, 1]])
 
 
-def test_the_knn_search_is_exact_block_by_block_as_scikit_learns(monkeypatch):
-    from sklearn.neighbors import NearestNeighbors
-
-    from inference.heads import knn
-
-    rng = np.random.default_rng(1)
-    points = rng.normal(size=(3_000, 20)).astype(np.float32)
-    queries = rng.normal(size=(700, 20)).astype(np.float32)
-    labels = rng.choice(["a", "b", "c"], len(points))
-    monkeypatch.setattr(knn, "BLOCK_BYTES", 8 * len(points) * 64)  # blocks of 64 query cells
-    distances, indices = KnnHead.train(points, labels, {"k": 12}).neighbours(queries)
-    expected_d, expected_i = NearestNeighbors(n_neighbors=12).fit(points).kneighbors(queries)
-    assert np.array_equal(indices, expected_i)
-    assert np.allclose(distances, expected_d, rtol=1e-5, atol=1e-6)
-    # k as large as the reference: every cell, nearest first
-    every = KnnHead(np.array(["a"]), points[:5], np.zeros(5, dtype=np.int32), 5).neighbours(queries[:3])[1]
-    assert np.array_equal(every, NearestNeighbors(n_neighbors=5).fit(points[:5]).kneighbors(queries[:3])[1])
-
-
 def test_k_must_fit_the_reference_and_its_smallest_class_and_follows_it_when_not_given():
     counts = {"B": 40, "T": 60, "DC": 6}
     assert resolve_k(None, counts) == 6
