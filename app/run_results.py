@@ -77,15 +77,6 @@ class ResultsReader:
         return read_cells(self.result_dir(run_id) / PREDICTIONS, columns)
 
 
-def read_cells(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """The columns asked for of a predictions table (all without), labels as categoricals."""
-    import pyarrow.parquet as pq
-
-    available = pq.ParquetFile(path).schema_arrow.names
-    wanted = [c for c in columns if c in available] if columns else available
-    labels = [c for c in LABEL_COLUMNS if c in wanted]
-    return pq.read_table(path, columns=wanted, read_dictionary=labels).to_pandas()
-
     def export(self, run_id: str, fmt: str) -> Path:
         """The annotated .h5ad, or the per-cell CSV (written once, atomically, from the predictions)."""
         folder = self.result_dir(run_id)
@@ -112,3 +103,13 @@ def read_cells(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
                 for i in range(source.num_row_groups):
                     source.read_row_group(i).to_pandas().to_csv(fh, index=False, header=i == 0)
         return csv
+
+
+def read_cells(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The columns asked for of a predictions table (all without), labels as categoricals."""
+    import pyarrow.parquet as pq
+
+    available = pq.ParquetFile(path).schema_arrow.names
+    wanted = [c for c in columns if c in available] if columns else available
+    labels = [c for c in LABEL_COLUMNS if c in wanted]
+    return pq.read_table(path, columns=wanted, read_dictionary=labels).to_pandas()

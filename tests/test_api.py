@@ -123,7 +123,7 @@ def test_knn_head_majority_voting_and_every_probability_agree_in_rest_csv_and_h5
 
     s = api(server, "POST", "/api/submit", json={**base, "options": {
         "head": "knn", "majority_voting": True, "novelty_threshold": 0.02, "confidence_threshold": 0.0,
-        "max_reference_cells": 100}})
+        "max_reference_cells": 200}})
     assert s.status_code == 202, s.text
     run_id = s.json()["run_id"]
     assert wait_run(server, run_id)["status"] == "done"
@@ -139,10 +139,10 @@ def test_knn_head_majority_voting_and_every_probability_agree_in_rest_csv_and_h5
     provenance = res["provenance"]
     smallest = min(ad.read_h5ad(ref).obs["celltype"].value_counts())  # k left out: it follows the smallest class
     assert provenance["head"]["kind"] == "knn" and provenance["head"]["k"] == min(15, smallest) == 4
-    # at most 100 of the reference's 299 labelled cells trained the head, each type keeping its share
+    # at most 200 of the reference's 299 labelled cells trained the head, each type keeping its share
     sizes = ad.read_h5ad(ref).obs["celltype"].value_counts()
-    assert provenance["head"]["reference_cells"] == sum(sample_sizes(sizes.to_dict(), 100).values()) < sizes.sum()
-    assert provenance["head"]["reference_sample"] == {"labelled_cells": int(sizes.sum()), "max_cells": 100,
+    assert provenance["head"]["reference_cells"] == sum(sample_sizes(sizes.to_dict(), 200).values()) < sizes.sum()
+    assert provenance["head"]["reference_sample"] == {"labelled_cells": int(sizes.sum()), "max_cells": 200,
                                                       "min_per_type": 500, "seed": 0}
     assert provenance["parameters"]["majority_voting"] is True
     m = res["metrics"]

@@ -334,7 +334,7 @@ def test_the_run_options_come_from_the_head_picker_k_voting_and_thresholds(platf
     assert panel.submission_options() == {"confidence_threshold": 0.5, "novelty_threshold": 0.25, "head": "knn",
                                           "k": 5, "majority_voting": True, "max_reference_cells": 100_000}
     assert run_options(0.5, head="knn", max_reference_cells=0)["max_reference_cells"] == 0  # 0: every labelled cell
-    assert "max_reference_cells" not in run_options(0.5, None, max_reference_cells=500)  # an annotator's is trained
+    assert "max_reference_cells" not in run_options(0.5, head=None, max_reference_cells=500)  # annotator: trained
 
     with open(PBMC, "rb") as fh:
         ds = platform.datasets.ingest(fh, "pbmc.h5ad")
