@@ -6,9 +6,11 @@ Cells are synthetic (10 Gaussian clusters, 10 labels, a confidence, a cell id ea
 the number of points, not on what they mean. For each size: the first image (the dashboard's own `umap_plot`
 rendered to Bokeh models, as a session does), a zoomed image (the same DynamicMap asked for a quarter of the
 range, as a wheel zoom does, then three pans of that zoomed view, whose median is the cost per image while
-exploring), each with the hover on the cell under the cursor (a `selector`) and with the
-default (that selector only up to 2 million cells; above, the per-label counts under the cursor); bytes are the
-Bokeh JSON of the figure, which carries the image to the browser. Writes bench/out/views.json.
+exploring), each with the hover on the cell under the cursor (a `selector`), with the
+per-label counts under the cursor (the image's own aggregation) and the default (the cell up to
+``HOVER_CELL_MAX`` cells, 500,000; above, per-label counts); bytes are the Bokeh JSON of the figure, which carries
+the image to the browser. With ``--from-table`` the first image includes reading the run's columns from its parquet
+table, as the dashboard does (the cells' names only for the hover on the cell). Writes bench/out/views.json.
 """
 
 from __future__ import annotations
@@ -51,13 +53,14 @@ def measure(cells, hover: bool, table: Path | None = None) -> dict:  # noqa: ANN
     from bokeh.embed import json_item
 
     from app.run_results import read_cells
-    from dashboards.plots import umap_plot
-    from dashboards.result_text import UMAP_COLUMNS
+    from dashboards.plots import HOVER_CELL_MAX, umap_plot
+    from dashboards.result_text import IMAGE_COLUMNS, UMAP_COLUMNS
 
     t = time.perf_counter()
     read_s = None
-    if table is not None:
-        cells = read_cells(table, UMAP_COLUMNS)
+    if table is not None:  # as the dashboard: the cells' names only for the hover on the cell
+        per_cell = hover if hover is not None else len(cells) <= HOVER_CELL_MAX
+        cells = read_cells(table, UMAP_COLUMNS if per_cell else IMAGE_COLUMNS)
         read_s = round(time.perf_counter() - t, 3)
     obj = umap_plot(cells, "predicted_label", "bench", hover=hover)
     renderer = hv.renderer("bokeh")
@@ -96,7 +99,7 @@ def main() -> None:
         for n in args.points:
             cells = synthetic(n)
             table = as_run_table(cells, Path(tmp)) if args.from_table else None
-            for hover in (True, None):
+            for hover in (True, False, None):
                 row = {"points": n, "hover": hover, **measure(cells, hover, table)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -107,7 +110,8 @@ def main() -> None:
     print("\n| points | hover | first image (s) | of which reading (s) | first (MB) | zoom (s) | "
           "next 3 images, median (s) | largest (MB) |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['points']:,} | {'the cell' if r['hover'] else 'default'} | {r['first_s']} | "
+        what = {True: "the cell", False: "per-label counts", None: "default"}[r["hover"]]
+        print(f"| {r['points']:,} | {what} | {r['first_s']} | "
               f"{r['read_s'] if r['read_s'] is not None else '-'} | {r['first_mb']} | "
               f"{r['zoom_s']} | {r['next_images_median_s']} | {r['next_images_max_mb']} |")
 

@@ -21,7 +21,8 @@ CATEGORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c56
 UNASSIGNED_COLOR = "#c8c8c8"
 NO_CLASS = "unassigned or unmapped"  # a cell without a coarse cell class (unassigned, or its label not mapped)
 GREY = ("unassigned", NO_CLASS)
-HOVER_CELL_MAX = 2_000_000
+# the cell under the cursor costs a second reduction per image (and the cells' names): up to half a million cells
+HOVER_CELL_MAX = 500_000
 HOVER_COLUMNS = ("cell_id", "predicted_label", "confidence", "true_label", "agreement")
 # more values than this (e.g. the over-clustering's clusters) get colours but no legend: it would not fit the plot
 LEGEND_MAX = 30

@@ -11,6 +11,9 @@ from dashboards.safe_text import md
 
 CELL_COLUMNS = ["cell_id", "predicted_label", "confidence", "assigned", "true_label", "split", "umap_1", "umap_2"]
 UMAP_COLUMNS = ["cell_id", "umap_1", "umap_2", "predicted_label", "confidence", "true_label"]
+# what the image alone needs (a run above the per-cell hover's limit), and what comparing two runs adds
+IMAGE_COLUMNS = ["umap_1", "umap_2", "predicted_label", "true_label"]
+COMPARE_COLUMNS = ("cell_id", "confidence")
 DEFAULT_COLOR = "predicted_label"
 CONSENSUS = "majority_voting"  # the cluster-consensus label column, and the metrics' key for its scores
 # predicted, true and consensus labels share one vocabulary: a type gets the same colour in each (and in both runs

@@ -16,7 +16,7 @@ import param
 from app.catalog import EMBEDDING_INTEGRATION
 from app.result_columns import run_columns
 from dashboards.integration import IntegrationView
-from dashboards.plots import NO_CLASS, disagreement, umap_plot
+from dashboards.plots import HOVER_CELL_MAX, NO_CLASS, disagreement, umap_plot
 from dashboards.result_annotator import SaveAnnotatorForm
 from dashboards.result_cells import CellTable, downloads
 from dashboards.result_summary import HEADLINE_HEIGHT, confusion, details, summary
@@ -24,8 +24,10 @@ from dashboards.result_text import (
     CELL_CLASS,
     CELL_TYPE,
     CLASS_COLUMN,
+    COMPARE_COLUMNS,
     CONSENSUS,
     DEFAULT_COLOR,
+    IMAGE_COLUMNS,
     LABEL_COLORS,
     LABEL_SOURCES,
     LEVELS,
@@ -165,12 +167,20 @@ class ResultsView(PlatformView):
         elif self.level == CELL_TYPE and self.color_by == CLASS_COLUMN:
             self.color_by = DEFAULT_COLOR
 
-    def _cells(self, run_id: str, color: str = DEFAULT_COLOR) -> pd.DataFrame:
-        """What the UMAP draws and hovers, plus the colour column (never the per-class probabilities: those are
-        paged in the table). Kept for the last ``MAX_CACHED_RUNS`` runs drawn."""
+    def _cells(self, run_id: str, color: str = DEFAULT_COLOR, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+        """What the UMAP draws and hovers, plus the colour column and ``columns`` (never the per-class
+        probabilities: those are paged in the table). Above ``HOVER_CELL_MAX`` cells the image hovers per label,
+        so the cell names are read only when asked for (a million names cost a third of a second). Kept for the
+        last ``MAX_CACHED_RUNS`` runs drawn."""
         cells = self._cache.pop(run_id, None)
         if cells is None:
-            cells = self.platform.runs.cells(run_id, UMAP_COLUMNS)
+            run = self._runs.get(run_id)
+            large = run is not None and (run.cells_total or 0) > HOVER_CELL_MAX
+            cells = self.platform.runs.cells(run_id, IMAGE_COLUMNS if large else UMAP_COLUMNS)
+        missing = [c for c in columns if c not in cells.columns]
+        if missing:
+            extra = self.platform.runs.cells(run_id, missing)
+            cells = cells.assign(**{c: extra[c].to_numpy() for c in missing if c in extra.columns})
         if color not in cells.columns:
             extra = self.platform.runs.cells(run_id, [color])
             if color in extra.columns:
@@ -216,7 +226,8 @@ class ResultsView(PlatformView):
             return pn.Column()
         run, other = self._runs[self.run], self._runs[self.compare_with]
         name, other_name = self._name(run), self._name(other)
-        merged = disagreement(self._cells(self.run), self._cells(self.compare_with), name, other_name)
+        merged = disagreement(self._cells(self.run, columns=COMPARE_COLUMNS),
+                             self._cells(self.compare_with, columns=COMPARE_COLUMNS), name, other_name)
         n_dis = int((merged["agreement"] != "agree").sum())
         return pn.Column(
             pn.pane.Markdown(f"### Compared with {other_name}", margin=(0, 10)),

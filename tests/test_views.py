@@ -5,6 +5,7 @@ from __future__ import annotations
 import holoviews as hv
 import numpy as np
 import pandas as pd
+import panel as pn
 
 from dashboards.catalog import ModelPicker, model_card, model_label
 from dashboards.data import report_markdown
@@ -13,7 +14,7 @@ from dashboards.result_text import UNTRAINED_BANNER, top_probabilities
 from dashboards.run_text import history_frame, progress_text
 from inference.checks import check_file
 from store.engine import write_session
-from store.tables import ModelEntry
+from store.tables import ModelEntry, Run
 from tests.conftest import PBMC
 from tests.rendering import shown
 
@@ -237,6 +238,33 @@ def test_the_results_cache_keeps_only_the_runs_drawn_last(platform):
     view._umap()
     assert second not in view._cache and list(view._cache)[-2:] == [oldest, runs[0]]
     assert len(view._cache) == MAX_CACHED_RUNS
+
+
+def test_a_run_above_the_hover_limit_reads_only_what_its_image_needs_and_still_compares(platform, monkeypatch):
+    """Above HOVER_CELL_MAX cells the UMAP hovers per label, so opening the run reads no cell names (a million of
+    them took 0.3 of the 0.5 s first image); comparing it with another run reads them then, and agrees with the
+    same comparison made from whole tables."""
+    from dashboards import results as results_module
+    from dashboards.results import ResultsView
+
+    flipped = np.where(np.arange(300) % 3 == 0, "T", "B")  # another run's calls: some cells disagree
+    run_id, other_id = _done_run_with_cells(platform, 300), _done_run_with_cells(platform, 300,
+                                                                                 {"predicted_label": flipped})
+    with write_session(platform.engine) as s:
+        for rid in (run_id, other_id):
+            s.get(Run, rid).cells_total = 300
+    monkeypatch.setattr(results_module, "HOVER_CELL_MAX", 299)  # as if the runs held a million cells
+    view = ResultsView(platform)
+    view.run = run_id
+    view._umap()
+    assert set(view._cache[run_id].columns) == {"umap_1", "umap_2", "predicted_label"}
+    view.compare_with = other_id
+    shown = view._compare()
+    words = shown.select(pn.pane.Markdown)[-1].object
+    whole = [platform.runs.cells(r, None) for r in (run_id, other_id)]
+    expected = int((whole[0]["predicted_label"].to_numpy() != whole[1]["predicted_label"].to_numpy()).sum())
+    assert expected > 0 and words.startswith(f"{expected:,} of 300 cells")
+    assert {"cell_id", "confidence"} <= set(view._cache[run_id].columns)
 
 
 def test_the_dashboards_views_are_linked_by_parameters_and_take_the_platform_as_one(platform):
