@@ -113,8 +113,9 @@ def test_without_labels_only_label_free_batch_metrics(data, ours):
     assert list(out["metrics"]) == ["iLISI", "PCR comparison"]
     assert out["aggregates"]["Bio conservation"] is None and out["aggregates"]["Total"] is None
     assert out["aggregates"]["Batch correction"] == pytest.approx(np.mean(list(out["metrics"].values())))
-    for name, value in out["metrics"].items():  # neither reads the labels: the labelled run's values
-        assert value == pytest.approx(ours["harmony"]["metrics"][name], abs=1e-6)
+    for name, value in out["metrics"].items():  # neither reads the labels: the labelled run's values (to float32
+        # precision: iLISI's parallel float32 sums differed by 1.2e-6 between two computations once, under load)
+        assert value == pytest.approx(ours["harmony"]["metrics"][name], abs=1e-5)
     assert out["sample"]["stratified_by"] == ["batch"]
 
 
