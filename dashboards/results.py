@@ -177,17 +177,13 @@ class ResultsView(PlatformView):
             run = self._runs.get(run_id)
             large = run is not None and (run.cells_total or 0) > HOVER_CELL_MAX
             cells = self.platform.runs.cells(run_id, IMAGE_COLUMNS if large else UMAP_COLUMNS)
-        missing = [c for c in columns if c not in cells.columns]
-        if missing:
+        missing = [c for c in dict.fromkeys((*columns, color)) if c not in cells.columns]
+        if missing:  # one read for whatever is not held yet
             extra = self.platform.runs.cells(run_id, missing)
-            cells = cells.assign(**{c: extra[c].to_numpy() for c in missing if c in extra.columns})
-        if color not in cells.columns:
-            extra = self.platform.runs.cells(run_id, [color])
-            if color in extra.columns:
-                values = extra[color]
-                if color == CLASS_COLUMN:  # '' (no class): named in the legend, grey as unassigned cells are
-                    values = values.astype(object).where(values.astype(object) != "", NO_CLASS)
-                cells = cells.assign(**{color: values.to_numpy()})
+            if CLASS_COLUMN in extra.columns:  # '' (no class): named in the legend, grey as unassigned cells are
+                values = extra[CLASS_COLUMN].astype(object)
+                extra[CLASS_COLUMN] = values.where(values != "", NO_CLASS)
+            cells = cells.assign(**{c: extra[c].to_numpy() for c in extra.columns})
         self._cache[run_id] = cells
         while len(self._cache) > MAX_CACHED_RUNS:
             self._cache.popitem(last=False)

@@ -127,12 +127,16 @@ class Reference:
         """The counts of the cells the head trains on."""
         return read_rows(self.cells, self.trained_rows)
 
+    @property
+    def sample_settings(self) -> dict[str, object]:
+        """How the sample is drawn: part of a sampled head's cache key and of its provenance."""
+        return {"max_cells": self.max_cells, "min_per_type": MIN_CELLS_PER_TYPE, "seed": self.seed}
+
     def describe(self) -> dict[str, object]:
         """What provenance records about the cells trained on."""
         out: dict[str, object] = {"reference_cells": int(self.sample.sum())}
         if self.sampled:
-            out["reference_sample"] = {"labelled_cells": int(len(self.labels)), "max_cells": self.max_cells,
-                                       "min_per_type": MIN_CELLS_PER_TYPE, "seed": self.seed}
+            out["reference_sample"] = {"labelled_cells": int(len(self.labels)), **self.sample_settings}
         return out
 
 
@@ -155,8 +159,7 @@ def trained_head(request: HeadRequest, backend: Backend, model_info: dict, ref: 
     embeds only the sample)."""
     settings = {**request.head, "backend_state": backend.has_state}
     if ref.sampled:  # only then: heads cached before the cap keep their keys
-        settings["reference_sample"] = {"max_cells": ref.max_cells, "min_per_type": MIN_CELLS_PER_TYPE,
-                                        "seed": ref.seed}
+        settings["reference_sample"] = ref.sample_settings
     key = head_cache_key(model_info.get("checksum", backend.key), ref_key, request.label_column, settings)
     head_path = head_file(request.heads_dir, key) if request.heads_dir else None
     if head_path and head_path.is_file():
