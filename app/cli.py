@@ -61,7 +61,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_weights_stage(args: argparse.Namespace, settings: Settings) -> int:
-    from inference.weights import stage
+    from inference.weights_stage import stage
 
     staged = stage(Path(args.src), settings.weights_dir, trained=not args.untrained, note=args.note or "")
     for backend, variants in staged.items():
@@ -72,7 +72,7 @@ def cmd_weights_stage(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_weights_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from inference.weights import verify
+    from inference.weights_stage import verify
 
     bad = 0
     for folder in (settings.weights_dir, settings.generated_weights_dir):

@@ -3,20 +3,17 @@
 It knows no application by name: ``inference.applications`` says what a submission needs and what runs where.
 Each run's model phase goes to its model's actor (``app/actor_pool.py``: created on first use, kept loaded);
 the CPU phase (layout, files) is a plain task on any worker. A thread per run waits for Dask, so nothing here
-blocks a web server's event loop; progress arrives as worker events and is written to the run's row by one
-writer thread. Failures get a kind where they are caught (``app/failures.py``); results are read by
+blocks a web server's event loop; progress arrives as worker events, and ``app/run_records.py`` writes it
+and each outcome to the run's row. Failures get a kind where they are caught (``app/failures.py``); results are read by
 ``app/run_results.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +22,7 @@ from sqlmodel import select
 from app.actor_pool import ActorPool
 from app.datasets import DatasetService, NotFound
 from app.failures import FailureKind, classify, message
+from app.run_records import RunRecords, now
 from app.run_results import ResultsReader, RunNotFinished
 from app.users import User
 from inference import applications
@@ -35,7 +33,6 @@ from inference.applications.base import (
     DatasetInfo,
     ModelCannotUse,
     ModelInfo,
-    Outcome,
     RunRequest,
     SubmissionError,
 )
@@ -43,17 +40,13 @@ from inference.backends import requires_gpu
 from inference.backends.base import Cancelled
 from inference.devices import GpuRequired, choose_device
 from store.artifacts import new_id, validate_uuid4
-from store.engine import TerminalStatusError, read_session, write_session
+from store.engine import read_session, write_session
 from store.tables import ACTIVE, Application, Dataset, ModelEntry, Run, RunStatus
 
 log = logging.getLogger(__name__)
 
 InvalidRun = SubmissionError  # the name the service's callers know
 __all__ = ["InvalidRun", "ModelCannotUse", "RunNotFinished", "RunsService"]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _result(future, client):  # noqa: ANN001, ANN202 - a distributed Future or ActorFuture
@@ -77,13 +70,12 @@ class RunsService:
     def __init__(self, platform) -> None:  # noqa: ANN001 - app.platform.Platform
         self.platform = platform
         self.datasets = DatasetService(platform)
-        self.actors = ActorPool(platform, on_progress=lambda event: self._updates.put(event))
+        self.records = RunRecords(platform.engine, platform.artifacts)
+        self.workers = self.records.workers  # run id -> the worker process now running it (from its events)
+        self.actors = ActorPool(platform, on_progress=self.records.progress)
         self.reader = ResultsReader(platform.artifacts, self.get)
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="run")
-        self._updates: queue.Queue = queue.Queue()
         self._started: dict[str, float] = {}
-        self.workers: dict[str, dict] = {}  # run id -> the worker process now running it (from its events)
-        threading.Thread(target=self._write_progress, name="run-progress", daemon=True).start()
 
     # ---- submission -------------------------------------------------------------------------------------
     def _dataset_info(self, ds: Dataset) -> DatasetInfo:
@@ -214,7 +206,7 @@ class RunsService:
                 run = s.get(Run, run_id)
                 if run.status != RunStatus.QUEUED:
                     return
-                run.status, run.stage, run.started_at = RunStatus.RUNNING, "starting", _now()
+                run.status, run.stage, run.started_at = RunStatus.RUNNING, "starting", now()
                 s.add(run)
                 model = s.get(ModelEntry, run.model_id)
             self._started[run_id] = time.monotonic()
@@ -225,7 +217,7 @@ class RunsService:
                 raise Cancelled("cancelled by the user")
             outcome = _result(compute.client.submit(finish_run, run.application_id, job, run_id, str(staging),
                                                     pure=False), compute.client)
-            self._finish(run_id, RunStatus.DONE, outcome=outcome, device=summary["device"])
+            self.records.finish(run_id, RunStatus.DONE, outcome=outcome, device=summary["device"])
         except Exception as exc:  # reported on the run with its kind; the server carries on
             self._fail(run_id, exc, actor_key, run_dir, staging)
         finally:
@@ -248,7 +240,7 @@ class RunsService:
         if kind is not FailureKind.USER_ERROR:
             shutil.rmtree(run_dir, ignore_errors=True)
         status = RunStatus.CANCELLED if kind is FailureKind.CANCELLED else RunStatus.FAILED
-        self._finish(run_id, status, error=message(kind, exc, str(run_dir)), kind=kind)
+        self.records.finish(run_id, status, error=message(kind, exc, str(run_dir)), kind=kind)
 
     def _scheduler_lost(self) -> bool:
         """Workers close when they lose the scheduler, so a worker error may really be the scheduler's."""
@@ -262,61 +254,6 @@ class RunsService:
             return False
         except Exception:  # refused, closed or timed out: the scheduler is gone
             return True
-
-    def _finish(self, run_id: str, status: RunStatus, outcome: Outcome | None = None, error: str | None = None,
-                device: str | None = None, kind: FailureKind | None = None) -> None:
-        """Record the outcome; retried once (e.g. the disk full for the database too), else logged: the lease
-        then fails the run rather than leaving it running."""
-        for attempt in (1, 2):
-            try:
-                self._record_finish(run_id, status, outcome, error, device, kind)
-                return
-            except TerminalStatusError:  # e.g. failed by a replica that took this process for dead
-                log.warning("run %s already ended elsewhere; its %s outcome is not recorded", run_id, status)
-                if self.get(run_id).status != RunStatus.DONE:
-                    shutil.rmtree(self.platform.artifacts.run_dir(run_id), ignore_errors=True)
-                return
-            except Exception:
-                log.exception("could not record run %s as %s (attempt %d)", run_id, status, attempt)
-                time.sleep(1)
-
-    def _record_finish(self, run_id: str, status: RunStatus, outcome: Outcome | None, error: str | None,
-                       device: str | None, kind: FailureKind | None) -> None:
-        with write_session(self.platform.engine) as s:
-            run = s.get(Run, run_id)
-            run.status, run.finished_at, run.error, run.stage = status, _now(), error, status
-            if kind is not None:
-                run.parameters = {**run.parameters, "failure": str(kind)}
-            if device:
-                run.device = device
-            if outcome is not None:
-                run.progress, run.cells_done = 1.0, outcome.n_cells
-                run.metrics, run.provenance = outcome.metrics, outcome.provenance
-                run.stage_timings = outcome.stage_timings
-                run.result_dir = str(self.platform.artifacts.run_dir(run_id))
-                run.parameters = {**run.parameters, **outcome.summary}
-            s.add(run)
-
-    def _write_progress(self) -> None:
-        while True:
-            event = self._updates.get()
-            try:
-                self._apply_progress(event)
-            except Exception:  # a progress write must never stop the writer
-                log.exception("could not record progress %s", event)
-
-    def _apply_progress(self, event: dict) -> None:
-        self.workers[event["run_id"]] = {"address": event.get("worker"), "pid": event.get("pid")}
-        with write_session(self.platform.engine) as s:
-            run = s.get(Run, event["run_id"])
-            if run is None or run.status != RunStatus.RUNNING:
-                return
-            run.stage = event["stage"]
-            if event["stage"].startswith("embedding") and event["total"]:
-                run.cells_done, run.cells_total = event["done"], event["total"]
-            app = applications.get(run.application_id)
-            run.progress = max(run.progress, app.progress(event["stage"], event["done"], event["total"]))
-            s.add(run)
 
     # ---- queries ----------------------------------------------------------------------------------------
     def get(self, run_id: str) -> Run:
@@ -352,7 +289,7 @@ class RunsService:
         with write_session(self.platform.engine) as s:
             r = s.get(Run, run_id)
             if r.status == RunStatus.QUEUED:
-                r.status, r.stage, r.finished_at = RunStatus.CANCELLED, RunStatus.CANCELLED, _now()
+                r.status, r.stage, r.finished_at = RunStatus.CANCELLED, RunStatus.CANCELLED, now()
                 r.error = "Cancelled by the user."
                 s.add(r)
         return self.status(run_id)

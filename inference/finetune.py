@@ -13,12 +13,9 @@ classes, the settings and the per-epoch history.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -26,10 +23,8 @@ import numpy as np
 from inference.backends.base import check_stop
 from inference.calibration import calibration_split
 from inference.counts import AnnotationError
+from inference.finetune_files import FORMAT
 from inference.metrics import annotation_metrics
-from inference.run_files import atomic_path
-
-FORMAT = "helical-platform fine-tuned model 1"
 
 
 @dataclass(frozen=True)
@@ -247,58 +242,6 @@ def _validate(adapter: FineTuneAdapter, idx: np.ndarray, y: np.ndarray, classes:
     predicted = np.asarray(classes)[np.concatenate(calls)]
     truth = np.asarray(classes)[y[idx]]
     return total / len(idx), float(annotation_metrics(truth, predicted)["macro_f1"])
-
-
-def save_fine_tuned(result: FineTuned, path: Path) -> str:
-    """Write the safetensors file (atomically); returns its sha256."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.contiguous() for k, v in result.tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"helical_platform": json.dumps(result.metadata())})
-    return sha256_of_file(path)
-
-
-def sha256_of_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass
-class LoadedFineTuned:
-    backbone: dict[str, object]
-    head_weight: np.ndarray
-    head_bias: np.ndarray
-    metadata: dict[str, object]
-
-
-def read_fine_tuned(path: Path, sha256: str, base_checksum: str) -> LoadedFineTuned:
-    """The file's tensors, refused unless the file is the one recorded (``sha256``) and it was fine-tuned from the
-    weights now loaded (``base_checksum``)."""
-    from safetensors import safe_open
-
-    if not Path(path).is_file():
-        raise AnnotationError(f"The fine-tuned weights {Path(path).name} are missing from the data home.")
-    actual = sha256_of_file(path)
-    if actual != sha256:
-        raise AnnotationError(f"The fine-tuned weights {Path(path).name} have changed since they were saved "
-                              f"(sha256 {actual[:12]}…, recorded {sha256[:12]}…): they are not loaded.")
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("helical_platform", "{}"))
-        if meta.get("format") != FORMAT:
-            raise AnnotationError(f"{Path(path).name} is not a fine-tuned model saved by this platform.")
-        if meta["base"].get("checksum") != base_checksum:
-            raise AnnotationError(
-                f"These fine-tuned weights were trained from {meta['base'].get('backend')} "
-                f"{meta['base'].get('variant')} weights with checksum {str(meta['base'].get('checksum'))[:12]}…, "
-                f"but the weights installed now have checksum {base_checksum[:12]}…: stage the weights it was "
-                "fine-tuned from, or fine-tune again.")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a mapping
-    weight, bias = tensors.pop("head.weight"), tensors.pop("head.bias")
-    return LoadedFineTuned(tensors, weight.float().numpy(), bias.float().numpy(), meta)
 
 
 class ModulesBackbone:

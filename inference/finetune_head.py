@@ -18,7 +18,8 @@ from anndata import AnnData
 from inference.backends.base import Backend
 from inference.backends.fine_tuned import BACKBONE_PREFIX, FineTunedBackend
 from inference.calibration import fit_temperature
-from inference.finetune import FineTuneSettings, adapter_module, fine_tune, save_fine_tuned, validation_split
+from inference.finetune import FineTuneSettings, adapter_module, fine_tune, validation_split
+from inference.finetune_files import save_fine_tuned
 from inference.heads import FINE_TUNE, Head, Space
 from inference.heads.fine_tuned import FineTunedHead
 from inference.metrics import annotation_metrics

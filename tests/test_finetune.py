@@ -17,7 +17,8 @@ import pytest
 from app.annotate import sha256_of
 from inference.backends.base import Cancelled
 from inference.counts import AnnotationError
-from inference.finetune import EpochReport, FineTuneSettings, fine_tune, read_fine_tuned, save_fine_tuned
+from inference.finetune import EpochReport, FineTuneSettings, fine_tune
+from inference.finetune_files import read_fine_tuned, save_fine_tuned
 from inference.pipeline import AnnotationJob, run_annotation
 from tests.finetune_support import TUNING, TYPES, job, probabilities, write_files
 from tests.finetune_support import tuned_run as tuned_run_of

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from app.annotate import sha256_of
-from inference.finetune import read_fine_tuned
+from inference.finetune_files import read_fine_tuned
 from inference.pipeline import AnnotationJob, run_annotation
 from tests.finetune_support import TUNING, TYPES, job, probabilities, write_files
 from tests.finetune_support import tuned_run as tuned_run_of

@@ -96,7 +96,7 @@ def test_a_terminal_status_is_final(home_settings):
             run.status = "done"
             s.add(run)
         assert p.runs.get(run_id).status == "failed"
-        p.runs._finish(run_id, "done")  # a late outcome is refused and logged, not recorded
+        p.runs.records.finish(run_id, "done")  # a late outcome is refused and logged, not recorded
         assert p.runs.get(run_id).status == "failed"
     finally:
         p.close()

@@ -19,9 +19,8 @@ from inference.weights import (
     WeightsLocations,
     read_manifest,
     required_files,
-    stage,
-    verify,
 )
+from inference.weights_stage import stage, verify
 from tests.conftest import REPO, TINY_VARIANTS
 
 
