@@ -135,7 +135,8 @@ def test_a_vocabulary_that_is_not_the_references_is_refused_at_load(nf_root, tmp
 
 
 def test_nicheformer_is_listed_staged_and_its_vocabulary_read(nf_root, tmp_path):
-    from inference.weights import catalog, stage, vocabulary_genes
+    from inference.weights import catalog, vocabulary_genes
+    from inference.weights_stage import stage
 
     locations = _locations(nf_root, staged=tmp_path / "staged")
     rows = {(r["backend"], r["variant"]): r["status"] for r in catalog(locations)}

@@ -109,7 +109,8 @@ def test_a_changed_uce_file_is_refused_before_helical_opens_it(uce_root, tmp_pat
 
 
 def test_uce_is_listed_staged_and_its_vocabulary_read(uce_root, tmp_path):
-    from inference.weights import catalog, stage, vocabulary_genes
+    from inference.weights import catalog, vocabulary_genes
+    from inference.weights_stage import stage
 
     locations = WeightsLocations(staged=tmp_path / "staged", generated=uce_root, helical_cache=tmp_path / "none")
     rows = {(r["backend"], r["variant"]): r["status"] for r in catalog(locations)}
