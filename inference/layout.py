@@ -19,6 +19,7 @@ import numpy as np
 SPECTRAL_MAX_CELLS = 10_000
 FULL_UMAP_MAX_CELLS = 100_000
 SAMPLE_CELLS = 50_000
+TRANSFORM_CHUNK = 50_000  # cells placed by one ``transform`` call: the layout's memory follows this, not the run
 DEFAULT_UMAP = {"n_neighbors": 15, "min_dist": 0.3, "metric": "euclidean"}
 
 
@@ -36,9 +37,15 @@ def gpu_umap():  # noqa: ANN201 - cuml.manifold.UMAP or None
 
 
 def umap_layout(basis: np.ndarray, seed: int = 0, params: dict | None = None,
-                full_max: int = FULL_UMAP_MAX_CELLS, sample_cells: int = SAMPLE_CELLS,
-                spectral_max: int = SPECTRAL_MAX_CELLS, use_gpu: bool = True) -> tuple[np.ndarray, dict[str, object]]:
-    """2-D coordinates per cell and what was done (recorded in the run's provenance)."""
+                full_max: int | None = None, sample_cells: int | None = None,
+                spectral_max: int | None = None, use_gpu: bool = True,
+                chunk: int | None = None) -> tuple[np.ndarray, dict[str, object]]:
+    """2-D coordinates per cell and what was done (recorded in the run's provenance). The sizes default to the
+    module's constants as they are at the call (read then, not bound at import, so that setting them takes)."""
+    full_max = FULL_UMAP_MAX_CELLS if full_max is None else full_max
+    sample_cells = SAMPLE_CELLS if sample_cells is None else sample_cells
+    spectral_max = SPECTRAL_MAX_CELLS if spectral_max is None else spectral_max
+    chunk = TRANSFORM_CHUNK if chunk is None else chunk
     p = {**DEFAULT_UMAP, **(params or {})}
     n = len(basis)
     if n < 4:
@@ -53,7 +60,7 @@ def umap_layout(basis: np.ndarray, seed: int = 0, params: dict | None = None,
         try:
             init = asked_init if asked_init in ("spectral", "random") else "spectral"  # cuML has no PCA start
             coords = _fit(lambda: gpu(n_components=2, random_state=seed, init=init, **p), basis, fit_on, seed,
-                          sample_cells)
+                          chunk)
             import cuml
 
             info = {"method": "cuML UMAP on the GPU", "implementation": f"cuML {cuml.__version__}", "init": init}
@@ -64,7 +71,7 @@ def umap_layout(basis: np.ndarray, seed: int = 0, params: dict | None = None,
 
         init = asked_init or ("spectral" if fit_on <= spectral_max else "pca")
         coords = _fit(lambda: umap.UMAP(n_components=2, random_state=seed, init=init, **p), basis, fit_on, seed,
-                      sample_cells)
+                      chunk)
         info.update({"method": "umap-learn", "implementation": f"umap-learn {umap.__version__}",
                      "init": init})
     info["fit_on"] = fit_on

@@ -354,7 +354,7 @@ def test_umap_takes_every_cell_up_to_a_size_and_a_seeded_sample_beyond_and_says_
     assert info["fit_on"] == info["n_cells"] == 599 and info["init"] == "spectral" and info["seed"] == 3
     assert info["implementation"].startswith("umap-learn")  # no GPU here: cuML is not used
     assert umap_caption(info, 599).endswith("of all 599 cells.")
-    sampled, info_s = umap_layout(basis, seed=3, full_max=300, sample_cells=200, spectral_max=100)
+    sampled, info_s = umap_layout(basis, seed=3, full_max=300, sample_cells=200, spectral_max=100, chunk=150)
     assert info_s["fit_on"] == 200 and info_s["n_cells"] == 599 and info_s["init"] == "pca"
     caption = umap_caption(info_s, 599)
     assert "PCA start" in caption
@@ -362,7 +362,7 @@ def test_umap_takes_every_cell_up_to_a_size_and_a_seeded_sample_beyond_and_says_
     # a run recorded before the cell count was kept: the caption counts the run's cells
     old = {"method": "umap-learn fit on a sample, transform of the rest", "fit_on": 50_000, "params": {}, "seed": 0}
     assert "random sample of 50,000 of the 200,000 cells" in umap_caption(old, 200_000)
-    again, _ = umap_layout(basis, seed=3, full_max=300, sample_cells=200, spectral_max=100)
+    again, _ = umap_layout(basis, seed=3, full_max=300, sample_cells=200, spectral_max=100, chunk=150)
     assert np.array_equal(sampled, again) and np.isfinite(sampled).all()
     assert agreement(full) > 0.8 and agreement(sampled) > 0.9 * agreement(full)
 
