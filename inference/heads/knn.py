@@ -8,6 +8,8 @@ search is exact (scikit-learn), so the same files give the same labels.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from inference.counts import AnnotationError
@@ -50,11 +52,17 @@ class KnnHead(Classifier):
         return cls(classes, np.asarray(x, dtype=np.float32), index.astype(np.int32), k)
 
     def neighbours(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The search may use every core this process may run on: a Dask worker starts with one OpenMP thread
+        (so that its tasks run side by side), and scikit-learn's search then took 37.5 s for 100,000 cells among
+        100,000 where two threads took 20.3 s; two such searches at once on two cores took the same time with one
+        or two threads each (docs/BENCHMARKS.md)."""
         from sklearn.neighbors import NearestNeighbors
+        from threadpoolctl import threadpool_limits
 
         if self._index is None:
             self._index = NearestNeighbors(n_neighbors=self.k).fit(self.points)
-        return self._index.kneighbors(np.asarray(x, dtype=np.float32), n_neighbors=self.k)
+        with threadpool_limits(limits=len(os.sched_getaffinity(0)), user_api="openmp"):
+            return self._index.kneighbors(np.asarray(x, dtype=np.float32), n_neighbors=self.k)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         distances, idx = self.neighbours(x)
