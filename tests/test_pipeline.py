@@ -364,7 +364,20 @@ def test_umap_takes_every_cell_up_to_a_size_and_a_seeded_sample_beyond_and_says_
     assert "random sample of 50,000 of the 200,000 cells" in umap_caption(old, 200_000)
     again, _ = umap_layout(basis, seed=3, full_max=300, sample_cells=200, spectral_max=100, chunk=150)
     assert np.array_equal(sampled, again) and np.isfinite(sampled).all()
-    assert agreement(full) > 0.8 and agreement(sampled) > 0.9 * agreement(full)
+    assert agreement(full) > 0.8
+    # the 399 placed cells land among their own type: the type most of their 10 nearest fitted cells have on the
+    # map is theirs about as often as in the 50 PCs the map is made from (0.79-0.86 against 0.76-0.82 over seeds
+    # and chunk sizes; a ratio to the full map's agreement was once used and sat within 0.01 of its limit)
+    fitted = np.sort(np.random.default_rng(3).choice(599, size=200, replace=False))  # the layout's seeded sample
+    placed = np.setdiff1d(np.arange(599), fitted)
+
+    def placed_among_own_type(space: np.ndarray) -> float:
+        _, nbrs = NearestNeighbors(n_neighbors=10).fit(space[fitted]).kneighbors(space[placed])
+        votes = labels[fitted][nbrs]
+        majority = np.array([max(set(v), key=list(v).count) for v in votes])
+        return float((majority == labels[placed]).mean())
+
+    assert placed_among_own_type(sampled) >= placed_among_own_type(basis) - 0.05
 
 
 def test_a_failing_gpu_umap_falls_back_to_umap_learn_and_says_why(monkeypatch):
