@@ -5,9 +5,10 @@ spectral start is what made large runs slow (one core: 20 s at 10k cells, 23-76 
 over 5 minutes at 50k), while with a PCA start the time follows the cells (16 s at 20k, 42 s at 50k, 80 s at
 100k). So: spectral (umap-learn's and scanpy's default) up to ``SPECTRAL_MAX_CELLS``, a PCA start above; every
 cell in the fit up to ``FULL_UMAP_MAX_CELLS``; above that, fit on ``SAMPLE_CELLS`` cells drawn with the run's
-seed and ``transform`` the other cells (time then grows with the cells, not faster). On a worker with a CUDA GPU
-and RAPIDS cuML installed, cuML's UMAP lays out the cells instead (same sizes; on any cuML error the layout falls
-back to umap-learn and says why). What was done is returned for the run's provenance and shown under the plot.
+seed and ``transform`` the other cells, ``TRANSFORM_CHUNK`` at a time (time then grows with the cells, not faster;
+memory with the chunk). On a worker with a CUDA GPU and RAPIDS cuML installed, cuML's UMAP lays out the cells
+instead (same sizes; on any cuML error the layout falls back to umap-learn and says why). What was done is
+returned for the run's provenance and shown under the plot.
 """
 
 from __future__ import annotations
