@@ -91,6 +91,8 @@ class Settings:
     tokens_file: Path | None = None  # "user token" per line: REST tokens that say who calls (app/users.py)
     admins: tuple[str, ...] = ()  # users who may delete anything
     quota_gb: float = 0.0  # per user: datasets and runs they made; an upload over it is refused (0: no quota)
+    max_queued_runs: int = 20  # per user: runs queued or running at once; more are refused (429; 0: no limit)
+    upload_idle_s: int = 60  # an upload body that sends nothing for this long is answered 408 and dropped
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +124,8 @@ class Settings:
             tokens_file=Path(env[ENV_PREFIX + "TOKENS"]).expanduser() if env.get(ENV_PREFIX + "TOKENS") else None,
             admins=tuple(a.strip() for a in (env.get(ENV_PREFIX + "ADMINS") or "").split(",") if a.strip()),
             quota_gb=_gigabytes(env, ENV_PREFIX + "QUOTA_GB"),
+            max_queued_runs=_int(env, ENV_PREFIX + "MAX_QUEUED_RUNS", 20, minimum=0),
+            upload_idle_s=_int(env, ENV_PREFIX + "UPLOAD_IDLE_S", 60, minimum=1),
         )
 
     @property
