@@ -1,4 +1,8 @@
-"""The Dask side: connect to a configured scheduler, or start a LocalCluster of worker processes."""
+"""The Dask side: connect to a configured scheduler, or start a LocalCluster of worker processes.
+
+The LocalCluster speaks mutual TLS with credentials made in memory at its start (``local_security``): a Dask
+scheduler runs whatever code a connected client sends, and on a shared host every account can reach 127.0.0.1.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from dataclasses import dataclass
 
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.security import Security
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,21 @@ class ImportFirst(WorkerPlugin):
             log.warning("could not pre-import scikit-learn", exc_info=True)
 
 
+def local_security() -> Security:
+    """Mutual TLS for a LocalCluster, from a key and self-signed certificate made now, in this process's memory.
+
+    Why TLS and not a firewall or a Unix socket: the scheduler, its workers and their nannies listen on TCP ports of
+    127.0.0.1, which every local account can reach, and a Dask scheduler runs the code any connected client sends
+    (as the server's account: its data home, its tokens file, its database). With ``Security.temporary()`` every
+    listener asks for a certificate signed by this key and every connection is encrypted: the key exists only in
+    this process and is handed to the worker processes it spawns (through the nanny's pipe, not the command line or
+    the environment), so another account's ``distributed.Client("tls://127.0.0.1:<port>")`` fails the handshake
+    and a plain ``tcp://`` client is refused. It needs ``cryptography``. A scheduler the deployment runs itself
+    (``DASK_SCHEDULER_ADDRESS``) is secured by its own Dask configuration (``distributed.comm.tls``), which the
+    client reads."""
+    return Security.temporary()
+
+
 def start_compute(
     scheduler_address: str | None,
     n_workers: int = 2,
@@ -99,6 +119,7 @@ def start_compute(
         threads_per_worker=threads_per_worker,
         processes=True,
         memory_limit=memory_limit,
+        security=local_security(),  # only this process and the workers it spawns can connect (see local_security)
         dashboard_address="127.0.0.1:0",  # Dask's own dashboard: this machine only (any origin may use its websocket)
     )
     client = Client(cluster)
