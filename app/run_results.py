@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from inference import applications
-from inference.run_files import ANNOTATED, CELLXGENE, CSV, PREDICTIONS, PROBABILITY_PREFIX, atomic_path
+from inference.csv_safe import write_csv
+from inference.run_files import ANNOTATED, CELLXGENE, CSV, PREDICTIONS, PROBABILITY_PREFIX, UNSAFE_CSV, atomic_path
 from store.artifacts import ArtifactStore
 from store.tables import Run, RunStatus
 
@@ -94,6 +95,7 @@ class ResultsReader:
             return out
         if fmt != "csv":
             raise ValueError(f"Unknown format {fmt!r}: choose h5ad, csv or cellxgene.")
+        (folder / UNSAFE_CSV).unlink(missing_ok=True)  # an older version's CSV, cells not neutralised
         csv = folder / CSV
         if not csv.exists():  # a row group (10,000 cells) at a time: a million-cell table is never held whole
             import pyarrow.parquet as pq
@@ -101,7 +103,7 @@ class ResultsReader:
             source = pq.ParquetFile(folder / PREDICTIONS)
             with atomic_path(csv) as tmp, open(tmp, "w", newline="") as fh:
                 for i in range(source.num_row_groups):
-                    source.read_row_group(i).to_pandas().to_csv(fh, index=False, header=i == 0)
+                    write_csv(source.read_row_group(i).to_pandas(), fh, header=i == 0)  # no formula cells
         return csv
 
 

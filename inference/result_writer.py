@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from inference.annotated import write_annotated
+from inference.csv_safe import write_csv
 from inference.prediction import Prediction, file_of
 from inference.run_files import (
     ANNOTATED,
@@ -55,7 +56,7 @@ def write_results(job: AnnotationJob, p: Prediction, coords: np.ndarray, provena
         (staging / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=str))
         _annotated_h5ad(job, table, p, coords, provenance, staging / ANNOTATED)
         if job.write_csv:
-            table.to_csv(staging / CSV, index=False)
+            write_csv(table, staging / CSV)  # formula cells quoted (inference/csv_safe.py)
     return {p.name: str(final / p.name) for p in sorted(final.iterdir())}
 
 
