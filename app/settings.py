@@ -91,6 +91,8 @@ class Settings:
     tokens_file: Path | None = None  # "user token" per line: REST tokens that say who calls (app/users.py)
     admins: tuple[str, ...] = ()  # users who may delete anything
     quota_gb: float = 0.0  # per user: datasets and runs they made; an upload over it is refused (0: no quota)
+    check_memory_mb: int = 4096  # a file's first check runs in a child process limited to this address space
+    check_timeout_s: int = 900  # ... and stopped after this long (inference/check_sandbox.py)
     max_queued_runs: int = 20  # per user: runs queued or running at once; more are refused (429; 0: no limit)
     upload_idle_s: int = 60  # an upload body that sends nothing for this long is answered 408 and dropped
 
@@ -124,6 +126,8 @@ class Settings:
             tokens_file=Path(env[ENV_PREFIX + "TOKENS"]).expanduser() if env.get(ENV_PREFIX + "TOKENS") else None,
             admins=tuple(a.strip() for a in (env.get(ENV_PREFIX + "ADMINS") or "").split(",") if a.strip()),
             quota_gb=_gigabytes(env, ENV_PREFIX + "QUOTA_GB"),
+            check_memory_mb=_int(env, ENV_PREFIX + "CHECK_MEMORY_MB", 4096, minimum=1024),
+            check_timeout_s=_int(env, ENV_PREFIX + "CHECK_TIMEOUT_S", 900, minimum=10),
             max_queued_runs=_int(env, ENV_PREFIX + "MAX_QUEUED_RUNS", 20, minimum=0),
             upload_idle_s=_int(env, ENV_PREFIX + "UPLOAD_IDLE_S", 60, minimum=1),
         )

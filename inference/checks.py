@@ -16,8 +16,10 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from inference.file_errors import UnsafeFileError
+from inference.file_gate import check_structure
 from inference.genes import resolve_gene_ids
-from inference.readers import UnreadableFileError, open_anndata
+from inference.readers import UnreadableFileError, detect_format, open_anndata
 
 SAMPLE_CELLS = 2000
 LABEL_MIN_CLASSES, LABEL_MAX_CLASSES = 2, 500
@@ -27,6 +29,8 @@ MIN_OVERLAP_GENES = 1000
 MIN_OVERLAP_COUNT_SHARE = 0.4
 TOTALS_COLUMNS = ("n_counts", "total_counts", "nCount_RNA", "n_umis", "total_umis")
 COUNT_LAYERS = ("counts", "raw_counts", "umi", "umis", "count")
+UNSAFE = "unsafe_structure"  # the gate refused the file's structure (inference/hdf5_gate.py)
+UNREADABLE_CODES = ("unreadable", UNSAFE, "check_failed")  # answered 415: the file could not be read safely
 
 
 @dataclass(frozen=True)
@@ -247,9 +251,16 @@ def check_anndata(adata: AnnData, vocabularies: Mapping[str, Vocabulary] | None 
 
 def check_file(path: Path, name: str | None = None,
                vocabularies: Mapping[str, Vocabulary] | None = None) -> dict[str, object]:
-    """Open ``path`` (format from ``name`` as uploaded) and report; never raises for a bad file."""
+    """Open ``path`` (format from ``name`` as uploaded) and report; never raises for a bad file.
+
+    The format's gate validates the whole structure first (sparse matrices and codes block by block): this is a
+    file's first check, run on the server in a separate process (``inference/check_sandbox.py``)."""
     try:
+        check_structure(Path(path), detect_format(Path(path), name), full=True)
         adata, fmt = open_anndata(Path(path), name)
+    except UnsafeFileError as exc:
+        return {"file": name or Path(path).name, "ok": False, "format": None,
+                "errors": [_msg(UNSAFE, str(exc))], "warnings": []}
     except UnreadableFileError as exc:
         return {"file": name or Path(path).name, "ok": False, "format": None,
                 "errors": [_msg("unreadable", str(exc))], "warnings": []}
@@ -325,7 +336,7 @@ class CheckReport:
 
     @property
     def unreadable(self) -> bool:
-        return any(e.get("code") == "unreadable" for e in self.errors)
+        return any(e.get("code") in UNREADABLE_CODES for e in self.errors)
 
     def problems(self) -> str:
         """The errors in one sentence, for an exception's message."""

@@ -7,13 +7,13 @@ from pathlib import Path
 import anndata as ad
 from anndata import AnnData
 
+from inference.file_errors import UnreadableFileError
+from inference.file_gate import check_structure
+
+__all__ = ["UnreadableFileError", "detect_format", "open_anndata"]
 FORMATS = {".h5ad": "h5ad", ".h5": "10x-h5", ".loom": "loom", ".csv": "csv", ".csv.gz": "csv", ".tsv": "tsv",
            ".tsv.gz": "tsv", ".txt": "tsv"}
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-
-
-class UnreadableFileError(ValueError):
-    """The file is not a single-cell matrix we can read; the message says what it looks like instead."""
 
 
 def detect_format(path: Path, name: str | None = None) -> str:
@@ -58,8 +58,10 @@ def _looks_like(head: bytes) -> str:
 
 
 def open_anndata(path: Path, name: str | None = None, backed: bool = True) -> tuple[AnnData, str]:
-    """(AnnData, format). ``.h5ad`` opens backed (matrix left on disk) unless ``backed`` is False."""
+    """(AnnData, format). ``.h5ad`` opens backed (matrix left on disk) unless ``backed`` is False. The format's
+    gate (``inference/file_gate.py``) judges the structure first, from metadata only."""
     fmt = detect_format(Path(path), name)
+    check_structure(Path(path), fmt)
     try:
         if fmt == "h5ad":
             return ad.read_h5ad(path, backed="r" if backed else None), fmt

@@ -1,0 +1,202 @@
+"""Hostile HDF5 files: refused before any array is read, nothing read from outside the file, the server alive.
+
+The gate (``inference/hdf5_gate.py``) is tried on each kind of lie a file can tell; the served instance gets the
+ones that read other files on the server (external storage, external links, virtual datasets, aimed at a secret
+file, ``/etc/passwd``, ``/proc/self/environ`` and the tokens file) and the ones that crashed or exhausted it (CSR
+indices outside the matrix, indptr past the data, a decompression bomb), and must answer 415 with what was wrong,
+never echo a byte of the target, and keep serving with every earlier dataset intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import psutil
+import pytest
+import scipy.sparse as sp
+
+from inference import hdf5_gate
+from inference.check_sandbox import check_isolated
+from inference.checks import UNSAFE, CheckReport, check_file
+from inference.file_errors import UnsafeFileError
+from inference.file_gate import check_structure
+from inference.readers import open_anndata
+from tests import hostile_files as H
+from tests.api_client import TOKEN, api, error_of, upload
+from tests.broken_files import tenx_h5
+from tests.conftest import PBMC
+from tests.reliability import record
+from tests.serving import make_serve
+
+SECRET = "SECRET-4f1c9a-do-not-leak"
+ENV_SECRET = "ENVSECRET-77e2b1"
+
+
+def _fmt(path: Path) -> str:
+    return {".h5": "10x-h5", ".loom": "loom"}.get(path.suffix, "h5ad")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("hostile")
+
+
+@pytest.mark.parametrize("case", list(H.STRUCTURE_CASES))
+def test_a_file_that_lies_about_its_structure_is_refused_before_any_array_is_read(folder, case, request):
+    sub = folder / case.replace(" ", "_").replace("/", "_")
+    sub.mkdir(exist_ok=True)
+    path = H.STRUCTURE_CASES[case](sub)
+    with pytest.raises(UnsafeFileError, match="Refused before reading: '") as caught:
+        check_structure(path, _fmt(path), full=True)
+    report = check_file(path, path.name)
+    assert not report["ok"] and report["errors"][0]["code"] == UNSAFE, report
+    assert CheckReport(report).unreadable  # answered 415 by the API
+    record("security", f"Hostile HDF5: {case}", f"{path.name} through the gate and check_file",
+           f"refused: {str(caught.value)[:150]}", "no array read", request.node.nodeid)
+
+
+def test_the_valid_file_passes_the_gate_and_its_check(folder):
+    path = H.valid(folder)
+    check_structure(path, "h5ad", full=True)
+    assert check_file(path, path.name)["ok"]
+    (folder / "tenx").mkdir(exist_ok=True)  # a valid Cell Ranger file too: no blanket refusal of its format
+    tenx = tenx_h5(folder / "tenx")
+    check_structure(tenx, "10x-h5", full=True)
+    assert check_file(tenx, tenx.name)["ok"]
+
+
+@pytest.mark.parametrize("kind", ["external storage (labels)", "external storage (X)", "external link",
+                                  "virtual dataset"])
+def test_a_file_pointing_at_another_file_is_refused_and_nothing_of_it_is_read(folder, kind, request):
+    secret = folder / "secret.txt"
+    secret.write_text(f"root:x:0:0:{SECRET}\n" * 8)
+    secret_h5 = H.secret_h5(folder, SECRET)
+    make = {"external storage (labels)": lambda: H.external_storage(folder, secret),
+            "external storage (X)": lambda: H.external_storage_on_x(folder, secret),
+            "external link": lambda: H.external_link(folder, secret_h5),
+            "virtual dataset": lambda: H.virtual_dataset(folder, secret_h5)}[kind]
+    path = make()
+    report = check_file(path, path.name)
+    assert report["errors"][0]["code"] == UNSAFE and SECRET not in json.dumps(report)
+    with pytest.raises(UnsafeFileError):  # a later open (a worker's) goes through the gate too
+        open_anndata(path, path.name)
+    record("security", f"HDF5 pointing outside itself: {kind}", f"{path.name} aimed at a file outside the data home",
+           report["errors"][0]["message"][:150], "the target's bytes never read", request.node.nodeid)
+
+
+def test_validation_reads_a_sparse_matrix_in_bounded_memory(folder, monkeypatch, request):
+    """A 200,000-cell matrix of 6 M values is validated with at most a few blocks in memory at once."""
+    n_cells, n_genes, per_cell = 200_000, 2_000, 30
+    rng = np.random.default_rng(0)
+    indices = np.sort(rng.choice(n_genes, size=(n_cells, per_cell)), axis=1).ravel()
+    x = sp.csr_matrix((np.ones(n_cells * per_cell, np.float32), indices, np.arange(0, n_cells * per_cell + 1,
+                                                                                  per_cell)), shape=(n_cells, n_genes))
+    path = folder / "large-valid.h5ad"
+    ad.AnnData(X=x).write_h5ad(path)
+    monkeypatch.setattr(hdf5_gate, "BLOCK", 250_000)
+    tracemalloc.start()
+    hdf5_gate.validate(path, "h5ad")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    whole = (x.indices.nbytes + x.indptr.nbytes) * 2  # as int64
+    assert peak < 16 * 2**20 < whole, (peak, whole)
+    record("security", "Sparse validation memory", f"{n_cells:,} cells, {x.nnz:,} values, blocks of 250,000",
+           f"peak {peak / 2**20:.1f} MB (the index arrays whole: {whole / 2**20:.0f} MB)", "bounded",
+           request.node.nodeid)
+
+
+def test_a_check_that_crashes_or_hangs_ends_its_own_process_only(folder, request):
+    path = H.valid(folder)
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(check_isolated(path, path.name, {}, 4096, 120)))
+    worker.start()
+    me, child, deadline = psutil.Process(), None, time.monotonic() + 60
+    while child is None and time.monotonic() < deadline:
+        child = next((c for c in me.children() if "inference.check_sandbox" in " ".join(c.cmdline())), None)
+        time.sleep(0.02)
+    assert child is not None, "the check ran in this process, not in a child"
+    env = child.environ()
+    child.send_signal(signal.SIGSEGV)  # what scipy did on indices outside the matrix before the gate
+    worker.join(60)
+    assert outcome["ok"] is False and "crashed" in outcome["errors"][0]["message"], outcome
+    assert CheckReport(outcome).unreadable
+    assert not any(k.startswith("HELICAL_PLATFORM") for k in env), sorted(env)  # no secret handed down
+    slow = check_isolated(path, path.name, {}, 4096, 1)
+    assert "longer than 1 s" in slow["errors"][0]["message"]
+    assert not [c for c in me.children() if "inference.check_sandbox" in " ".join(c.cmdline())]
+    record("security", "The first check crashes (SIGSEGV) or hangs", "a check process killed by SIGSEGV; one "
+           "past its time limit", f"refused: {outcome['errors'][0]['message'][:120]}", "the asking process alive, "
+           "no child left", request.node.nodeid)
+
+
+def test_a_decompression_bomb_is_refused_by_the_checks_memory_limit(folder, request):
+    path = H.memory_bomb(folder, gib=6)  # 6 GiB of zeros in a ~6 MB file
+    report = check_isolated(path, path.name, {}, 2048, 300)
+    assert not report["ok"] and CheckReport(report).unreadable
+    assert "6.00 GiB" in report["errors"][0]["message"] or "2,048 MB" in report["errors"][0]["message"], report
+    record("security", "Decompression bomb (6 GiB in obsm, 6 MB file)", "the first check, limited to 2,048 MB",
+           report["errors"][0]["message"][:150], "the server process never allocated it", request.node.nodeid)
+
+
+# ---- through a served instance ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile-server")
+    with make_serve(tmp, {"HELICAL_PLATFORM_API_TOKEN": TOKEN, "HELICAL_PLATFORM_CHECK_MEMORY_MB": "2048",
+                          "HELICAL_PLATFORM_TEST_ENV_SECRET": ENV_SECRET}) as s:
+        yield s
+
+
+def _digest(home: Path) -> dict[str, str]:
+    return {str(f.relative_to(home)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted((home / "datasets").rglob("*")) if f.is_file()}
+
+
+def test_hostile_uploads_are_refused_with_415_read_nothing_outside_and_the_server_keeps_serving(server, folder,
+                                                                                                request):
+    good = upload(server, PBMC, name="pbmc.h5ad")
+    assert good.status_code == 201, good.text
+    before = _digest(server.home)
+    secret = folder / "server-secret.txt"
+    secret.write_text(f"alice {SECRET}\n" * 8)
+    secret_h5 = H.secret_h5(folder, SECRET)
+    sub = folder / "served"
+    sub.mkdir(exist_ok=True)
+    cases = {
+        "external storage → a secret file": lambda: H.external_storage(sub, secret),
+        "external storage → /etc/passwd": lambda: H.external_storage(sub, Path("/etc/passwd")),
+        "external storage → /proc/self/environ": lambda: H.external_storage(sub, Path("/proc/self/environ")),
+        "external storage (X) → the secret": lambda: H.external_storage_on_x(sub, secret),
+        "external link → another HDF5 file": lambda: H.external_link(sub, secret_h5),
+        "virtual dataset → another HDF5 file": lambda: H.virtual_dataset(sub, secret_h5),
+        "CSR indices at 2^30 (was SIGSEGV)": lambda: H.indices_outside(sub),
+        "indptr past the data (was 13 GB)": lambda: H.indptr_past_data(sub),
+        "indptr backwards": lambda: H.indptr_backwards(sub),
+        "decompression bomb (6 GiB)": lambda: H.memory_bomb(sub, gib=6),
+    }
+    for case, make in cases.items():
+        path = make()
+        for raw in (True, False):
+            r = upload(server, path, raw=raw)
+            assert r.status_code == 415, (case, r.status_code, r.text[:400])
+            err = error_of(r)
+            assert err["code"] == "unreadable_file", (case, err)
+            for leaked in (SECRET, ENV_SECRET, "root:x:0", TOKEN):
+                assert leaked not in r.text, (case, leaked)
+            assert api(server, "GET", "/api/models").status_code == 200, f"server down after {case}"
+        record("security", f"Hostile upload: {case}", "REST upload, raw and multipart",
+               f"415: {(err.get('details') or {}).get('errors', [{}])[0].get('message', err['message'])[:140]}",
+               "server up, nothing read outside, earlier dataset unchanged", request.node.nodeid)
+    listing = api(server, "GET", "/api/datasets")
+    assert [d["dataset_id"] for d in listing.json()] == [good.json()["dataset_id"]]
+    assert SECRET not in listing.text and ENV_SECRET not in listing.text
+    assert _digest(server.home) == before
+    assert server.proc.poll() is None
