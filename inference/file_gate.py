@@ -72,12 +72,14 @@ def _delimited(path: Path) -> None:
         try:
             head = fh.readline(MAX_HEADER_LINE + 1)
         except (OSError, EOFError) as exc:
-            raise UnsafeFileError(f"{path.name} could not be decompressed ({exc}).") from None
+            raise UnsafeFileError(f"The file could not be decompressed ({exc}): gzip it again or give it "
+                                  "uncompressed.") from None
     if len(head) > MAX_HEADER_LINE:
-        raise UnsafeFileError(f"{path.name}: the first line is longer than {MAX_HEADER_LINE // 2**20} MB. A CSV/TSV "
+        raise UnsafeFileError(f"The file's first line is longer than {MAX_HEADER_LINE // 2**20} MB. A CSV/TSV "
                               "of cells x genes has one header line of gene names, then one line per cell.")
     if max(head.count(b","), head.count(b"\t")) + 1 > MAX_COLUMNS:
-        raise UnsafeFileError(f"{path.name} has more than {MAX_COLUMNS:,} columns.")
+        raise UnsafeFileError(f"The file has more than {MAX_COLUMNS:,} columns: a CSV/TSV of cells x genes has "
+                              "one column per gene.")
 
 
 def check_structure(path: Path, fmt: str, full: bool = False) -> None:

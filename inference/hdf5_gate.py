@@ -234,13 +234,26 @@ def _open(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r", locking=False)
     except OSError as exc:
-        raise UnreadableFileError(f"{Path(path).name} could not be opened as HDF5 ({exc}); it may be truncated or "
-                                  "corrupted.") from None
+        raise _corrupt(exc) from None
+
+
+def _corrupt(exc: Exception) -> UnreadableFileError:
+    return UnreadableFileError(f"The file could not be read as HDF5 ({type(exc).__name__}: {exc}). It may be "
+                               "truncated or corrupted (compare its size with the original): export it again.")
 
 
 def inspect(path: Path, fmt: str) -> None:
     """Refuse (``UnsafeFileError``) a file that points outside itself or whose declared shapes do not fit; reads
     metadata only."""
+    try:
+        _inspect(path, fmt)
+    except UnreadableFileError:
+        raise
+    except Exception as exc:  # h5py's errors on a damaged file: heaps, B-trees, headers
+        raise _corrupt(exc) from None
+
+
+def _inspect(path: Path, fmt: str) -> None:
     with _open(path) as f:
         for where, obj in _walk(f):
             if isinstance(obj, h5py.Dataset):
@@ -301,6 +314,15 @@ def _check_codes(g: h5py.Group, where: str) -> None:
 def validate(path: Path, fmt: str) -> None:
     """:func:`inspect`, then every sparse matrix's structure and every categorical's codes, in bounded memory."""
     inspect(path, fmt)
+    try:
+        _validate(path, fmt)
+    except UnreadableFileError:
+        raise
+    except Exception as exc:
+        raise _corrupt(exc) from None
+
+
+def _validate(path: Path, fmt: str) -> None:
     with _open(path) as f:
         for where, obj in _walk(f):
             if not isinstance(obj, h5py.Group):
