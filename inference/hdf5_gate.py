@@ -32,9 +32,14 @@ from inference.file_errors import UnreadableFileError, UnsafeFileError
 
 # HDF5's built-in filters and LZF (h5py's own): what anndata, Cell Ranger and loompy write. Any other filter would
 # load a plugin from the HDF5 plugin path, code that is not ours to run on a stranger's bytes.
+# (szip, n-bit and scale-offset are left out: no single-cell writer uses them, and scale-offset can store a
+# constant in zero bits, which would defeat the expansion bound below.)
 ALLOWED_FILTERS = {h5z.FILTER_DEFLATE: "gzip", h5z.FILTER_SHUFFLE: "shuffle", h5z.FILTER_FLETCHER32: "fletcher32",
-                   h5z.FILTER_SZIP: "szip", h5z.FILTER_NBIT: "nbit", h5z.FILTER_SCALEOFFSET: "scaleoffset",
                    h5z.FILTER_LZF: "lzf"}
+# Deflate expands at most ~1032x (LZF far less): a dataset declaring more bytes than that of what it stores is made
+# of unwritten space HDF5 would fill with its fill value, a matrix that is not in the file.
+MAX_EXPANSION = 1100
+EXPANSION_FLOOR = 2**20  # bytes: small datasets (and empty ones) are never judged by it
 MAX_OBJECTS = 200_000  # groups and datasets: a real h5ad has hundreds; walking millions is itself an attack
 MAX_CHUNK_BYTES = 256 * 2**20  # HDF5 decompresses whole chunks: one of 4 GiB is 4 GiB of memory for one value
 MAX_DIM = 2**31 - 1  # cells or genes: scipy's and anndata's 32-bit index space
@@ -81,6 +86,11 @@ def _check_dataset(ds: h5py.Dataset, where: str) -> None:
             raise _refuse(where, f"is compressed with HDF5 filter {code}, which is not one of "
                                  f"{', '.join(sorted(set(ALLOWED_FILTERS.values())))}",
                           "Write the file again with gzip or lzf compression (anndata's default is fine)")
+    declared = int(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize if ds.shape else ds.dtype.itemsize
+    stored = ds.id.get_storage_size()
+    if declared > EXPANSION_FLOOR and declared > stored * MAX_EXPANSION:
+        raise _refuse(where, f"declares {declared / 2**20:,.0f} MB of values but stores {stored:,} bytes (the rest "
+                             "would be HDF5's fill value, not data)")
     if _has_reference(ds.dtype):
         raise _refuse(where, "holds HDF5 object references, which anndata never writes")
     if ds.chunks is not None:

@@ -184,6 +184,24 @@ def dense_x_wrong_shape(d: Path) -> Path:
     return path
 
 
+def unwritten_matrix(d: Path) -> Path:
+    """A dense X of 20,000 x 32,738 float32 (2.4 GB) that stores nothing: HDF5 would fill it with ones."""
+    path = _copy(d, "unwritten.h5ad")
+    with h5py.File(path, "r+") as f:
+        del f["X"]
+        ds = f.create_dataset("X", shape=(120, 32_738 * 150), dtype="f4", fillvalue=1.0, chunks=(1, 32_738))
+        ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+    return path
+
+
+def scale_offset(d: Path) -> Path:
+    """A filter no single-cell writer uses, which stores a constant in zero bits."""
+    path = _copy(d, "scaleoffset.h5ad")
+    with h5py.File(path, "r+") as f:
+        f.create_dataset("uns/constant", data=np.zeros(1000, "i4"), scaleoffset=0)
+    return path
+
+
 def unknown_filter(d: Path) -> Path:
     """A dataset compressed with a filter id no built-in codec has (it would load a plugin)."""
     path = _copy(d, "unknown-filter.h5ad")
@@ -205,16 +223,19 @@ def huge_chunk(d: Path) -> Path:
     return path
 
 
-def memory_bomb(d: Path, gib: int = 6) -> Path:
-    """``gib`` GiB of zeros in obsm, gzip-compressed to a few MB in small chunks: anndata loads obsm whole."""
+def memory_bomb(d: Path, gib: int = 3) -> Path:
+    """``gib`` GiB of zeros in obsm, every chunk written and gzip-compressed (~1000x, within what deflate can do, so
+    the structure is honest): a few MB on disk, and anndata loads obsm whole."""
     path = _copy(d, f"bomb-{gib}.h5ad")
     n = 120
     cols = gib * 2**30 // (n * 4)
+    row = np.zeros(cols, dtype="f4")
     with h5py.File(path, "r+") as f:
         ds = f.create_dataset("obsm/X_bomb", shape=(n, cols), dtype="f4", chunks=(1, 2**22), compression="gzip",
-                              compression_opts=9)
+                              compression_opts=1)
         ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-        ds[:, -1] = 1.0
+        for i in range(n):
+            ds[i] = row
     return path
 
 
@@ -272,6 +293,8 @@ STRUCTURE_CASES: dict[str, Callable[[Path], Path]] = {
     "obs column too short": obs_column_too_short,
     "dense X of the wrong shape": dense_x_wrong_shape,
     "unknown HDF5 filter": unknown_filter,
+    "scale-offset filter": scale_offset,
+    "a matrix of unwritten space (2.4 GB declared)": unwritten_matrix,
     "a 1 GiB chunk": huge_chunk,
     "10x .h5 indices outside": tenx_indices_outside,
     "loom attributes that do not fit": loom_mismatch,
