@@ -9,6 +9,7 @@ never echo a byte of the target, and keep serving with every earlier dataset int
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import signal
@@ -202,3 +203,32 @@ def test_hostile_uploads_are_refused_with_415_read_nothing_outside_and_the_serve
     assert SECRET not in listing.text and ENV_SECRET not in listing.text
     assert _digest(server.home) == before
     assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize("case", ["MTX header of 10^12 entries", "MTX array of 10^10 values", "MTX without banner",
+                                  "CSV first line of 2 MB", "CSV.gz bomb first line"])
+def test_text_formats_that_declare_more_than_their_bytes_are_refused_before_reading(folder, case, request):
+    sub = folder / ("text-" + case.replace(" ", "_").replace("^", ""))
+    sub.mkdir(exist_ok=True)
+    if case.startswith("MTX"):
+        head = {"MTX header of 10^12 entries": "%%MatrixMarket matrix coordinate integer general\n1000000 1000000 "
+                                               "1000000000000\n1 1 1\n",
+                "MTX array of 10^10 values": "%%MatrixMarket matrix array integer general\n100000 100000\n1\n",
+                "MTX without banner": "1000 1000 5\n1 1 1\n"}[case]
+        (sub / "matrix.mtx").write_text(head)
+        (sub / "barcodes.tsv").write_text("AAAC-1\n")
+        (sub / "features.tsv").write_text("ENSG00000243485\tMIR1302-2HG\tGene Expression\n")
+        path, fmt = sub, "10x-mtx"
+    elif case == "CSV first line of 2 MB":
+        path, fmt = sub / "cells.csv", "csv"
+        path.write_text("cell," + ",".join(f"G{i}" for i in range(400_000)) + "\nc1," + ",".join("1" * 1) + "\n")
+    else:
+        path, fmt = sub / "cells.csv.gz", "csv"
+        with gzip.open(path, "wb") as fh:
+            fh.write(b"cell," + b"A" * (3 * 2**20))
+    with pytest.raises(UnsafeFileError) as caught:
+        check_structure(path, fmt)
+    report = check_file(path, path.name)
+    assert report["errors"][0]["code"] == UNSAFE, report
+    record("security", f"Hostile text file: {case}", f"{fmt} through its gate", f"refused: {str(caught.value)[:140]}",
+           "nothing allocated for the declared size", request.node.nodeid)
