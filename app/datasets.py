@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -17,6 +18,7 @@ from store.tables import Dataset
 
 if TYPE_CHECKING:
     from app.users import User
+    from app.lifecycle import QuotaReservation
 
 log = logging.getLogger(__name__)
 __all__ = ["CheckReport", "DatasetInUse", "DatasetRejected", "DatasetService", "NotFound"]  # CheckReport: for the views
@@ -35,6 +37,29 @@ class DatasetRejected(ValueError):
 
 
 class NotFound(LookupError):
+class _Metered:
+    """A stream that grows its upload's quota reservation as its bytes are read (before they are written)."""
+
+    def __init__(self, source: BinaryIO, reservation: QuotaReservation, step: int) -> None:
+        self.source, self.reservation, self.step, self.seen = source, reservation, step, 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.source.read(n)
+        self.seen += len(chunk)
+        self.reservation.ensure(self.seen, self.step)
+        return chunk
+
+
+def _known_size(source: BinaryIO) -> int:
+    """The bytes left in ``source`` when it can say (a file, a BytesIO), else 0 (the reservation then grows)."""
+    try:
+        if hasattr(source, "getbuffer"):
+            return len(source.getbuffer()) - source.tell()
+        return os.fstat(source.fileno()).st_size - source.tell()
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
     pass
 
 
@@ -46,13 +71,29 @@ class DatasetService:
     def __init__(self, platform) -> None:  # noqa: ANN001 - app.platform.Platform (import cycle)
         self.platform = platform
 
-    def ingest(self, source: BinaryIO, file_name: str, user: User | None = None) -> Dataset:
+    def ingest(self, source: BinaryIO, file_name: str, user: User | None = None, size: int | None = None,
+               reservation: QuotaReservation | None = None) -> Dataset:
         """Stream the upload into the store, check it, and record it (``user`` as its maker, when the bytes are
-        new); refuse (keeping nothing) if unusable."""
+        new); refuse (keeping nothing) if unusable.
+
+        With a quota, the bytes are reserved before any is written (``size`` when known) and the reservation grows
+        as they are read, so uploads at once cannot together pass it; a caller that reserved already (the REST
+        upload, as its body arrived) passes its ``reservation`` and releases it."""
         validate_file_name(file_name)
-        store = self.platform.artifacts
-        sha, path, size = store.ingest(source, file_name, max_bytes=self.platform.settings.max_upload_mb * 2**20)
-        return self._record(sha, path, size, file_name, user)
+        from app.lifecycle import RESERVE_STEP, reserve
+
+        own = reservation is None
+        if own and user is not None:
+            reservation = reserve(self.platform, user.name, size if size is not None else _known_size(source))
+        try:
+            stream = source if reservation is None else _Metered(source, reservation, RESERVE_STEP)
+            store = self.platform.artifacts
+            sha, path, size = store.ingest(stream, file_name,
+                                           max_bytes=self.platform.settings.max_upload_mb * 2**20)
+            return self._record(sha, path, size, file_name, user, reservation)
+        finally:
+            if own and reservation is not None:
+                reservation.release()
 
     def ingest_server_file(self, relative: str, user: User | None = None) -> Dataset:
         """A file already on the server, under the allowed root (symlinks resolved and confined)."""
@@ -65,18 +106,19 @@ class DatasetService:
         if not path.is_file():
             raise NotFound(f"No file {relative!r} under {root}.")
         with open(path, "rb") as fh:
-            return self.ingest(fh, path.name, user)
+            return self.ingest(fh, path.name, user, size=path.stat().st_size)
 
-    def _record(self, sha: str, path: Path, size: int, file_name: str, user: User | None = None) -> Dataset:
+    def _record(self, sha: str, path: Path, size: int, file_name: str, user: User | None = None,
+                reservation: QuotaReservation | None = None) -> Dataset:
         with read_session(self.platform.engine) as s:
             existing = s.exec(select(Dataset).where(Dataset.sha256 == sha)).first()
         if existing is not None:
             return existing  # the same bytes are stored once: nothing new counts against a quota
-        if user is not None:
-            from app.lifecycle import QuotaExceeded, check_quota
+        if reservation is not None:
+            from app.lifecycle import QuotaExceeded
 
             try:
-                check_quota(self.platform, user.name, size)
+                reservation.ensure(size)  # held already as the bytes came; the exact size now
             except QuotaExceeded:
                 path.unlink(missing_ok=True)  # no other dataset has these bytes (checked above)
                 raise
@@ -91,6 +133,8 @@ class DatasetService:
             s.add(ds)
         return ds
 
+            if reservation is not None:
+                reservation.settle(s)  # the dataset now counts instead, in the same transaction
     def get(self, dataset_id: str) -> Dataset:
         validate_uuid4(dataset_id, "dataset id")
         with read_session(self.platform.engine) as s:
@@ -124,12 +168,16 @@ class DatasetService:
     def embeddings_size(self, ds: Dataset) -> int:
         return self.embeddings.size(ds.sha256)
 
-    def delete_embeddings(self, dataset_id: str) -> dict:
-        """Remove the dataset's stored embeddings (the next run computes them again); runs keep their own copy."""
+    def delete_embeddings(self, dataset_id: str, user: User | None = None) -> dict:
+        """Remove the dataset's stored embeddings (the next run computes them again); runs keep their own copy.
+        Another user's dataset's only for an admin (``user`` None: the server or the local command line)."""
+        from app.users import check_delete
+
         ds = self.get(dataset_id)
         return {"dataset_id": ds.id, "bytes_freed": self.embeddings.delete(ds.sha256)}
 
     def delete(self, dataset_id: str, cascade: bool = False, user: User | None = None) -> dict:
+        check_delete(user, ds.created_by, f"Dataset {ds.file_name} (its stored embeddings)")
         """Delete the dataset, its file, stored embeddings and cached heads; with ``cascade`` its finished runs
         (``app/lifecycle.py``: rows in one transaction, files under a journal a restart finishes)."""
         from app.lifecycle import delete_dataset

@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import or_
@@ -21,8 +21,9 @@ from sqlmodel import select
 
 from app.users import Forbidden, User, check_delete
 from inference.run_files import write_text
-from store.engine import read_session, write_session
-from store.tables import ACTIVE, ClassifierHead, Dataset, Run, RunStatus, utcnow
+from store.artifacts import new_id
+from store.engine import lock_key, read_session, write_session
+from store.tables import ACTIVE, ClassifierHead, Dataset, Run, RunStatus, ServerInstance, UploadReservation, utcnow
 
 log = logging.getLogger(__name__)
 JOURNAL = "deleting"
@@ -37,27 +38,110 @@ class QuotaExceeded(ValueError):
     """An upload that would take a user over ``HELICAL_PLATFORM_QUOTA_GB`` (413, with the numbers)."""
 
 
+def _file_bytes(platform, name: str) -> int:  # noqa: ANN001
+    """What ``name`` takes on disk besides their datasets' files: those datasets' stored embeddings and the folders
+    of the runs they started (read from the filesystem, outside any lock)."""
+    with read_session(platform.engine) as s:
+        datasets = list(s.exec(select(Dataset).where(Dataset.created_by == name)))
+        runs = list(s.exec(select(Run).where(Run.created_by == name)))
+    return (sum(platform.datasets.embeddings_size(d) for d in datasets)
+            + _size([platform.artifacts.run_dir(r.id) for r in runs]))
+
+
 def user_bytes(platform, name: str) -> int:  # noqa: ANN001
     """What ``name`` takes on disk: the files (and stored embeddings) of the datasets they uploaded first and the
     folders of the runs they started."""
     with read_session(platform.engine) as s:
-        datasets = list(s.exec(select(Dataset).where(Dataset.created_by == name)))
-        runs = list(s.exec(select(Run).where(Run.created_by == name)))
-    return (sum(d.size_bytes + platform.datasets.embeddings_size(d) for d in datasets)
-            + _size([platform.artifacts.run_dir(r.id) for r in runs]))
+        files = sum(d.size_bytes for d in s.exec(select(Dataset).where(Dataset.created_by == name)))
+    return files + _file_bytes(platform, name)
 
 
-def check_quota(platform, name: str, new_bytes: int) -> None:  # noqa: ANN001
-    """Refuse ``new_bytes`` more for ``name`` when it would pass the quota; no quota, nothing to check."""
-    quota = platform.settings.quota_gb
-    if not quota:
-        return
-    used, limit = user_bytes(platform, name), int(quota * 1e9)
-    if used + new_bytes > limit:
-        raise QuotaExceeded(f"This upload ({_human(new_bytes)}) would take {name} to {_human(used + new_bytes)}, "
-                            f"over the quota of {quota:g} GB per user (HELICAL_PLATFORM_QUOTA_GB); {name} uses "
-                            f"{_human(used)} now. Delete datasets or runs you no longer need (GET /api/usage lists "
-                            "them), or ask an admin.")
+RESERVE_STEP = 8 << 20  # a body of unknown length reserves this much more each time it passes what it holds
+
+
+class QuotaReservation:
+    """Bytes an upload in progress holds against its user's quota, in the database (``upload_reservations``).
+
+    Why a row and not a check after the upload is stored: three uploads at once each passed the check while none
+    was recorded yet. Every admission counts the user's datasets and every live reservation in one write
+    transaction, serialised per user (``store.engine.lock_key``: SQLite's write lock, a PostgreSQL advisory lock),
+    so two replicas on one database take turns too. ``ensure`` grows it as bytes arrive; the dataset's own
+    transaction removes it (``settle``); ``release`` drops it when the upload fails."""
+
+    def __init__(self, platform, name: str) -> None:  # noqa: ANN001 - app.platform.Platform
+        self.platform, self.user, self.reserved = platform, name, 0
+        self.id: str | None = None
+
+    def ensure(self, total: int, step: int = 0) -> None:
+        """Hold at least ``total`` bytes (``step`` more when it grows, to write less often); ``QuotaExceeded``
+        when the user's data, their other uploads in progress and ``total`` would pass the quota."""
+        if total <= self.reserved:
+            return
+        quota = self.platform.settings.quota_gb
+        limit = int(quota * 1e9)
+        wanted = max(total, self.reserved + step)
+        others_on_disk = _file_bytes(self.platform, self.user)
+        self.platform.lease.start(reconcile=False)  # the reservation's owner: a live process while it beats
+        with write_session(self.platform.engine) as s:
+            lock_key(s, f"quota:{self.user}")
+            files = sum(d.size_bytes for d in s.exec(select(Dataset).where(Dataset.created_by == self.user)))
+            held = sum(r.bytes for r in _live_reservations(self.platform, s, self.user) if r.id != self.id)
+            stored = files + others_on_disk
+            used = stored + held
+            if used + total > limit:
+                raise QuotaExceeded(
+                    f"This upload ({_human(total)}) would take {self.user} to {_human(used + total)}, over the quota "
+                    f"of {quota:g} GB per user (HELICAL_PLATFORM_QUOTA_GB); {self.user} uses {_human(stored)} now"
+                    + (f" and has other uploads in progress holding {_human(held)}" if held else "")
+                    + ". Delete datasets or runs you no longer need (GET /api/usage lists them), or ask an admin.")
+            wanted = min(wanted, limit - used)
+            row = s.get(UploadReservation, self.id) if self.id else None
+            if row is None:
+                self.id = new_id()
+                row = UploadReservation(id=self.id, user=self.user, owner=self.platform.lease.instance_id)
+            row.bytes = wanted
+            s.add(row)
+        self.reserved = wanted
+
+    def settle(self, session) -> None:  # noqa: ANN001 - a write session
+        """Drop the reservation in ``session``, the transaction that records what it reserved for (under the user's
+        lock: a PostgreSQL admission reading datasets then reservations must see both before or both after)."""
+        lock_key(session, f"quota:{self.user}")
+        if self.id and (row := session.get(UploadReservation, self.id)) is not None:
+            session.delete(row)
+        self.id, self.reserved = None, 0
+
+    def release(self) -> None:
+        """Give the bytes back (a refused, failed or abandoned upload); safe to call twice."""
+        if self.id is None:
+            return
+        with write_session(self.platform.engine) as s:
+            self.settle(s)
+
+
+def _live_reservations(platform, session, name: str) -> list[UploadReservation]:  # noqa: ANN001
+    """``name``'s reservations whose server is alive; those of servers that are gone are deleted (a crash mid-upload
+    must not hold a quota for good)."""
+    rows = list(session.exec(select(UploadReservation).where(UploadReservation.user == name)))
+    owners = {o.id: o for o in session.exec(select(ServerInstance).where(
+        ServerInstance.id.in_({r.owner for r in rows})))} if rows else {}
+    now, live = datetime.now(UTC), []
+    for row in rows:
+        if platform.lease.why_gone(owners.get(row.owner), now) is None:
+            live.append(row)
+        else:
+            session.delete(row)
+    return live
+
+
+def reserve(platform, name: str | None, nbytes: int = 0) -> QuotaReservation | None:  # noqa: ANN001
+    """A reservation of ``nbytes`` for ``name`` (``QuotaExceeded`` if it does not fit), or None when there is no
+    quota or no user to charge (the server itself, the local command line)."""
+    if name is None or not platform.settings.quota_gb:
+        return None
+    reservation = QuotaReservation(platform, name)
+    reservation.ensure(max(nbytes, 1))
+    return reservation
 
 
 def _human(n: int) -> str:
@@ -243,3 +327,33 @@ def apply_retention(platform) -> list[str]:  # noqa: ANN001
             removed.append(run.id)
     return removed
 
+
+
+ORPHAN_AGE_S = 3600  # a dataset file without a row for this long belongs to no upload being checked
+
+
+def remove_orphan_datasets(platform, older_than_s: float = ORPHAN_AGE_S) -> list[Path]:  # noqa: ANN001
+    """Remove the files under ``datasets/`` that no dataset row points at and nobody touched for ``older_than_s``.
+
+    A process that died between storing an upload and recording it (or refusing it) left such a file: kept for
+    good and counted by no quota. The age bound spares another replica's upload that is stored and being checked
+    right now (a check ends within minutes; the same bytes uploaded again refresh the file's time)."""
+    with read_session(platform.engine) as s:
+        known = {platform.datasets.path(d) for d in s.exec(select(Dataset))}
+    cutoff = time.time() - older_than_s
+    removed = []
+    for path in platform.artifacts.inside("datasets").glob("*/*"):
+        try:
+            if path.is_file() and path not in known and path.stat().st_mtime <= cutoff:
+                with read_session(platform.engine) as s:  # recorded since the listing above: keep it
+                    rows = list(s.exec(select(Dataset).where(Dataset.sha256 == path.name[:64])))
+                if any(platform.datasets.path(d) == path for d in rows):
+                    continue
+                path.unlink()
+                removed.append(path)
+        except (FileNotFoundError, ValueError):
+            continue
+    if removed:
+        log.warning("removed %d dataset file(s) that no dataset records (left by an interrupted upload): %s",
+                    len(removed), ", ".join(p.name[:12] for p in removed[:5]))
+    return removed

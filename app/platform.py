@@ -76,7 +76,8 @@ class Platform:
 
     def start(self) -> Platform:
         """Housekeeping of a process that serves runs: hold this instance's lease (a heartbeat), fail the runs
-        of servers that are gone (now and at every beat), remove partial files no live writer can own."""
+        of servers that are gone (now and at every beat), remove partial files no live writer can own (a dead
+        process's of this host at once, others' once an hour old) and dataset files no row records (an hour old)."""
         self.lease.start(reconcile=True)
         removed = self.artifacts.remove_partials(older_than_s=PARTIALS_AGE_S)
         if removed:
@@ -84,22 +85,31 @@ class Platform:
         stale = self.datasets.embeddings.remove_partials()  # writers gone: nobody holds their key's lock
         if stale:
             log.warning("removed %d half-written stored embeddings left by an interrupted run", len(stale))
-        from app.lifecycle import apply_retention, recover
+        from app.lifecycle import recover, remove_orphan_datasets
 
         recover(self)  # deletions a dead process left half done
-        if self.settings.retention_days:
-            self._retention_stop = threading.Event()
-            threading.Thread(target=self._retention_loop, args=(apply_retention,), name="retention",
-                             daemon=True).start()
+        remove_orphan_datasets(self)
+        self._retention_stop = threading.Event()
+        threading.Thread(target=self._housekeeping_loop, name="housekeeping", daemon=True).start()
         return self
 
-    def _retention_loop(self, apply) -> None:  # noqa: ANN001 - app.lifecycle.apply_retention
-        """Delete runs past the retention period at start and every hour after, until closed."""
+    def _housekeeping_loop(self) -> None:
+        """Every hour after start, until closed: remove dataset files no row records and partial files no
+        live writer owns (a crash leaves them; a replica sharing the data home may be writing its own, which the age
+        bounds spare), and, at start too, delete runs past the retention period when one is set."""
+        from app.lifecycle import apply_retention, remove_orphan_datasets
+
+        first = True
         while True:
             try:
-                apply(self)
+                if not first:  # start() did these
+                    remove_orphan_datasets(self)
+                    self.artifacts.remove_partials(older_than_s=PARTIALS_AGE_S)
+                if self.settings.retention_days:
+                    apply_retention(self)
             except Exception:  # a failed sweep is retried at the next hour; the server keeps serving
-                log.exception("retention sweep failed")
+                log.exception("housekeeping sweep failed")
+            first = False
             if self._retention_stop.wait(RETENTION_EVERY_S):
                 return
 

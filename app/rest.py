@@ -21,6 +21,7 @@ from app.rest_base import ApiError, ApiHandler, attachment, platform
 from app.rest_datasets import DATASET_ROUTES
 from app.rest_json import application_json, dataset_json, model_json, run_json
 from app.rest_lifecycle import LIFECYCLE_ROUTES
+from app.runs import TooManyRuns
 from app.rest_upload import UploadHandler
 from inference.backends import requires_gpu
 from inference.devices import device_label
@@ -67,6 +68,13 @@ class DatasetsHandler(ApiHandler):
 
 class SubmitHandler(ApiHandler):
     async def post(self) -> None:
+        try:
+            await self._submit()
+        except TooManyRuns as exc:  # the caller's own queue is full: come back later, not a malformed request
+            self.set_header("Retry-After", "60")
+            raise ApiError(429, "too_many_runs", str(exc)) from None
+
+    async def _submit(self) -> None:
         """One run (``model``), or one per model, grouped (``models``: a list); ``batch_column`` goes to the
         options (the integration application's)."""
         body = self.body_json()
@@ -112,7 +120,8 @@ class StatusHandler(ApiHandler):
 
 class CancelHandler(ApiHandler):
     async def post(self, run_id: str) -> None:
-        self.send(await self.call(platform().runs.cancel, run_id))
+        """Another user's run: 403 unless the caller is an admin (the rule of deletion)."""
+        self.send(await self.call(platform().runs.cancel, run_id, user=self.user))
 
 
 class RunsHandler(ApiHandler):

@@ -25,7 +25,8 @@ class DatasetEmbeddingsHandler(ApiHandler):
         self.send(await self.call(platform().datasets.embeddings_of, dataset_id))
 
     async def delete(self, dataset_id: str) -> None:
-        self.send(await self.call(platform().datasets.delete_embeddings, dataset_id))
+        """Another user's dataset's: 403 unless the caller is an admin."""
+        self.send(await self.call(platform().datasets.delete_embeddings, dataset_id, user=self.user))
 
 
 class GroupHandler(ApiHandler):

@@ -1,25 +1,39 @@
-"""``POST /api/upload``: the body streams to a temporary file (raw bytes or one multipart file field)."""
+"""``POST /api/upload``: the body streams to a temporary file (raw bytes or one multipart file field).
+
+With a quota, the upload's bytes are reserved before its first byte is written (``Content-Length``, or growing as
+the body arrives: ``app/lifecycle.py`` QuotaReservation), so uploads at once cannot together pass it. A body that
+sends nothing for ``HELICAL_PLATFORM_UPLOAD_IDLE_S`` is answered 408 and its connection, temporary file and
+reservation dropped: a client that stalls must not hold them for good.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import tornado.web
+from tornado.ioloop import IOLoop
 
+from app.lifecycle import RESERVE_STEP, QuotaExceeded, reserve
 from app.rest_base import ApiError, ApiHandler, platform
 from app.rest_json import dataset_json
-from store.artifacts import PARTIAL_PREFIX, UploadTooLargeError, validate_file_name
+from store.artifacts import UploadTooLargeError, partial_prefix, validate_file_name
+
+log = logging.getLogger(__name__)
 
 
 @tornado.web.stream_request_body
 class UploadHandler(ApiHandler):
     """The body streams to a temporary file (raw bytes, or one multipart file field): never whole in memory."""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         self.failure: Exception | None = None
-        self.out = self.tmp_path = None
+        self.out = self.tmp_path = self.reservation = self._idle_timer = None
+        self.body_bytes, self._body_done, self._last_byte = 0, False, time.monotonic()
+        self._watch_idle()
         try:
             super().prepare()
         except ApiError as exc:
@@ -42,7 +56,16 @@ class UploadHandler(ApiHandler):
         ctype = self.request.headers.get("Content-Type", "")
         self.file_name = self.get_query_argument("filename", None)
         self.received = 0
-        fd, name = tempfile.mkstemp(prefix=PARTIAL_PREFIX + "upload-", dir=p.artifacts.home / "tmp")
+        if not ctype.startswith("multipart/form-data") and not self.file_name:
+            raise ApiError(400, "invalid_request", "Give the file name: POST /api/upload?filename=cells.h5ad with "
+                                                   "the raw bytes, or a multipart form with a 'file' field.")
+        if self.user is not None:
+            try:  # before anything is written: Content-Length now, more as a body of unknown length arrives
+                self.reservation = await self.call(reserve, p, self.user.name, length)
+            except QuotaExceeded as exc:  # answered once the body is read and dropped (see above)
+                self.failure = exc
+                return
+        fd, name = tempfile.mkstemp(prefix=partial_prefix("upload"), dir=p.artifacts.home / "tmp")
         self.tmp_path = Path(name)
         self.out = os.fdopen(fd, "wb")
         self.parser = None
@@ -60,9 +83,6 @@ class UploadHandler(ApiHandler):
                 "on_part_begin": self._part_begin, "on_part_data": self._part_data,
                 "on_header_field": self._header_name, "on_header_value": self._header_value,
                 "on_headers_finished": self._headers_done})
-        elif not self.file_name:
-            raise ApiError(400, "invalid_request", "Give the file name: POST /api/upload?filename=cells.h5ad with "
-                                                   "the raw bytes, or a multipart form with a 'file' field.")
 
     def _part_begin(self) -> None:
         self._part_headers, self._in_file = {}, False
@@ -92,23 +112,51 @@ class UploadHandler(ApiHandler):
             raise UploadTooLargeError(self.limit)
         self.out.write(chunk)
 
-    def data_received(self, chunk: bytes) -> None:
+    def _watch_idle(self) -> None:
+        """Answer 408 and drop the connection once the body has sent nothing for ``upload_idle_s``."""
+        idle = platform().settings.upload_idle_s
+
+        def check() -> None:
+            if self._body_done or self._finished:
+                return
+            quiet = time.monotonic() - self._last_byte
+            if quiet < idle:
+                self._idle_timer = IOLoop.current().call_later(min(idle - quiet, 1.0) + 0.01, check)
+                return
+            log.warning("upload from %s sent nothing for %d s after %d bytes: dropped", self.request.remote_ip,
+                        idle, self.body_bytes)
+            self._cleanup()
+            self.send_error_json(ApiError(408, "upload_idle", f"The upload sent nothing for {idle} s "
+                                          f"(HELICAL_PLATFORM_UPLOAD_IDLE_S) after {self.body_bytes} bytes; nothing "
+                                          "was kept. Send the file again from a steady connection."))
+            self.request.connection.close()
+
+        self._idle_timer = IOLoop.current().call_later(min(idle, 1.0), check)
+
+    async def data_received(self, chunk: bytes) -> None:
         """Errors are kept and answered once the body is read: raising here would drop the connection."""
-        if self.failure is not None:
+        self._last_byte = time.monotonic()
+        self.body_bytes += len(chunk)
+        if self.failure is not None or self._finished:
             return
         try:
+            if self.reservation is not None and self.body_bytes > self.reservation.reserved:
+                await self.call(self.reservation.ensure, self.body_bytes, RESERVE_STEP)
             if self.parser is not None:
                 self.parser.write(chunk)
             else:
                 self._write(chunk)
-        except UploadTooLargeError as exc:
+        except (UploadTooLargeError, QuotaExceeded) as exc:
             self.failure = exc
+            self._cleanup()  # nothing more is written; the rest of the body is read and dropped
         except Exception as exc:  # the multipart parser's own errors
             self.failure = ApiError(400, "invalid_request", f"The multipart body is malformed ({exc}); send the "
                                                             "file as the 'file' field, or as a raw body.")
 
     async def post(self) -> None:
-        if self.out is None:  # refused in prepare; the body was read and dropped
+        self._body_done = True
+        if self.out is None or self.failure is not None:  # refused; the body was read and dropped
+            self._cleanup()
             raise self.failure
         try:
             self.out.close()
@@ -118,9 +166,12 @@ class UploadHandler(ApiHandler):
                 raise ApiError(400, "invalid_request", "The multipart body has no file field.")
             validate_file_name(self.file_name)
             with open(self.tmp_path, "rb") as fh:
-                ds = await self.call(platform().datasets.ingest, fh, self.file_name, user=self.user)
+                ds = await self.call(platform().datasets.ingest, fh, self.file_name, user=self.user,
+                                     reservation=self.reservation)
         finally:
             self.tmp_path.unlink(missing_ok=True)
+            if self.reservation is not None:
+                await self.call(self.reservation.release)  # a no-op once the dataset's transaction settled it
         self.send({**dataset_json(ds), "report": ds.check_report}, 201)
 
     def on_finish(self) -> None:
@@ -128,10 +179,26 @@ class UploadHandler(ApiHandler):
 
     def on_connection_close(self) -> None:
         self._cleanup()
+        super().on_connection_close()  # ends the wait for the body: the handler is not left pending for good
 
     def _cleanup(self) -> None:
+        """Close and remove the temporary file, stop the idle watch and give the reservation back (in a thread:
+        it writes to the database); safe to call more than once."""
+        if (timer := getattr(self, "_idle_timer", None)) is not None:
+            IOLoop.current().remove_timeout(timer)
+            self._idle_timer = None
         out = getattr(self, "out", None)
         if out is not None and not out.closed:
             out.close()
         if getattr(self, "tmp_path", None) is not None:
             self.tmp_path.unlink(missing_ok=True)
+        reservation, self.reservation = getattr(self, "reservation", None), None
+        if reservation is not None and reservation.id is not None:
+            IOLoop.current().run_in_executor(None, _release, reservation)
+
+
+def _release(reservation) -> None:  # noqa: ANN001 - app.lifecycle.QuotaReservation
+    try:
+        reservation.release()
+    except Exception:  # the server itself drops it when this process is gone (its owner's lease)
+        log.exception("could not release an upload's quota reservation")

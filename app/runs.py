@@ -24,7 +24,7 @@ from app.datasets import DatasetService, NotFound
 from app.failures import FailureKind, classify, message
 from app.run_records import RunRecords, now
 from app.run_results import ResultsReader, RunNotFinished
-from app.users import User
+from app.users import Forbidden, User
 from inference import applications
 from inference.actors import cancel_event_name, finish_run
 from inference.applications.base import (
@@ -40,13 +40,28 @@ from inference.backends import requires_gpu
 from inference.backends.base import Cancelled
 from inference.devices import GpuRequired, choose_device
 from store.artifacts import new_id, validate_uuid4
-from store.engine import read_session, write_session
+from store.engine import lock_key, read_session, write_session
 from store.tables import ACTIVE, Application, Dataset, ModelEntry, Run, RunStatus
 
 log = logging.getLogger(__name__)
 
 InvalidRun = SubmissionError  # the name the service's callers know
-__all__ = ["InvalidRun", "ModelCannotUse", "RunNotFinished", "RunsService"]
+__all__ = ["InvalidRun", "ModelCannotUse", "RunNotFinished", "RunsService", "TooManyRuns"]
+
+
+class TooManyRuns(InvalidRun):
+    """A user with ``HELICAL_PLATFORM_MAX_QUEUED_RUNS`` runs queued or running submits more (REST: 429): one user
+    must not fill the cluster's queue for everyone else."""
+
+
+def check_cancel(who: User | None, run: Run) -> None:
+    """Refuse (``Forbidden``) when ``who`` may not cancel ``run``: the rule of deletion (its maker or an admin;
+    ``None``: the local command line or the server itself)."""
+    if who is None or who.may_delete(run.created_by):
+        return
+    owner = run.created_by or "no recorded user (submitted before users were recorded)"
+    raise Forbidden(f"Run {run.id[:8]} belongs to {owner}: only they or an admin (HELICAL_PLATFORM_ADMINS) may "
+                    "cancel it.")
 
 
 def _result(future, client):  # noqa: ANN001, ANN202 - a distributed Future or ActorFuture
@@ -129,12 +144,28 @@ class RunsService:
     def _record(self, runs: list[Run]) -> list[Run]:
         self.platform.lease.start(reconcile=False)  # this process owns the run while its heartbeat lasts
         with write_session(self.platform.engine) as s:
+            self._check_queue(s, runs)
             for run in runs:
                 run.owner = self.platform.lease.instance_id
                 s.add(run)
         for run in runs:
             self._executor.submit(self._execute, run.id)
         return runs
+
+    def _check_queue(self, s, runs: list[Run]) -> None:  # noqa: ANN001 - a write session
+        """``TooManyRuns`` when the submitter would hold more than ``max_queued_runs`` queued or running runs;
+        counted in the transaction that records them, under the user's lock (two replicas take turns)."""
+        name, cap = runs[0].created_by, self.platform.settings.max_queued_runs
+        if name is None or not cap:
+            return
+        lock_key(s, f"runs:{name}")
+        active = len(list(s.exec(select(Run.id).where(Run.created_by == name,
+                                                      Run.status.in_([str(a) for a in ACTIVE])))))
+        if active + len(runs) > cap:
+            raise TooManyRuns(
+                f"{name} has {active} run(s) queued or running; at most {cap} per user "
+                f"(HELICAL_PLATFORM_MAX_QUEUED_RUNS), and this submission adds {len(runs)}. Wait for some to finish "
+                "or cancel them (POST /api/runs/{id}/cancel), then submit again.")
 
     def _prepare(self, application_id: str, model_id: str, dataset_id: str, reference_id: str | None,
                  label_column: str | None, truth_column: str | None, options: dict | None,
@@ -279,8 +310,11 @@ class RunsService:
         with read_session(self.platform.engine) as s:
             return list(s.exec(select(Run).order_by(Run.created_at.desc()).limit(limit)))
 
-    def cancel(self, run_id: str) -> dict:
+    def cancel(self, run_id: str, user: User | None = None) -> dict:
+        """Cancel a queued or running run; another user's only for an admin (``user`` None: the server, the local
+        command line or a notebook in this process)."""
         run = self.get(run_id)
+        check_cancel(user, run)
         if run.status not in ACTIVE:
             return self.status(run_id)
         from distributed import Event

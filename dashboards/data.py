@@ -220,7 +220,13 @@ class DataPanel(PlatformView):
         ds = self.get(self.dataset)
         if ds is None:
             return
-        out = await asyncio.to_thread(self.platform.datasets.delete_embeddings, ds.id)
+        from app.users import Forbidden
+
+        try:
+            out = await asyncio.to_thread(self.platform.datasets.delete_embeddings, ds.id, self.user)
+        except (Forbidden, LookupError, ValueError) as exc:  # another user's, or deleted meanwhile
+            self.status.object, self.status.alert_type = md(exc), "danger"
+            return
         self.status.object = (f"Deleted the stored embeddings of {md(ds.file_name)} ({size_text(out['bytes_freed'])}"
                               "); the next run of each model computes them again.")
         self.status.alert_type = "success"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import tempfile
 import time
 import uuid
@@ -25,6 +26,28 @@ from pathlib import Path
 from typing import BinaryIO
 
 PARTIAL_PREFIX = ".partial-"
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_WRITER = re.compile(r"^\.partial-[a-z]+-w(\d+)h([0-9a-f]{8})-")
+
+
+def partial_prefix(kind: str) -> str:
+    """The name start of a temporary file this process writes (``.partial-<kind>-w<pid>h<host>-``): the writer in
+    the name lets a start on this host remove what a dead process left at once, and leave a live one's alone."""
+    return f"{PARTIAL_PREFIX}{kind}-w{os.getpid()}h{_HOST_TAG}-"
+
+
+def _writer_gone(name: str) -> bool:
+    """Whether the process named in a partial file's name is known to be gone (same host, no such pid)."""
+    m = _WRITER.match(name)
+    if m is None or m.group(2) != _HOST_TAG:
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another account's
+        return False
+    return False
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CACHE_KEY = re.compile(r"^[0-9a-f]{16,64}$")
 _SUFFIX = re.compile(r"^(\.[A-Za-z0-9]{1,8}){1,2}$")
@@ -131,7 +154,7 @@ class ArtifactStore:
         validate_file_name(file_name)
         digest = hashlib.sha256()
         size = 0
-        fd, tmp_name = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=self.home / "tmp")
+        fd, tmp_name = tempfile.mkstemp(prefix=partial_prefix("ingest"), dir=self.home / "tmp")
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -148,6 +171,7 @@ class ArtifactStore:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():
                 tmp.unlink()
+                os.utime(dest)  # in use again: the sweep of unrecorded files (app/lifecycle.py) counts from now
             else:
                 os.replace(tmp, dest)
             return sha, dest, size
@@ -156,13 +180,15 @@ class ArtifactStore:
             raise
 
     def remove_partials(self, older_than_s: float = 0.0) -> list[Path]:
-        """Delete what interrupted writes left behind (``.partial-*`` anywhere under the home) not modified for
-        ``older_than_s`` seconds: another live process's upload or result being written keeps changing."""
+        """Delete what interrupted writes left behind (``.partial-*`` anywhere under the home): at once when the
+        name says its writer was a process of this host that is gone, else once not modified for ``older_than_s``
+        seconds (another live process's upload or result being written keeps changing; an upload body idle past
+        ``HELICAL_PLATFORM_UPLOAD_IDLE_S`` is dropped)."""
         removed = []
         cutoff = time.time() - older_than_s
         for path in self.home.rglob(PARTIAL_PREFIX + "*"):
             try:
-                if path.is_file() and path.stat().st_mtime <= cutoff:
+                if path.is_file() and (_writer_gone(path.name) or path.stat().st_mtime <= cutoff):
                     path.unlink(missing_ok=True)
                     removed.append(path)
             except FileNotFoundError:  # finished (renamed into place) meanwhile

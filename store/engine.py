@@ -50,7 +50,12 @@ def _v4_to_v5(conn: Connection) -> None:
         conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS ix_{table}_created_by ON {table} (created_by)")
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+def _v5_to_v6(conn: Connection) -> None:
+    """Quota reservations of uploads in progress: a new table (``upload_reservations``), made by create_all."""
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
+                                                       5: _v5_to_v6}
 
 
 class TerminalStatusError(RuntimeError):
@@ -121,6 +126,20 @@ def write_session(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def lock_key(session: Session, key: str) -> None:
+    """Serialise the write transactions that name ``key`` (one user's quota, say) until ``session`` commits.
+
+    SQLite needs nothing more: ``write_session`` holds the database's only write lock from its first statement.
+    PostgreSQL gets a transaction-level advisory lock on a 63-bit hash of ``key``, so two replicas counting then
+    inserting for the same key take turns instead of both passing the count."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    import hashlib
+
+    number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
+    session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({number})")
 
 
 def schema_version(engine: Engine) -> int | None:

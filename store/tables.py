@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class RunStatus(StrEnum):
@@ -173,3 +173,17 @@ class AnnotatorEntry(SQLModel, table=True):
     provenance: dict[str, Any] = _json(dict)
     builtin: bool = False
     created_by: str | None = Field(default=None, index=True)  # the user who saved or imported it (schema 5)
+
+
+class UploadReservation(SQLModel, table=True):
+    """Bytes an upload in progress holds against its user's quota (``HELICAL_PLATFORM_QUOTA_GB``).
+
+    Reserved when the upload starts, grown as its bytes arrive, and gone when it is stored (in the transaction that
+    adds its dataset) or refused; a reservation whose server is gone (``owner``, as for runs) counts no more."""
+
+    __tablename__ = "upload_reservations"
+    id: str = Field(primary_key=True)
+    user: str = Field(index=True)
+    bytes: int = 0
+    owner: str  # the ServerInstance holding it
+    created_at: datetime = Field(default_factory=utcnow)

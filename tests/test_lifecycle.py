@@ -299,8 +299,11 @@ def test_an_upload_over_a_users_quota_is_refused_with_the_numbers_and_nothing_ke
         assert [d.id for d in p.datasets.list()] == [first.id]
         stored = list((p.artifacts.home / "datasets").rglob("*.h5ad"))
         assert stored == [p.datasets.path(first)]  # the refused bytes are not kept
-        with open(PBMC, "rb") as fh:  # the same bytes again take no more room: not refused
-            assert p.datasets.ingest(fh, "pbmc again.h5ad", alice).id == first.id
+        with open(PBMC, "rb") as fh:  # the same bytes again take no more room: not refused, nothing charged
+            assert p.datasets.ingest(fh, "pbmc again.h5ad", User("bob")).id == first.id
+        assert user_bytes(p, "bob") == 0
+        with open(PBMC, "rb") as fh, pytest.raises(QuotaExceeded):  # bytes are reserved as they arrive, before
+            p.datasets.ingest(fh, "pbmc again.h5ad", alice)  # their content is known: at her quota, refused
         with open(other, "rb") as fh:  # another user has room
             assert p.datasets.ingest(fh, "other.h5ad", User("bob")).created_by == "bob"
     finally:
