@@ -17,8 +17,8 @@ from store.engine import read_session, write_session
 from store.tables import Dataset
 
 if TYPE_CHECKING:
-    from app.users import User
     from app.lifecycle import QuotaReservation
+    from app.users import User
 
 log = logging.getLogger(__name__)
 __all__ = ["CheckReport", "DatasetInUse", "DatasetRejected", "DatasetService", "NotFound"]  # CheckReport: for the views
@@ -36,7 +36,6 @@ class DatasetRejected(ValueError):
         return CheckReport(self.report).unreadable
 
 
-class NotFound(LookupError):
 class _Metered:
     """A stream that grows its upload's quota reservation as its bytes are read (before they are written)."""
 
@@ -60,6 +59,7 @@ def _known_size(source: BinaryIO) -> int:
         return 0
 
 
+class NotFound(LookupError):
     pass
 
 
@@ -130,11 +130,11 @@ class DatasetService:
         ds = Dataset(id=new_id(), file_name=file_name, sha256=sha, size_bytes=size, n_cells=checked.n_cells,
                      n_genes=checked.n_genes, check_report=report, created_by=user.name if user else None)
         with write_session(self.platform.engine) as s:
+            if reservation is not None:
+                reservation.settle(s)  # the dataset now counts instead, in the same transaction
             s.add(ds)
         return ds
 
-            if reservation is not None:
-                reservation.settle(s)  # the dataset now counts instead, in the same transaction
     def get(self, dataset_id: str) -> Dataset:
         validate_uuid4(dataset_id, "dataset id")
         with read_session(self.platform.engine) as s:
@@ -174,10 +174,10 @@ class DatasetService:
         from app.users import check_delete
 
         ds = self.get(dataset_id)
+        check_delete(user, ds.created_by, f"Dataset {ds.file_name} (its stored embeddings)")
         return {"dataset_id": ds.id, "bytes_freed": self.embeddings.delete(ds.sha256)}
 
     def delete(self, dataset_id: str, cascade: bool = False, user: User | None = None) -> dict:
-        check_delete(user, ds.created_by, f"Dataset {ds.file_name} (its stored embeddings)")
         """Delete the dataset, its file, stored embeddings and cached heads; with ``cascade`` its finished runs
         (``app/lifecycle.py``: rows in one transaction, files under a journal a restart finishes)."""
         from app.lifecycle import delete_dataset
