@@ -86,9 +86,11 @@ def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str
         column = column.astype(str).astype("category")
     column = column.cat.rename_categories([str(c) for c in column.cat.categories])
     cats = categories or sorted(column.cat.categories)
-    # recoding a categorical maps its few categories, never its millions of cells' strings
+    # recoding a categorical maps its few categories, never its millions of cells' strings. set_categories, not
+    # astype: pandas treats unordered dtypes with the same categories in another order as equal, so astype kept
+    # the file's order of first appearance and the image's layers took the colours of other labels in the legend
     data = cells[["umap_1", "umap_2", *[c for c in vdims if c != color_by]]].assign(
-        **{color_by: column.astype(pd.CategoricalDtype(cats))})
+        **{color_by: column.cat.set_categories(cats)})
     points = hv.Points(data, kdims=["umap_1", "umap_2"], vdims=vdims)
     raster = rasterize(points, aggregator=ds.count_cat(color_by), selector=selector)
     keyed = color_key(cats)
