@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, BinaryIO
 from sqlmodel import select
 
 from app.annotate import vocabularies
-from inference.checks import CheckReport, check_file
+from inference.check_sandbox import check_isolated
+from inference.checks import CheckReport
 from inference.embedding_store import EmbeddingStore
 from store.artifacts import InvalidIdError, file_suffix, new_id, validate_file_name, validate_uuid4
 from store.engine import read_session, write_session
@@ -122,7 +123,9 @@ class DatasetService:
             except QuotaExceeded:
                 path.unlink(missing_ok=True)  # no other dataset has these bytes (checked above)
                 raise
-        report = check_file(path, file_name, vocabularies(self.platform.weights))
+        settings = self.platform.settings  # the first check of a stranger's bytes: in a limited child process
+        report = check_isolated(path, file_name, vocabularies(self.platform.weights), settings.check_memory_mb,
+                                settings.check_timeout_s)
         checked = CheckReport(report)
         if not checked.ok:
             path.unlink(missing_ok=True)  # no other dataset has these bytes (checked above)
