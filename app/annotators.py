@@ -192,8 +192,8 @@ class AnnotatorsService:
             out.parent.mkdir(parents=True, exist_ok=True)
             meta = annotator_json(a)
             meta["model_id"] = meta.pop("model")
-            for key in ("annotator_id", "head", "head_sha256", "classes", "check", "format_version", "created_by"):
-                meta.pop(key)
+            for key in ("annotator_id", "head", "head_sha256", "check", "format_version", "created_by"):
+                meta.pop(key)  # the classes stay: an import checks the arrays' shapes against them
             write_annotator_file(out, meta, self.platform.artifacts.annotator_path(a.head_sha256).read_bytes())
         return out
 

@@ -22,9 +22,12 @@ from app.loopwatch import WATCH
 from app.platform import Platform
 from app.runs import InvalidRun, ModelCannotUse, RunNotFinished
 from app.users import ANONYMOUS, Forbidden, User, token_user, user
+from inference.annotator_file import json_depth
 from store.artifacts import InvalidIdError, UploadTooLargeError
 
 log = logging.getLogger(__name__)
+MAX_JSON_BODY = 1 << 20  # the API's JSON requests are a few hundred bytes; an ontology map of 10,000 labels fits
+MAX_JSON_DEPTH = 32  # the deepest request (submit's options, an ontology map) nests 2 levels
 
 
 def _default(obj: object) -> object:
@@ -172,10 +175,20 @@ class ApiHandler(tornado.web.RequestHandler):
         if not is_json(ctype):
             raise ApiError(415, "unsupported_media_type", "Send the body as JSON with 'Content-Type: "
                            "application/json'.", {"content_type": ctype})
+        body = self.request.body or b"{}"
+        if len(body) > MAX_JSON_BODY:
+            raise ApiError(413, "too_large", f"A JSON body is at most {MAX_JSON_BODY:,} bytes; this one is "
+                           f"{len(body):,}. Files go to their own endpoints (e.g. /api/upload).")
         try:
-            data = json.loads(self.request.body or b"{}")
-        except json.JSONDecodeError as exc:
+            data = json.loads(body)
+        except RecursionError:  # the parser recurses once per level: [[[[…]]]] 100,000 deep exhausts it
+            raise ApiError(400, "invalid_json", f"The body nests lists or objects too deeply; at most "
+                           f"{MAX_JSON_DEPTH} levels are read.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, "invalid_json", f"The body is not JSON: {exc}.") from None
+        if json_depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:  # parsed, but code that walks it may recurse too
+            raise ApiError(400, "invalid_json", f"The body nests lists or objects more than {MAX_JSON_DEPTH} "
+                           "levels deep; no request of this API needs that.")
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_json", "The body must be a JSON object.")
         return data

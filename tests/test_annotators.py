@@ -140,7 +140,8 @@ def test_bad_files_and_names_are_refused_with_their_reason_and_nothing_is_stored
             manifest = json.loads(parts["manifest.json"])
             import hashlib
 
-            manifest["parts"]["head.npz"]["sha256"] = hashlib.sha256(parts["head.npz"]).hexdigest()
+            manifest["parts"]["head.npz"] = {"sha256": hashlib.sha256(parts["head.npz"]).hexdigest(),
+                                             "bytes": len(parts["head.npz"])}
             parts["manifest.json"] = json.dumps(manifest).encode()
 
         def smuggled(parts: dict) -> None:
