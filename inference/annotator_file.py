@@ -452,7 +452,8 @@ def _check_shapes(arrays: dict[str, _Array], kind: str, meta: dict) -> None:
     if rows != c and not (kind == "logistic_regression" and c == 2 and rows == 1):
         raise _refuse(f"{weight!r} has {rows:,} rows for {c:,} classes")
     _expect(arrays, "clf__intercept" if kind == "logistic_regression" else "clf__bias", (rows,), "f")
-    _expect(arrays, "clf__temperature", (), "f")
+    if "clf__temperature" in arrays:  # heads saved before calibration have neither
+        _expect(arrays, "clf__temperature", (), "f")
     if "clf__calibration_cells" in arrays:
         _expect(arrays, "clf__calibration_cells", (), "iu")
 
