@@ -7,28 +7,28 @@ trace. State-changing calls from another site's page are refused (403, app/cross
 
 from __future__ import annotations
 
-import hmac
 import logging
 
 import tornado.web
 
-from app import security_headers
+from app import security_headers, server_access
 from app.cross_site import harden_cookies
-from app.downloads import download_signature
+from app.downloads import link_refusal
 from app.loopwatch import WATCH
 from app.rest_annotators import ROUTES as ANNOTATOR_ROUTES
 from app.rest_base import ApiError, ApiHandler, attachment, platform
 from app.rest_datasets import DATASET_ROUTES
 from app.rest_json import application_json, dataset_json, model_json, run_json
 from app.rest_lifecycle import LIFECYCLE_ROUTES
-from app.runs import TooManyRuns
 from app.rest_upload import UploadHandler
+from app.runs import TooManyRuns
 from inference.backends import requires_gpu
 from inference.devices import device_label
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 security_headers.install()  # this module is the server's --plugins module: imported before the server starts
+server_access.install()  # unknown Host headers refused (DNS rebinding); no start without a login when users exist
 harden_cookies()  # SameSite, Secure over HTTPS, HttpOnly on the login cookie (Panel sets none of the first two)
 
 
@@ -148,12 +148,23 @@ class ResultsHandler(ApiHandler):
 
 class DownloadHandler(ApiHandler):
     def authorize(self) -> None:
+        """A signed link the server made (app/downloads.py: this run, this format, not expired) lets its holder
+        in; anything else needs what every call needs (a token, or the dashboard's login when users exist). A
+        forged, changed or expired link is no credential: refused with why, unless the caller brings one."""
         sig = self.get_query_argument("sig", None)
-        run_id = self.path_args[0] if self.path_args else ""
-        fmt = self.get_query_argument("format", "h5ad")
-        if sig and hmac.compare_digest(sig, download_signature(platform(), run_id, fmt)):
-            return
-        super().authorize()
+        refusal = None
+        if sig is not None:
+            run_id = self.path_args[0] if self.path_args else ""
+            refusal = link_refusal(platform(), run_id, self.get_query_argument("format", "h5ad"),
+                                   self.get_query_argument("exp", None), sig)
+            if refusal is None:
+                return
+        try:
+            super().authorize()
+        except ApiError as err:
+            if refusal is not None and err.status == 401:
+                raise ApiError(401, "invalid_link", f"{refusal} Or send 'Authorization: Bearer <token>'.") from None
+            raise
 
     async def get(self, run_id: str) -> None:
         fmt = self.get_query_argument("format", "h5ad")

@@ -21,6 +21,7 @@ from app.lifecycle import QuotaExceeded, RunInUse
 from app.loopwatch import WATCH
 from app.platform import Platform
 from app.runs import InvalidRun, ModelCannotUse, RunNotFinished
+from app.server_access import dashboard_login
 from app.users import ANONYMOUS, Forbidden, User, token_user, user
 from inference.annotator_file import json_depth
 from store.artifacts import InvalidIdError, UploadTooLargeError
@@ -114,11 +115,12 @@ class ApiHandler(tornado.web.RequestHandler):
         if login:  # logged in to the dashboard through Panel's authentication
             self.user = user(settings, login)
             return
-        if not settings.api_token and settings.tokens_file is None:
-            self.user = user(settings, ANONYMOUS)
+        if not settings.api_token and settings.tokens_file is None and not dashboard_login(self.application):
+            self.user = user(settings, ANONYMOUS)  # an open server: no token, no tokens file, no dashboard login
             return
         raise ApiError(401, "unauthorized", "Send 'Authorization: Bearer <token>' (HELICAL_PLATFORM_API_TOKEN, or "
-                       "your own from HELICAL_PLATFORM_TOKENS).")
+                       "your own from HELICAL_PLATFORM_TOKENS), or sign in to the dashboard first (its login "
+                       "cookie is accepted).")
 
     def login_name(self) -> str:
         """The user Panel's authentication (basic auth, OAuth/OIDC) logged in, or ''."""

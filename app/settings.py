@@ -68,6 +68,18 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[Origin, ...]:
         raise SettingsError(f"{name}: {exc}") from None
 
 
+MAX_LINK_S = 7 * 24 * 3600
+
+
+def _link_seconds(env: Mapping[str, str], name: str) -> int:
+    """A signed download link's lifetime: at least a minute, at most a week (a link is a credential: one that
+    never expires is a password that cannot be changed)."""
+    value = _int(env, name, 3600, minimum=60)
+    if value > MAX_LINK_S:
+        raise SettingsError(f"{name}={value} is over a week ({MAX_LINK_S} s): give a shorter lifetime.")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -91,6 +103,7 @@ class Settings:
     tokens_file: Path | None = None  # "user token" per line: REST tokens that say who calls (app/users.py)
     admins: tuple[str, ...] = ()  # users who may delete anything
     quota_gb: float = 0.0  # per user: datasets and runs they made; an upload over it is refused (0: no quota)
+    download_link_s: int = 3600  # how long a signed download link works (app/downloads.py)
     check_memory_mb: int = 4096  # a file's first check runs in a child process limited to this address space
     check_timeout_s: int = 900  # ... and stopped after this long (inference/check_sandbox.py)
     max_queued_runs: int = 20  # per user: runs queued or running at once; more are refused (429; 0: no limit)
@@ -126,6 +139,7 @@ class Settings:
             tokens_file=Path(env[ENV_PREFIX + "TOKENS"]).expanduser() if env.get(ENV_PREFIX + "TOKENS") else None,
             admins=tuple(a.strip() for a in (env.get(ENV_PREFIX + "ADMINS") or "").split(",") if a.strip()),
             quota_gb=_gigabytes(env, ENV_PREFIX + "QUOTA_GB"),
+            download_link_s=_link_seconds(env, ENV_PREFIX + "DOWNLOAD_LINK_S"),
             check_memory_mb=_int(env, ENV_PREFIX + "CHECK_MEMORY_MB", 4096, minimum=1024),
             check_timeout_s=_int(env, ENV_PREFIX + "CHECK_TIMEOUT_S", 900, minimum=10),
             max_queued_runs=_int(env, ENV_PREFIX + "MAX_QUEUED_RUNS", 20, minimum=0),

@@ -8,7 +8,6 @@ with every way a request can say (or not say) where it comes from; a browser the
 from __future__ import annotations
 
 import hashlib
-import hmac
 import http.server
 import json
 import socket
@@ -402,9 +401,13 @@ def test_signed_download_links_work_whatever_page_they_are_followed_from(server,
 
     status = wait_until(finished, 300, f"run {victim_run}", interval=1)
     assert status == "done", bearer(server, "GET", f"/api/status/{victim_run}").json()
-    sig = hmac.new(TOKEN.encode(), f"{victim_run}:csv".encode(), "sha256").hexdigest()
-    r = requests.get(server.url + f"/api/download/{victim_run}", params={"format": "csv", "sig": sig},
-                     headers={"Referer": FOREIGN + "/mail.html", "Origin": FOREIGN}, timeout=60)
+    from types import SimpleNamespace
+
+    from app.downloads import download_url
+
+    settings = SimpleNamespace(home=server.home, download_link_s=3600)  # the server's secret, in its data home
+    link = download_url(SimpleNamespace(settings=settings), victim_run, "csv")
+    r = requests.get(server.url + link, headers={"Referer": FOREIGN + "/mail.html", "Origin": FOREIGN}, timeout=60)
     assert r.status_code == 200 and r.text.startswith("cell_id,"), r.text[:200]
     record("security", "Signed download links from any page (GET is never refused)",
            "the dashboard's signed CSV link followed with a foreign Origin and Referer", "200, the CSV",

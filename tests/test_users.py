@@ -3,6 +3,7 @@ own unless an admin; a served instance over real HTTP, and the tokens file's rul
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anndata as ad
@@ -31,8 +32,11 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("users")
     tokens = tmp / "tokens.txt"
     tokens.write_text("# user token\n" + "".join(f"{u} {t}\n" for u, t in TOKENS.items()))
+    logins = tmp / "users.json"  # users configured: the dashboard must ask for a login too, or the server stops
+    logins.write_text(json.dumps({u: f"{u}-password-123" for u in TOKENS}))
     with make_serve(tmp, {"HELICAL_PLATFORM_TOKENS": str(tokens), "HELICAL_PLATFORM_ADMINS": "carol",
-                          "HELICAL_PLATFORM_API_TOKEN": SHARED, "HELICAL_PLATFORM_QUOTA_GB": "0.03"}) as s:
+                          "HELICAL_PLATFORM_API_TOKEN": SHARED, "HELICAL_PLATFORM_QUOTA_GB": "0.03",
+                          "SERVE_ARGS": f"--basic-auth {logins} --cookie-secret {'t' * 32}"}) as s:
         yield s
 
 

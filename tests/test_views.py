@@ -301,18 +301,16 @@ def test_the_dashboards_views_are_linked_by_parameters_and_take_the_platform_as_
     assert dash.results.run == run_id
 
 
-def test_download_links_come_from_the_service_signed_when_a_token_is_set():
+def test_download_links_come_from_the_service_signed_and_expiring(tmp_path):
     import hmac
     from types import SimpleNamespace
 
-    from app.downloads import download_signature, download_url
+    from app.downloads import download_url, link_secret
 
-    open_server = SimpleNamespace(settings=SimpleNamespace(api_token=None))
-    assert download_url(open_server, "r1", "csv") == "/api/download/r1?format=csv"
-    locked = SimpleNamespace(settings=SimpleNamespace(api_token="secret"))
-    sig = hmac.new(b"secret", b"r1:h5ad", "sha256").hexdigest()
-    assert download_signature(locked, "r1", "h5ad") == sig
-    assert download_url(locked, "r1", "h5ad") == f"/api/download/r1?format=h5ad&sig={sig}"
+    p = SimpleNamespace(settings=SimpleNamespace(home=tmp_path, download_link_s=600, api_token=None))
+    url = download_url(p, "r1", "csv", now=1000)  # signed whatever the settings: a credential when one is needed
+    sig = hmac.new(link_secret(tmp_path), b"helical-platform download\nr1\ncsv\n1600", "sha256").hexdigest()
+    assert url == f"/api/download/r1?format=csv&exp=1600&sig={sig}"
 
 
 def test_dashboards_import_only_the_app_layer_and_never_its_rest_module():
