@@ -6,7 +6,8 @@ VENV ?= .venv
 STAMP := $(VENV)/.installed
 HELICAL_PLATFORM_PORT ?= 5006
 HELICAL_PLATFORM_ADDRESS ?= localhost
-# host[:port] as users type it, comma-separated: the pages allowed to open the dashboard's websocket. Bokeh's own
+# host[:port] as users type it, comma-separated: the pages allowed to open the dashboard's websocket, and the only
+# Host names the server answers on any request (app/server_access.py; others get 403, DNS rebinding). Bokeh's own
 # default without the option is localhost:<port> too; it is given explicitly so that it is visible, and never '*'.
 HELICAL_PLATFORM_ALLOW_ORIGIN ?= localhost:$(HELICAL_PLATFORM_PORT)
 comma := ,
