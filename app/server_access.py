@@ -20,6 +20,7 @@ start and says how to add ``--basic-auth`` or OAuth.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 from collections.abc import Iterable
@@ -130,8 +131,18 @@ def refuse_start_without_login() -> None:
 
 
 def login_refusal(settings: Settings, has_login: bool) -> str | None:
-    """Why the server must not start: users are configured for the API but the dashboard has no login."""
-    if has_login or not multi_user(settings):
+    """Why the server must not start: users are configured for the API but the dashboard has no login; or the
+    shared API token guards the API of a server listening beyond this machine while its dashboard, which can do
+    all the API can, is open (on loopback only local accounts reach it, and the Host check keeps pages out)."""
+    if has_login:
+        return None
+    if not multi_user(settings):
+        if settings.api_token and not _loopback(settings.address):
+            return (f"Not starting: HELICAL_PLATFORM_API_TOKEN guards the REST API, but the dashboard, listening on "
+                    f"{settings.address}, has no login, and anyone who reaches it could do all the token guards. "
+                    "Give it one: make serve SERVE_ARGS=\"--basic-auth users.json --cookie-secret $(openssl rand "
+                    "-hex 32)\" or an OAuth/OIDC provider (README, Lab server); or serve on localhost "
+                    "(HELICAL_PLATFORM_ADDRESS=localhost).")
         return None
     which = " and ".join(v for v, on in (("HELICAL_PLATFORM_TOKENS", settings.tokens_file is not None),
                                          ("HELICAL_PLATFORM_ADMINS", bool(settings.admins))) if on)
@@ -143,6 +154,15 @@ def login_refusal(settings: Settings, has_login: bool) -> str | None:
             "SERVE_ARGS=\"--oauth-provider generic --oauth-key <client id> --oauth-secret <client secret> "
             "--cookie-secret <secret>\" (README, Lab server); or, for a single-user server, unset "
             f"{which}.")
+
+
+def _loopback(address: str) -> bool:
+    if address.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, not this machine alone
 
 
 _installed = False

@@ -153,11 +153,18 @@ def test_users_without_a_dashboard_login_is_refused_with_how_to_add_one(tmp_path
         assert "--basic-auth" in why and "--cookie-secret" in why and "--oauth-provider" in why
         assert login_refusal(settings, has_login=True) is None
     assert login_refusal(Settings.from_env({}), has_login=False) is None  # one user: the open server as before
-    assert login_refusal(Settings.from_env({"HELICAL_PLATFORM_API_TOKEN": "t" * 20}), has_login=False) is None
+    shared = {"HELICAL_PLATFORM_API_TOKEN": "t" * 20}
+    for address in ("localhost", "127.0.0.1", "::1"):  # only this machine's accounts reach it
+        assert login_refusal(Settings.from_env({**shared, "HELICAL_PLATFORM_ADDRESS": address}), False) is None
+    for address in ("0.0.0.0", "::", "192.168.1.20", "lab.example.org"):  # the network does: a login is needed
+        why = login_refusal(Settings.from_env({**shared, "HELICAL_PLATFORM_ADDRESS": address}), has_login=False)
+        assert why is not None and "HELICAL_PLATFORM_API_TOKEN" in why and "--basic-auth" in why, address
+        assert login_refusal(Settings.from_env({**shared, "HELICAL_PLATFORM_ADDRESS": address}), True) is None
     record("security", "Users without a dashboard login: the rule", "tokens file, admins, neither, the shared "
-           "token alone; each with and without a login", "refused (naming --basic-auth, --cookie-secret and OAuth) "
-           "exactly when users are configured and there is no login", "no anonymous dashboard beside a locked API",
-           request.node.nodeid)
+           "token alone on loopback and on network addresses; each with and without a login",
+           "refused (naming --basic-auth, --cookie-secret and OAuth) exactly when users are configured, or the "
+           "shared token guards a server listening beyond loopback, and there is no login",
+           "no anonymous dashboard beside a locked API", request.node.nodeid)
 
 
 def test_the_sidebar_says_who_may_delete_what(tmp_path, monkeypatch, request):
