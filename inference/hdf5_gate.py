@@ -242,7 +242,7 @@ def _loom_shapes(f: h5py.File) -> None:
 
 def _open(path: Path) -> h5py.File:
     try:
-        return h5py.File(path, "r", locking=False)
+        return h5py.File(path, "r")  # HDF5's default locking: a file open twice in a process must agree on it
     except OSError as exc:
         raise _corrupt(exc) from None
 

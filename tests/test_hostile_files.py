@@ -232,3 +232,16 @@ def test_text_formats_that_declare_more_than_their_bytes_are_refused_before_read
     assert report["errors"][0]["code"] == UNSAFE, report
     record("security", f"Hostile text file: {case}", f"{fmt} through its gate", f"refused: {str(caught.value)[:140]}",
            "nothing allocated for the declared size", request.node.nodeid)
+
+
+def test_the_gate_opens_a_file_another_reader_holds_open(folder):
+    """A run whose reference is its query opens one file twice in a worker: the gate must agree with anndata's
+    HDF5 locking flags (a mismatch failed such runs as 'could not be read')."""
+    path = H.valid(folder)
+    held = ad.read_h5ad(path, backed="r")
+    try:
+        adata, _ = open_anndata(path, path.name)
+        assert adata.n_obs == held.n_obs
+        adata.file.close()
+    finally:
+        held.file.close()
