@@ -22,9 +22,12 @@ MINE = {"name": "mine", "in": "query", "required": False, "schema": {"type": "st
 GROUP_ID = {"name": "group_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 REF = "#/components/schemas/"
-COMMON_ERRORS = {"401": _error("Missing or wrong bearer token"), "400": _error("Invalid input")}
+COMMON_ERRORS = {"401": _error("Missing or wrong bearer token (or, for a download, no valid unexpired signed link)"),
+                 "400": _error("Invalid input")}
 CROSS_SITE = {"403": _error("Sent by another site's page: an Origin (or Referer) that is neither this server's nor "
                             "in HELICAL_PLATFORM_ALLOWED_ORIGINS, without the bearer token (code cross_origin)")}
+NOT_YOURS = {"403": _error("Another user's (code forbidden: only its maker or an admin may), or sent by another "
+                           "site's page (code cross_origin)")}
 
 
 def openapi_document() -> dict:
@@ -65,8 +68,12 @@ def openapi_document() -> dict:
                 "multipart/form-data": {"schema": {"type": "object", "properties": {
                     "file": {"type": "string", "format": "binary"}}, "required": ["file"]}}}},
             "responses": {"201": _json({"$ref": REF + "Dataset"}, "Stored and checked"),
+                          "408": _error("The body stopped arriving for HELICAL_PLATFORM_UPLOAD_IDLE_S "
+                                        "(code upload_idle); nothing was kept"),
                           "413": _error("Above the upload limit (too_large), or the user's quota (over_quota)"),
-                          "415": _error("Not a readable single-cell file"),
+                          "415": _error("Not a readable single-cell file, or one whose structure is refused before "
+                                        "reading (external storage or links, sparse indices outside the matrix, ...)"
+                                        ": code unreadable_file, the report says what and where"),
                           **CROSS_SITE, **COMMON_ERRORS}}},
         "/api/submit": {"post": {
             "summary": "Submit a run (answers at once)", "operationId": "submit",
@@ -78,7 +85,10 @@ def openapi_document() -> dict:
                 "required": ["run_id", "status"]}, "Accepted"),
                 "404": _error("Unknown application, model or dataset"),
                 "415": _error("The body is not sent as application/json (code unsupported_media_type)"),
-                "422": _error("The model cannot use this file"), **CROSS_SITE, **COMMON_ERRORS}}},
+                "413": _error("The JSON body is over 1 MB (code too_large)"),
+                "422": _error("The model cannot use this file"),
+                "429": _error("The caller has HELICAL_PLATFORM_MAX_QUEUED_RUNS runs queued or running (code "
+                              "too_many_runs; Retry-After says when to try again)"), **CROSS_SITE, **COMMON_ERRORS}}},
         "/api/status/{run_id}": {"get": {"summary": "Status and progress of a run", "operationId": "status",
                                          "parameters": [RUN_ID],
                                          "responses": {"200": _json({"$ref": REF + "Status"}),
@@ -108,7 +118,7 @@ def openapi_document() -> dict:
         "/api/runs/{run_id}/cancel": {"post": {"summary": "Cancel a run", "operationId": "cancel",
                                                "parameters": [RUN_ID],
                                                "responses": {"200": _json({"$ref": REF + "Status"}),
-                                                             "404": _error("Unknown run"), **CROSS_SITE,
+                                                             "404": _error("Unknown run"), **NOT_YOURS,
                                                              **COMMON_ERRORS}}},
         "/api/annotators": {
             "get": {"summary": "List saved annotators, newest first", "operationId": "listAnnotators",
@@ -168,7 +178,7 @@ def openapi_document() -> dict:
             "delete": {"summary": "Free the dataset's stored embeddings (runs keep their own)",
                        "operationId": "deleteDatasetEmbeddings", "parameters": [DATASET_ID],
                        "responses": {"200": _json({"type": "object"}), "404": _error("Unknown dataset"),
-                                     **CROSS_SITE, **COMMON_ERRORS}}},
+                                     **NOT_YOURS, **COMMON_ERRORS}}},
         "/api/groups/{group_id}": {"get": {
             "summary": "The runs submitted together (one per model) and their metrics side by side",
             "operationId": "group", "parameters": [GROUP_ID],
