@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -22,7 +26,20 @@ if TYPE_CHECKING:
     from app.users import User
 
 log = logging.getLogger(__name__)
-__all__ = ["CheckReport", "DatasetInUse", "DatasetRejected", "DatasetService", "NotFound"]  # CheckReport: for the views
+# Storing and checking an upload can take minutes (its check is a child process of up to the check's time limit):
+# they get threads of their own, two at a time, so that uploads waiting their turn never hold the threads every
+# other API call and dashboard action runs on.
+INGEST_THREADS = 2
+_ingest_pool = ThreadPoolExecutor(max_workers=INGEST_THREADS, thread_name_prefix="ingest")
+
+
+async def run_ingest[T](fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Run ``fn`` (an ingest: store, check, record) on the ingest threads, from the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_ingest_pool, partial(fn, *args, **kwargs))
+
+
+# CheckReport: for the views
+__all__ = ["CheckReport", "DatasetInUse", "DatasetRejected", "DatasetService", "NotFound", "run_ingest"]
 
 
 class DatasetRejected(ValueError):

@@ -17,6 +17,7 @@ from pathlib import Path
 import tornado.web
 from tornado.ioloop import IOLoop
 
+from app.datasets import run_ingest
 from app.lifecycle import RESERVE_STEP, QuotaExceeded, reserve
 from app.rest_base import ApiError, ApiHandler, platform
 from app.rest_json import dataset_json
@@ -166,8 +167,8 @@ class UploadHandler(ApiHandler):
                 raise ApiError(400, "invalid_request", "The multipart body has no file field.")
             validate_file_name(self.file_name)
             with open(self.tmp_path, "rb") as fh:
-                ds = await self.call(platform().datasets.ingest, fh, self.file_name, user=self.user,
-                                     reservation=self.reservation)
+                ds = await run_ingest(platform().datasets.ingest, fh, self.file_name, user=self.user,
+                                      reservation=self.reservation)
         finally:
             self.tmp_path.unlink(missing_ok=True)
             if self.reservation is not None:
@@ -190,6 +191,8 @@ class UploadHandler(ApiHandler):
         out = getattr(self, "out", None)
         if out is not None and not out.closed:
             out.close()
+        if getattr(self, "_body_done", False) and getattr(self, "failure", None) is None:
+            return  # post() is storing and checking the file: it owns the file and the reservation until it ends
         if getattr(self, "tmp_path", None) is not None:
             self.tmp_path.unlink(missing_ok=True)
         reservation, self.reservation = getattr(self, "reservation", None), None

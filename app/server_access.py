@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +33,8 @@ import tornado.web
 
 from app.settings import Settings, SettingsError
 from app.users import multi_user
+
+log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 ALLOW_VARIABLE = "HELICAL_PLATFORM_ALLOW_ORIGIN"
@@ -128,6 +132,45 @@ def refuse_start_without_login() -> None:
     one (panel_serve.py calls it before the platform starts its cluster; app.rest again when Panel imports it)."""
     if (login := _panel_serve_login()) is not None:
         _check_login(login)
+        options = _serve_options()
+        try:
+            settings = Settings.from_env()
+        except SettingsError as exc:
+            raise SystemExit(f"Not starting: {exc}") from None
+        if (why := basic_auth_refusal(settings, _option(options, "--basic-auth")
+                                      or os.environ.get("PANEL_BASIC_AUTH"))) is not None:
+            raise SystemExit(why)
+        for secret in ("--cookie-secret", "--oauth-secret"):
+            if _option(options, secret):
+                log.warning("%s is on the command line, where every account on this host reads it (ps, "
+                            "/proc/<pid>/cmdline) and can forge a login with it: give it as the environment "
+                            "variable PANEL_%s instead.", secret, secret[2:].upper().replace("-", "_"))
+
+
+def _serve_options() -> list[str]:
+    argv = list(getattr(sys, "orig_argv", sys.argv))
+    starts = [i for i, a in enumerate(argv[:-1]) if Path(a).name == "panel" and argv[i + 1] == "serve"]
+    return argv[starts[0] + 2:] if starts else []
+
+
+def _option(options: list[str], name: str) -> str | None:
+    for i, a in enumerate(options):
+        if a == name and i + 1 < len(options):
+            return options[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def basic_auth_refusal(settings: Settings, basic_auth: str | None) -> str | None:
+    """Why Panel's basic auth as given does not tell users apart: ``--basic-auth`` with one password (not a file
+    of users) lets anyone sign in under any name, an admin's too."""
+    if not basic_auth or not multi_user(settings) or Path(basic_auth).is_file():
+        return None
+    return ("Not starting: --basic-auth is given one password, not a file of users, so anyone holding it may sign "
+            "in under any name, an admin's too; with users configured (HELICAL_PLATFORM_TOKENS or "
+            "HELICAL_PLATFORM_ADMINS) give it a JSON file of {\"user\": \"password\"} with the same names, "
+            "--basic-auth users.json (README, Lab server).")
 
 
 def login_refusal(settings: Settings, has_login: bool) -> str | None:
@@ -140,19 +183,19 @@ def login_refusal(settings: Settings, has_login: bool) -> str | None:
         if settings.api_token and not _loopback(settings.address):
             return (f"Not starting: HELICAL_PLATFORM_API_TOKEN guards the REST API, but the dashboard, listening on "
                     f"{settings.address}, has no login, and anyone who reaches it could do all the token guards. "
-                    "Give it one: make serve SERVE_ARGS=\"--basic-auth users.json --cookie-secret $(openssl rand "
-                    "-hex 32)\" or an OAuth/OIDC provider (README, Lab server); or serve on localhost "
+                    "Give it one: PANEL_COOKIE_SECRET=$(openssl rand -hex 32) make serve SERVE_ARGS=\"--basic-auth "
+                    "users.json\" or an OAuth/OIDC provider (README, Lab server); or serve on localhost "
                     "(HELICAL_PLATFORM_ADDRESS=localhost).")
         return None
     which = " and ".join(v for v, on in (("HELICAL_PLATFORM_TOKENS", settings.tokens_file is not None),
                                          ("HELICAL_PLATFORM_ADMINS", bool(settings.admins))) if on)
     return (f"Not starting: {which} configures users, so the REST API asks who calls, but the dashboard has no "
             "login and would let anyone in as one anonymous user. Give it one: basic auth with a JSON file of "
-            "{\"user\": \"password\"} and a random cookie secret, "
-            "make serve SERVE_ARGS=\"--basic-auth users.json --cookie-secret $(openssl rand -hex 32)\" "
-            "(use the same user names as the tokens file), or an OAuth/OIDC provider, "
-            "SERVE_ARGS=\"--oauth-provider generic --oauth-key <client id> --oauth-secret <client secret> "
-            "--cookie-secret <secret>\" (README, Lab server); or, for a single-user server, unset "
+            "{\"user\": \"password\"} and a random cookie secret in the environment (not on the command line, "
+            "where every local account reads it), PANEL_COOKIE_SECRET=$(openssl rand -hex 32) make serve "
+            "SERVE_ARGS=\"--basic-auth users.json\" (use the same user names as the tokens file), or an "
+            "OAuth/OIDC provider, SERVE_ARGS=\"--oauth-provider generic --oauth-key <client id>\" with "
+            "PANEL_OAUTH_SECRET and PANEL_COOKIE_SECRET set (README, Lab server); or, for a single-user server, unset "
             f"{which}.")
 
 

@@ -141,11 +141,11 @@ class DataPanel(PlatformView):
         return self._by_id.get(dataset_id) if dataset_id else None
 
     async def _ingest(self, make_stream, name: str) -> None:  # noqa: ANN001
-        from app.datasets import DatasetRejected
+        from app.datasets import DatasetRejected, run_ingest
 
         self.status.object, self.status.alert_type = f"Checking {md(name)} …", "info"
         try:
-            ds = await asyncio.to_thread(make_stream)
+            ds = await run_ingest(make_stream)
         except DatasetRejected as exc:
             self.status.object, self.status.alert_type = f"{md(name)} was not stored: see below.", "danger"
             self.report.object = report_markdown(exc.report, name)

@@ -27,6 +27,7 @@ from pathlib import Path
 from inference.checks import Vocabulary, check_file
 
 REPO = Path(__file__).resolve().parents[1]
+MAX_REPORT_BYTES = 4 * 2**20  # a real report is a few kB to a few hundred kB (500 classes per label column)
 # Variables the child keeps (locale and paths a Python needs); everything else, secrets included, is dropped.
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR", "HOME", "VIRTUAL_ENV", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -67,6 +68,10 @@ def check_isolated(path: Path, name: str, vocabularies: Mapping[str, object], me
                            "read is malformed or far larger than it looks; write it again with anndata "
                            "(adata.write_h5ad), or ask the administrator to raise HELICAL_PLATFORM_CHECK_TIMEOUT_S.")
         if proc.returncode == 0 and out_file.exists():
+            if out_file.stat().st_size > MAX_REPORT_BYTES:  # what every user is later sent: bounded
+                return _report(name, "check_failed", f"Checking {name} produced a report of "
+                               f"{out_file.stat().st_size / 2**20:,.0f} MB (at most {MAX_REPORT_BYTES // 2**20} MB): "
+                               "its label columns or names are far longer than any real file's. Shorten them.")
             return json.loads(out_file.read_text())
         tail = output.decode("utf-8", "replace").strip().splitlines()[-1:] if output else []
         return _report(name, "check_failed", _why(name, proc.returncode, memory_mb, time.monotonic() - started,
@@ -93,6 +98,11 @@ def _limit_self(memory_mb: int, cpu_s: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_REPORT_BYTES * 4, MAX_REPORT_BYTES * 4))  # it writes one report
+    try:  # if memory runs short on the machine, the kernel ends this process before the server
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
 
 
 def main(argv: list[str]) -> int:

@@ -23,6 +23,7 @@ from inference.readers import UnreadableFileError, detect_format, open_anndata
 
 SAMPLE_CELLS = 2000
 LABEL_MIN_CLASSES, LABEL_MAX_CLASSES = 2, 500
+MAX_LABEL_CHARS = 200  # a cell type's name; longer ones are text, and would fill every user's copy of the report
 # A model is refused for a file when fewer genes than this, or less than this share of the counts, fall in
 # its vocabulary: below that the embedding describes a small, arbitrary part of the transcriptome.
 MIN_OVERLAP_GENES = 1000
@@ -149,6 +150,9 @@ def label_columns(obs: pd.DataFrame) -> tuple[dict[str, dict[str, int]], dict[st
     usable, rejected = {}, {}
     for col in obs.columns:
         s = obs[col]
+        if len(str(col)) > MAX_LABEL_CHARS:
+            rejected[str(col)[:MAX_LABEL_CHARS] + "…"] = f"a column name longer than {MAX_LABEL_CHARS} characters"
+            continue
         # numbers (counts, scores, integer QC metrics) are never labels; categories, strings and booleans may be
         if not (isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object or pd.api.types.is_string_dtype(s)
                 or pd.api.types.is_bool_dtype(s)):
@@ -158,9 +162,11 @@ def label_columns(obs: pd.DataFrame) -> tuple[dict[str, dict[str, int]], dict[st
         if len(values) == 0:
             rejected[col] = "all values are missing"
         elif n_classes < LABEL_MIN_CLASSES:
-            rejected[col] = f"only one class ({values.iloc[0]!r})"
+            rejected[col] = f"only one class ({values.iloc[0][:80]!r})"
         elif n_classes > LABEL_MAX_CLASSES:
             rejected[col] = f"{n_classes:,} classes (at most {LABEL_MAX_CLASSES}): an id, not a label"
+        elif (longest := max(len(v) for v in values.unique())) > MAX_LABEL_CHARS:
+            rejected[col] = f"a class name of {longest:,} characters (at most {MAX_LABEL_CHARS}): not a label"
         else:
             counts = values.value_counts()
             usable[col] = {str(k): int(v) for k, v in counts.items()}

@@ -44,7 +44,6 @@ MAX_OBJECTS = 200_000  # groups and datasets: a real h5ad has hundreds; walking 
 MAX_CHUNK_BYTES = 256 * 2**20  # HDF5 decompresses whole chunks: one of 4 GiB is 4 GiB of memory for one value
 MAX_DIM = 2**31 - 1  # cells or genes: scipy's and anndata's 32-bit index space
 BLOCK = 4_000_000  # elements read at a time when validating (32 MB as int64)
-SPARSE = {"csr_matrix", "csc_matrix"}
 REWRITE = "Write the file again with anndata (adata.write_h5ad) from the original data"
 
 
@@ -142,7 +141,7 @@ def _length(obj: h5py.HLObject | None) -> int | None:
     if enc == "dataframe":
         index = _attr_text(obj, "_index")
         return _length(obj.get(index)) if index and isinstance(obj.get(index, getlink=True), h5py.HardLink) else None
-    if enc in SPARSE:
+    if _sparse_kind(obj, obj.name.lstrip("/")):
         return _sparse_shape(obj, obj.name.lstrip("/"))[0]
     if enc in ("categorical", "nullable-integer", "nullable-boolean", "nullable-string-array"):
         part = obj.get("codes") if enc == "categorical" else obj.get("values")
@@ -150,8 +149,28 @@ def _length(obj: h5py.HLObject | None) -> int | None:
     return None
 
 
+def _sparse_kind(g: h5py.Group, where: str) -> str | None:
+    """'csr' or 'csc' for a group anndata reads as a sparse matrix, None for any other group. anndata still reads
+    the legacy ``h5sparse_format`` attribute, and prefers it to ``encoding-type`` when both are there: a group must
+    be judged by what the reader will do, and the two must agree."""
+    enc = _attr_text(g, "encoding-type")
+    modern = {"csr_matrix": "csr", "csc_matrix": "csc"}.get(enc or "")
+    if "h5sparse_format" not in g.attrs and "h5sparse_shape" not in g.attrs:
+        return modern
+    legacy = _attr_text(g, "h5sparse_format")
+    if legacy not in ("csr", "csc"):
+        raise _refuse(where, f"carries a legacy sparse format attribute ({legacy!r}) that is neither csr nor csc")
+    if modern and modern != legacy:
+        raise _refuse(where, f"says it is {legacy} (h5sparse_format) and {enc} (encoding-type) at once")
+    return legacy
+
+
 def _sparse_shape(g: h5py.Group, where: str) -> tuple[int, int]:
-    shape = g.attrs.get("shape")
+    """The shape anndata will use: ``h5sparse_shape`` when present (as anndata prefers), else ``shape``."""
+    shape = g.attrs.get("h5sparse_shape", g.attrs.get("shape"))
+    if "h5sparse_shape" in g.attrs and "shape" in g.attrs and \
+            not np.array_equal(np.asarray(g.attrs["shape"]), np.asarray(g.attrs["h5sparse_shape"])):
+        raise _refuse(where, "declares two different shapes (shape and h5sparse_shape)")
     arr = np.asarray(shape) if shape is not None else np.empty(0)
     if arr.shape != (2,) or not np.issubdtype(arr.dtype, np.integer):
         raise _refuse(where, f"is a sparse matrix without a valid shape (got {shape!r})")
@@ -171,7 +190,7 @@ def _expect(obj: h5py.HLObject | None, where: str, rows: int | None, what: str,
         return
     if isinstance(obj, h5py.Dataset) and obj.shape == () and rows >= 0:
         raise _refuse(where, f"is a single value where {what} needs {rows:,} rows")
-    if isinstance(obj, h5py.Group) and _attr_text(obj, "encoding-type") in SPARSE:
+    if isinstance(obj, h5py.Group) and _sparse_kind(obj, where):
         shape = _sparse_shape(obj, where)
     elif isinstance(obj, h5py.Dataset):
         shape = obj.shape
@@ -212,9 +231,32 @@ def _h5ad_shapes(f: h5py.File) -> None:
         _expect(f.get("raw/X"), "raw/X", n_obs, "raw.X (cells x raw genes)", _length(f.get("raw/var")))
 
 
+TENX_GROUPS = {"features", "_all_tag_keys"}  # the only groups Cell Ranger nests in a matrix group
+
+
+def _tenx_layout(g: h5py.Group, where: str) -> None:
+    """scanpy reads a 10x matrix group by flattening every dataset under it by its last name (the last one read
+    wins): a second 'indices' further down would be read instead of the one judged here."""
+    names: dict[str, str] = {}
+    for key in g:
+        if isinstance(g[key], h5py.Group) and key not in TENX_GROUPS:
+            raise _refuse(f"{where}/{key}", "is a group Cell Ranger never writes in a matrix group")
+
+    def visit(name: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Dataset):
+            base = name.rsplit("/", 1)[-1]
+            if base in names:
+                raise _refuse(f"{where}/{name}", f"has the same name as '{where}/{names[base]}' (a reader takes "
+                                                 "either)")
+            names[base] = name
+
+    g.visititems(visit)
+
+
 def _tenx_shapes(f: h5py.File) -> None:
     for where, obj in _walk(f):
         if isinstance(obj, h5py.Group) and "indptr" in obj:
+            _tenx_layout(obj, where)
             shape = obj.get("shape")
             if not isinstance(shape, h5py.Dataset) or shape.shape != (2,) or shape.dtype.kind not in "iu":
                 raise _refuse(where, "is a 10x matrix without a valid 'shape' (genes, cells)")
@@ -338,9 +380,10 @@ def _validate(path: Path, fmt: str) -> None:
             if not isinstance(obj, h5py.Group):
                 continue
             enc = _attr_text(obj, "encoding-type")
-            if fmt == "h5ad" and enc in SPARSE:
+            kind = _sparse_kind(obj, where)
+            if fmt == "h5ad" and kind:
                 rows, cols = _sparse_shape(obj, where)
-                major, minor = (rows, cols) if enc == "csr_matrix" else (cols, rows)
+                major, minor = (rows, cols) if kind == "csr" else (cols, rows)
                 _check_sparse(obj["indptr"], obj["indices"], obj["data"], where, major, minor)
             elif fmt == "h5ad" and enc == "categorical":
                 _check_codes(obj, where)

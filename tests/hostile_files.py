@@ -12,6 +12,7 @@ from pathlib import Path
 import anndata as ad
 import h5py
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from tests.conftest import PBMC
@@ -239,13 +240,62 @@ def memory_bomb(d: Path, gib: int = 3) -> Path:
     return path
 
 
+def legacy_sparse_outside(d: Path) -> Path:
+    """X as a legacy sparse group (h5sparse_format, which anndata still reads, without encoding-type), an index
+    far outside the matrix in row 1 (a row the check's sample never reads)."""
+    path = _copy(d, "legacy-sparse.h5ad")
+    with h5py.File(path, "r+") as f:
+        x = f["X"]
+        shape = x.attrs["shape"]
+        for key in ("encoding-type", "encoding-version", "shape"):
+            del x.attrs[key]
+        x.attrs["h5sparse_format"], x.attrs["h5sparse_shape"] = "csr", shape
+        ptr, idx = f["X/indptr"][()], f["X/indices"][()].astype(np.int64)
+    idx[ptr[1]] = 2**30
+    _set(path, "X/indices", idx)
+    return path
+
+
+def legacy_and_modern_disagree(d: Path) -> Path:
+    """A group that says csr (h5sparse_format, which anndata prefers) and csc_matrix (encoding-type) at once."""
+    path = _copy(d, "legacy-disagree.h5ad")
+    with h5py.File(path, "r+") as f:
+        f["X"].attrs["h5sparse_format"] = "csc"
+    return path
+
+
+def tenx_second_indices(d: Path) -> Path:
+    """A valid Cell Ranger matrix group holding a second 'indices' further down: scanpy flattens the group by
+    dataset name and may read that one."""
+    path = tenx_h5(d, name="tenx-nested.h5", bad=False)
+    with h5py.File(path, "r+") as f:
+        f["matrix/zzz/indices"] = np.full(f["matrix/indices"].shape, 2**30, dtype=np.int64)
+    return path
+
+
+def long_class_names(d: Path) -> Path:
+    """A label column of 100 classes of 20,000 characters each: a few kB gzip-compressed, 2 MB in a report."""
+    path = d / "long-names.h5ad"
+    cells = ad.read_h5ad(valid(d))
+    names = [f"{i:03d}" + "x" * 20_000 for i in range(100)]
+    cells.obs["blob"] = pd.Categorical([names[i % 100] for i in range(cells.n_obs)])
+    cells.write_h5ad(path, compression="gzip")
+    return path
+
+
 def tenx_indices_outside(d: Path) -> Path:
     """A Cell Ranger v3 .h5 whose gene indices run past the genes."""
-    path = d / "tenx-bad.h5"
+    return tenx_h5(d, name="tenx-bad.h5", bad=True)
+
+
+def tenx_h5(d: Path, name: str, bad: bool) -> Path:
+    """A Cell Ranger v3 .h5 of the valid cells (``bad``: every fifth gene index past the genes)."""
+    path = d / name
     cells = ad.read_h5ad(valid(d))
     m = sp.csc_matrix(cells.X.T)  # genes x cells, stored by cell
     indices = m.indices.astype(np.int64)
-    indices[::5] = 2**31 - 2
+    if bad:
+        indices[::5] = 2**31 - 2
     with h5py.File(path, "w") as f:
         g = f.create_group("matrix")
         g["data"], g["indices"], g["indptr"] = m.data, indices, m.indptr
@@ -297,6 +347,9 @@ STRUCTURE_CASES: dict[str, Callable[[Path], Path]] = {
     "a matrix of unwritten space (2.4 GB declared)": unwritten_matrix,
     "a 1 GiB chunk": huge_chunk,
     "10x .h5 indices outside": tenx_indices_outside,
+    "10x .h5 with a second 'indices' nested": tenx_second_indices,
+    "legacy sparse X (h5sparse_format), index outside": legacy_sparse_outside,
+    "legacy and modern sparse attributes disagree": legacy_and_modern_disagree,
     "loom attributes that do not fit": loom_mismatch,
 }
 __all__ = ["STRUCTURE_CASES"]

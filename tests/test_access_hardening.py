@@ -26,7 +26,7 @@ import requests
 
 from app import downloads
 from app.downloads import SECRET_FILE, download_signature, download_url, link_refusal, link_secret
-from app.server_access import host_allowed, host_refusal_message, login_refusal
+from app.server_access import basic_auth_refusal, host_allowed, host_refusal_message, login_refusal
 from app.settings import Settings, SettingsError
 from tests.conftest import REPO, free_port
 from tests.reliability import record
@@ -150,7 +150,7 @@ def test_users_without_a_dashboard_login_is_refused_with_how_to_add_one(tmp_path
     for settings, variable in ((with_tokens, "HELICAL_PLATFORM_TOKENS"), (with_admins, "HELICAL_PLATFORM_ADMINS")):
         why = login_refusal(settings, has_login=False)
         assert why is not None and variable in why
-        assert "--basic-auth" in why and "--cookie-secret" in why and "--oauth-provider" in why
+        assert "--basic-auth" in why and "PANEL_COOKIE_SECRET" in why and "--oauth-provider" in why
         assert login_refusal(settings, has_login=True) is None
     assert login_refusal(Settings.from_env({}), has_login=False) is None  # one user: the open server as before
     shared = {"HELICAL_PLATFORM_API_TOKEN": "t" * 20}
@@ -162,7 +162,7 @@ def test_users_without_a_dashboard_login_is_refused_with_how_to_add_one(tmp_path
         assert login_refusal(Settings.from_env({**shared, "HELICAL_PLATFORM_ADDRESS": address}), True) is None
     record("security", "Users without a dashboard login: the rule", "tokens file, admins, neither, the shared "
            "token alone on loopback and on network addresses; each with and without a login",
-           "refused (naming --basic-auth, --cookie-secret and OAuth) exactly when users are configured, or the "
+           "refused (naming --basic-auth, PANEL_COOKIE_SECRET and OAuth) exactly when users are configured, or the "
            "shared token guards a server listening beyond loopback, and there is no login",
            "no anonymous dashboard beside a locked API", request.node.nodeid)
 
@@ -410,3 +410,20 @@ def test_unknown_hosts_are_refused_on_every_request(server, finished_run, reques
            f"{', '.join(hosts)} × {', '.join(p for _, p in paths[:4])}, a signed download link, an upload, the "
            "websocket path", "; ".join(results) + "; localhost and 127.0.0.1 on the served port: 200",
            "a rebinding page reads and changes nothing", request.node.nodeid)
+
+
+def test_with_users_basic_auth_must_name_a_file_of_users_not_one_password(tmp_path, request):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("".join(f"{u} {t}\n" for u, t in TOKENS.items()))
+    users = tmp_path / "users.json"
+    users.write_text(json.dumps(PASSWORDS))
+    multi = Settings.from_env({"HELICAL_PLATFORM_TOKENS": str(tokens)})
+    why = basic_auth_refusal(multi, "one-shared-password")  # Panel then signs its holder in under any name
+    assert why is not None and "any name" in why and "users.json" in why
+    assert basic_auth_refusal(multi, str(users)) is None
+    assert basic_auth_refusal(Settings.from_env({"HELICAL_PLATFORM_ADMINS": "carol"}), "pw") is not None
+    assert basic_auth_refusal(Settings.from_env({}), "one-shared-password") is None  # one user: nothing to tell
+    record("security", "Basic auth with one password while users are configured", "--basic-auth <password> "
+           "with a tokens file or admins; with a JSON file of users; on a single-user server",
+           "refused at start (anyone holding the password could sign in as an admin); a file of users starts",
+           "logins tell users apart", request.node.nodeid)

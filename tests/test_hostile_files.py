@@ -245,3 +245,15 @@ def test_the_gate_opens_a_file_another_reader_holds_open(folder):
         adata.file.close()
     finally:
         held.file.close()
+
+
+def test_label_names_too_long_to_be_labels_are_not_offered_and_the_report_stays_small(folder, request):
+    path = H.long_class_names(folder)
+    report = check_isolated(path, path.name, {}, 4096, 300)
+    assert report["ok"], report  # a usable file, its long column refused as a label column
+    assert "blob" in report["rejected_label_columns"] and "blob" not in report["label_columns"]
+    size = len(json.dumps(report))
+    assert size < 200_000, size
+    record("security", "Label values of 20,000 characters (100 classes, gzip)", "the first check's report",
+           f"the column is not offered ({report['rejected_label_columns']['blob']}); report {size / 1024:.0f} kB",
+           "every user's copy of the report stays small", request.node.nodeid)

@@ -32,7 +32,7 @@ from tests.conftest import PBMC
 from tests.reliability import record
 from tests.serving import make_serve, wait_until
 
-TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab"}
+TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab", "carol": "carol-token-0123456789"}
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +296,24 @@ def test_over_rest_an_upload_body_that_stalls_is_answered_408_and_leaves_nothing
     record("security", "An upload body that stalls (HELICAL_PLATFORM_UPLOAD_IDLE_S=2)", "bob sends 1% of a "
            "declared body, then nothing", f"408 upload_idle after {waited:.1f} s; connection closed",
            "no temporary file, no quota reservation left", request.node.nodeid)
+
+
+def test_over_rest_clients_that_hang_up_while_their_files_are_checked_cannot_pass_the_quota(server, three, request):
+    """Each file sent whole and the connection closed at once, one after another: the reservation must stay held
+    while the server still stores and checks the file (a hang-up once gave it back, and all three were stored)."""
+    who = "carol"
+    for path in three:
+        upload = _Upload(server, who, path)
+        upload.send(1)
+        upload.conn.close()
+
+    def settled() -> bool:
+        return _reservations(server) == [] and not list((server.home / "tmp").glob(".partial-upload-*"))
+
+    wait_until(settled, 120, "the hung-up uploads to be checked")  # each check takes over a second: never at once
+    mine = requests.get(server.url + "/api/datasets?mine=true", timeout=30,
+                        headers={"Authorization": f"Bearer {TOKENS[who]}"}).json()
+    assert len(mine) <= 2, [d["file_name"] for d in mine]
+    record("security", "Uploads that hang up while their file is checked (room for two)", "carol sends three "
+           "files one after another, closing each connection as soon as its body is sent",
+           f"{len(mine)} stored", "carol never over the quota; no reservation left", request.node.nodeid)
