@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import re
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -126,7 +127,10 @@ class ApiHandler(tornado.web.RequestHandler):
         """The user Panel's authentication (basic auth, OAuth/OIDC) logged in, or ''."""
         if not self.application.settings.get("cookie_secret"):
             return ""
-        raw = self.get_secure_cookie("user")
+        # no older than the login's lifetime as Panel set it (its oauth_expiry, 1 day by default; app imports no
+        # Panel, so it is read from the Panel this server runs): Tornado's default accepts a 31-day-old cookie
+        config = getattr(sys.modules.get("panel"), "config", None)
+        raw = self.get_secure_cookie("user", max_age_days=float(getattr(config, "oauth_expiry", 1) or 1))
         return raw.decode(errors="replace").strip('"') if raw else ""
 
     def mine(self) -> str | None:
