@@ -54,6 +54,9 @@ class AnnotatorExportHandler(ApiHandler):
 
 
 class AnnotatorImportHandler(ApiHandler):
+    max_body_bytes = MAX_IMPORT_BYTES + 2**20  # read whole; app/server_access.py bounds every other body to 2 MB
+    body_timeout_s = 600
+
     async def post(self) -> None:
         """The body is an exported annotator file (``application/zip`` or ``application/octet-stream``);
         ``?name=`` renames it."""

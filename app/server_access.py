@@ -211,6 +211,23 @@ def _loopback(address: str) -> bool:
 _installed = False
 
 
+BUFFERED_BODY_BYTES = 2 * 2**20  # a body read whole before its handler runs: JSON (1 MB at most) and framing
+BUFFERED_BODY_S = 60  # ... and the time it may take to arrive
+
+
+def limit_body(request: tornado.httputil.HTTPServerRequest, handler_class: type) -> None:
+    """Bound what Tornado buffers for a handler that reads its body whole: by default 100 MB with no time limit,
+    read before the handler (and its check of who calls) runs, so that many slow or large bodies from anyone held
+    the server's memory and connections. A handler may say more (``max_body_bytes``, ``body_timeout_s``: the
+    annotator import); a streamed one (the upload) limits itself: its size, quota and idle timeout."""
+    if getattr(handler_class, "_stream_request_body", False):
+        return
+    connection = request.connection
+    if hasattr(connection, "set_max_body_size"):
+        connection.set_max_body_size(int(getattr(handler_class, "max_body_bytes", BUFFERED_BODY_BYTES)))
+        connection.set_body_timeout(float(getattr(handler_class, "body_timeout_s", BUFFERED_BODY_S)))
+
+
 def install() -> None:
     """Make every Bokeh server built in this process refuse unknown hosts, and refuse to start without a login
     when users are configured (called by app.rest, the ``--plugins`` module, before the server is built)."""
@@ -231,7 +248,9 @@ def install() -> None:
                      **kwargs: object) -> tornado.web._HandlerDelegate:
         if not host_allowed(request.host, self.websocket_origins, _local_port(request)):
             return self.get_handler_delegate(request, HostRefused)
-        return original_find(self, request, **kwargs)
+        delegate = original_find(self, request, **kwargs)
+        limit_body(request, delegate.handler_class)
+        return delegate
 
     BokehTornado.__init__ = __init__
     BokehTornado.find_handler = find_handler

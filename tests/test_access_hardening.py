@@ -427,3 +427,49 @@ def test_with_users_basic_auth_must_name_a_file_of_users_not_one_password(tmp_pa
            "with a tokens file or admins; with a JSON file of users; on a single-user server",
            "refused at start (anyone holding the password could sign in as an admin); a file of users starts",
            "logins tell users apart", request.node.nodeid)
+
+
+def test_a_body_read_whole_is_bounded_before_anyone_is_asked_who_they_are(server, request):
+    """Tornado buffers a non-streamed body (100 MB by default, no time limit) before the handler checks who calls:
+    anyone could hold the server's memory with a few. Every such body is now bounded (2 MB; the annotator import
+    100 MB), for callers with and without a token."""
+    big = b"[" + b"0," * (3 * 2**20) + b"0]"  # 6 MB of JSON
+    for headers in ({}, {"Authorization": f"Bearer {TOKENS['alice']}"}):
+        try:
+            r = requests.post(server.url + "/api/submit", data=big, timeout=60,
+                              headers={"Content-Type": "application/json", **headers})
+            status = r.status_code
+        except requests.ConnectionError:  # Tornado closes the connection on a declared length over the bound
+            status = "connection closed"
+        assert status in (400, 413, "connection closed"), status
+    ok = _as(server, "alice", "POST", "/api/submit", json={**SUBMIT, "dataset": "0" * 8})
+    assert ok.status_code in (400, 404), ok.text  # a normal body still reaches the handler and gets its answer
+    assert requests.get(server.url + "/api/health", timeout=30).status_code in (200, 503)
+    record("security", "A 6 MB JSON body, with and without a token", "POST /api/submit",
+           f"refused before it is buffered ({status})", "a body read whole is at most 2 MB (annotator import: "
+           "100 MB), 60 s", request.node.nodeid)
+
+
+def test_limit_body_bounds_whole_bodies_and_leaves_streamed_ones_alone():
+    from app.rest_annotators import AnnotatorImportHandler
+    from app.rest_upload import UploadHandler
+    from app.server_access import BUFFERED_BODY_BYTES, limit_body
+
+    class Connection:
+        def __init__(self) -> None:
+            self.size = self.timeout = None
+
+        def set_max_body_size(self, n: int) -> None:
+            self.size = n
+
+        def set_body_timeout(self, s: float) -> None:
+            self.timeout = s
+
+    seen = {}
+    for cls in (object, AnnotatorImportHandler, UploadHandler):
+        conn = Connection()
+        limit_body(type("Request", (), {"connection": conn})(), cls)
+        seen[cls.__name__] = (conn.size, conn.timeout)
+    assert seen["object"] == (BUFFERED_BODY_BYTES, 60)
+    assert seen["AnnotatorImportHandler"][0] > 100 * 2**20 - 1 and seen["AnnotatorImportHandler"][1] == 600
+    assert seen["UploadHandler"] == (None, None)  # streamed: its own size, quota and idle limits
