@@ -189,8 +189,8 @@ class RunsService:
             status, detail = self.platform.weights.status(model.backend, variant)
             if status == "missing":
                 raise InvalidRun(f"{model.name} {variant} has no weights: {detail}")
-        query = self.datasets.get(dataset_id)
-        reference = self.datasets.get(reference_id) if reference_id else None
+        query = self.datasets.gated(self.datasets.get(dataset_id))
+        reference = self.datasets.gated(self.datasets.get(reference_id)) if reference_id else None
         request = self._request(model, query, reference, label_column, truth_column, options, annotator)
         accepted = applications.get(application_id).validate(request)
         params = {"variant": variant or model.variant or None, **accepted.parameters,

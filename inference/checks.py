@@ -30,6 +30,7 @@ MIN_OVERLAP_GENES = 1000
 MIN_OVERLAP_COUNT_SHARE = 0.4
 TOTALS_COLUMNS = ("n_counts", "total_counts", "nCount_RNA", "n_umis", "total_umis")
 COUNT_LAYERS = ("counts", "raw_counts", "umi", "umis", "count")
+GATE = "structure-gate/1"  # in a report whose file passed the gate (inference/file_gate.py); older ones lack it
 UNSAFE = "unsafe_structure"  # the gate refused the file's structure (inference/hdf5_gate.py)
 UNREADABLE_CODES = ("unreadable", UNSAFE, "check_failed")  # answered 415: the file could not be read safely
 
@@ -271,7 +272,7 @@ def check_file(path: Path, name: str | None = None,
         return {"file": name or Path(path).name, "ok": False, "format": None,
                 "errors": [_msg("unreadable", str(exc))], "warnings": []}
     try:
-        return {"file": name or Path(path).name, "format": fmt, **check_anndata(adata, vocabularies)}
+        return {"file": name or Path(path).name, "format": fmt, "gate": GATE, **check_anndata(adata, vocabularies)}
     except Exception as exc:  # a file that opens but breaks on reading: truncated, corrupted
         return {"file": name or Path(path).name, "ok": False, "format": fmt,
                 "errors": [_msg("unreadable", f"The file opened but could not be read ({type(exc).__name__}: "
@@ -339,6 +340,12 @@ class CheckReport:
     @property
     def warnings(self) -> list[dict[str, str]]:
         return list(self.data.get("warnings") or [])
+
+    @property
+    def gated(self) -> bool:
+        """Whether the file passed the structure gate when it was checked (reports of files stored before it was
+        built did not)."""
+        return self.data.get("gate") == GATE
 
     @property
     def unreadable(self) -> bool:

@@ -24,12 +24,16 @@ import psutil
 import pytest
 import scipy.sparse as sp
 
+from app.datasets import DatasetRejected
 from inference import hdf5_gate
 from inference.check_sandbox import check_isolated
 from inference.checks import UNSAFE, CheckReport, check_file
 from inference.file_errors import UnsafeFileError
 from inference.file_gate import check_structure
 from inference.readers import open_anndata
+from store.artifacts import new_id
+from store.engine import write_session
+from store.tables import Dataset
 from tests import hostile_files as H
 from tests.api_client import TOKEN, api, error_of, upload
 from tests.broken_files import tenx_h5
@@ -257,3 +261,37 @@ def test_label_names_too_long_to_be_labels_are_not_offered_and_the_report_stays_
     record("security", "Label values of 20,000 characters (100 classes, gzip)", "the first check's report",
            f"the column is not offered ({report['rejected_label_columns']['blob']}); report {size / 1024:.0f} kB",
            "every user's copy of the report stays small", request.node.nodeid)
+
+
+def _stored_before_the_gate(platform, path: Path, name: str, label_columns: dict) -> str:
+    """A dataset as a store from before the gate holds it: the file under its sha256, a row whose report (then
+    'ok') has no gate mark."""
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    target = platform.artifacts.dataset_path(sha, ".h5ad")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    ds = Dataset(id=new_id(), file_name=name, sha256=sha, size_bytes=len(data), n_cells=120, n_genes=32_738,
+                 check_report={"ok": True, "n_cells": 120, "n_genes": 32_738, "errors": [], "warnings": [],
+                               "label_columns": label_columns})
+    with write_session(platform.engine) as s:
+        s.add(ds)
+    return ds.id
+
+
+def test_a_dataset_stored_before_the_gate_passes_it_before_its_first_run(platform, folder, request):
+    sub = folder / "before-the-gate"
+    sub.mkdir(exist_ok=True)
+    labels = {"celltype": {"B": 60, "T": 60}}
+    hostile = _stored_before_the_gate(platform, H.legacy_sparse_outside(sub), "old.h5ad", labels)
+    with pytest.raises(DatasetRejected) as refused:
+        platform.runs.submit("cell-type-annotation", "baseline", hostile, reference_id=hostile,
+                             label_column="celltype")
+    assert refused.value.unreadable and "Refused before reading" in str(refused.value)
+    assert not CheckReport(platform.datasets.get(hostile).check_report).gated  # still refused next time
+    good = _stored_before_the_gate(platform, H.valid(sub), "old-good.h5ad", labels)
+    platform.datasets.gated(platform.datasets.get(good))
+    assert CheckReport(platform.datasets.get(good).check_report).gated  # checked once, marked, not again
+    record("security", "A dataset stored before the gate", "a legacy sparse X with an index outside the matrix, "
+           "recorded as 'ok' by an older version; a run submitted on it", f"refused: {str(refused.value)[:120]}",
+           "checked by the gate (in the child process) before its first run", request.node.nodeid)
