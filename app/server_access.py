@@ -140,6 +140,10 @@ def refuse_start_without_login() -> None:
         if (why := basic_auth_refusal(settings, _option(options, "--basic-auth")
                                       or os.environ.get("PANEL_BASIC_AUTH"))) is not None:
             raise SystemExit(why)
+        if not login and settings.api_token:
+            log.warning("HELICAL_PLATFORM_API_TOKEN guards the REST API but the dashboard on %s has no login: every "
+                        "account on this host can use the dashboard, and through it all the token guards. On a "
+                        "shared host, give it a login (README, Lab server).", settings.address)
         for secret in ("--cookie-secret", "--oauth-secret"):
             if _option(options, secret):
                 log.warning("%s is on the command line, where every account on this host reads it (ps, "
