@@ -117,9 +117,10 @@ def test_a_version_1_database_is_migrated_and_keeps_its_runs(home_settings):
             conn.execute(f"DROP INDEX ix_{table}_created_by")
             conn.execute(f"ALTER TABLE {table} DROP COLUMN created_by")
         conn.execute("DROP TABLE annotators")
+        conn.execute("DROP TABLE upload_reservations")  # version 6's table
         conn.execute("UPDATE schema_meta SET value = '1' WHERE key = 'schema_version'")
     engine = make_engine(f"sqlite:///{db}")
-    assert init_schema(engine) == SCHEMA_VERSION == 5
+    assert init_schema(engine) == SCHEMA_VERSION == 6
     with read_session(engine) as s:
         run = s.get(Run, run_id)
         assert run.status == "done" and run.owner is None and run.group_id is None
