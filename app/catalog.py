@@ -164,6 +164,12 @@ def list_models(engine: Engine, application_id: str | None = None) -> list[Model
     return models
 
 
+def shown_accuracy(model: ModelEntry) -> float | None:
+    """The accuracy figure a page may show for ``model``: none for the seed catalog's figures, which are neither a
+    published benchmark nor measured here, and beside generated, untrained weights read as the model's accuracy."""
+    return None if model.accuracy_source == SEED_SOURCE else model.accuracy
+
+
 def needs_gpu(model: ModelEntry) -> bool:
     """Whether helical runs this model on CUDA only (its backend's ``requires_gpu``), for the dashboards, which
     import the app layer only."""

@@ -6,7 +6,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from app.catalog import NEEDS_GPU, needs_gpu
+from app.catalog import NEEDS_GPU, SEED_SOURCE, needs_gpu, shown_accuracy
 from dashboards.safe_text import code, md, plain_formatters
 from dashboards.styles import FITTING_TABLE
 from dashboards.view import PlatformView
@@ -36,10 +36,16 @@ def model_label(model, gpus: int | None = None) -> str:  # noqa: ANN001 - store.
 def model_card(model, gpus: int | None = None) -> str:  # noqa: ANN001
     """Markdown with the model's attributes and, for generated or missing weights, what that means; for a
     GPU-only model, that it needs a GPU and, when the cluster's workers have none (``gpus`` 0), what to do."""
-    acc = "—" if model.accuracy is None else f"{model.accuracy:.2f}"
-    lines = [f"### {md(model.name)}", md(model.description), "",
-             f"**Speed:** {md(model.speed)} · **Published accuracy:** {acc}",
-             f"<small>Accuracy source: {md(model.accuracy_source)}</small>", ""]
+    figure = shown_accuracy(model)
+    if figure is not None:
+        accuracy = [f"**Speed:** {md(model.speed)} · **Accuracy:** {figure:.2f}",
+                    f"<small>Accuracy source: {md(model.accuracy_source)}</small>"]
+    elif model.accuracy_source == SEED_SOURCE:
+        accuracy = [f"**Speed:** {md(model.speed)} · **Accuracy:** not measured here",
+                    "<small>Figures measured on this platform: docs/BENCHMARKS.md.</small>"]
+    else:
+        accuracy = [f"**Speed:** {md(model.speed)}", f"<small>Accuracy: {md(model.accuracy_source)}</small>"]
+    lines = [f"### {md(model.name)}", md(model.description), "", *accuracy, ""]
     if model.variant:
         lines.append(f"**Variant:** {code(model.variant)}")
     lines.append(f"**Weights:** {md(WEIGHTS_WORDS.get(model.weights_status, model.weights_status))}")
@@ -66,7 +72,7 @@ CATALOG_WIDTHS = {"model": 200, "speed": 100, "accuracy": 130, "variant": 150, "
 
 
 def models_frame(models: list) -> pd.DataFrame:
-    rows = [{"model": m.name, "speed": m.speed, "accuracy": m.accuracy, "variant": m.variant,
+    rows = [{"model": m.name, "speed": m.speed, "accuracy": shown_accuracy(m), "variant": m.variant,
              "weights": WEIGHTS_WORDS.get(m.weights_status, m.weights_status), "description": m.description}
             for m in models]
     return pd.DataFrame(rows, columns=["model", "speed", "accuracy", "variant", "weights", "description"])
