@@ -33,19 +33,23 @@ def model_label(model, gpus: int | None = None) -> str:  # noqa: ANN001 - store.
     return f"{model.name}{suffix}"
 
 
+def accuracy_text(model) -> str:  # noqa: ANN001 - store.tables.ModelEntry
+    """The accuracy as a page says it: a figure only where one was measured (``shown_accuracy``)."""
+    figure = shown_accuracy(model)
+    if figure is not None:
+        return f"{figure:.2f}"
+    measured = (model.accuracy_source or "").startswith("Measured by this platform")
+    return "measured: docs/BENCHMARKS.md" if measured else "not measured here"
+
+
 def model_card(model, gpus: int | None = None) -> str:  # noqa: ANN001
     """Markdown with the model's attributes and, for generated or missing weights, what that means; for a
     GPU-only model, that it needs a GPU and, when the cluster's workers have none (``gpus`` 0), what to do."""
-    figure = shown_accuracy(model)
-    if figure is not None:
-        accuracy = [f"**Speed:** {md(model.speed)} · **Accuracy:** {figure:.2f}",
-                    f"<small>Accuracy source: {md(model.accuracy_source)}</small>"]
-    elif model.accuracy_source == SEED_SOURCE:
-        accuracy = [f"**Speed:** {md(model.speed)} · **Accuracy:** not measured here",
-                    "<small>Figures measured on this platform: docs/BENCHMARKS.md.</small>"]
-    else:
-        accuracy = [f"**Speed:** {md(model.speed)}", f"<small>Accuracy: {md(model.accuracy_source)}</small>"]
-    lines = [f"### {md(model.name)}", md(model.description), "", *accuracy, ""]
+    source = ("Figures measured on this platform: docs/BENCHMARKS.md." if model.accuracy_source == SEED_SOURCE
+              else model.accuracy_source)
+    lines = [f"### {md(model.name)}", md(model.description), "",
+             f"**Speed:** {md(model.speed)} · **Accuracy:** {md(accuracy_text(model))}",
+             f"<small>{md(source)}</small>", ""]
     if model.variant:
         lines.append(f"**Variant:** {code(model.variant)}")
     lines.append(f"**Weights:** {md(WEIGHTS_WORDS.get(model.weights_status, model.weights_status))}")
@@ -72,7 +76,7 @@ CATALOG_WIDTHS = {"model": 200, "speed": 100, "accuracy": 130, "variant": 150, "
 
 
 def models_frame(models: list) -> pd.DataFrame:
-    rows = [{"model": m.name, "speed": m.speed, "accuracy": shown_accuracy(m), "variant": m.variant,
+    rows = [{"model": m.name, "speed": m.speed, "accuracy": accuracy_text(m), "variant": m.variant,
              "weights": WEIGHTS_WORDS.get(m.weights_status, m.weights_status), "description": m.description}
             for m in models]
     return pd.DataFrame(rows, columns=["model", "speed", "accuracy", "variant", "weights", "description"])

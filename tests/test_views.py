@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 
-from dashboards.catalog import ModelPicker, model_card, model_label
+from dashboards.catalog import ModelPicker, model_card, model_label, models_frame
 from dashboards.data import report_markdown
 from dashboards.plots import color_key, color_range, confusion_heatmap, disagreement, is_continuous, umap_plot
 from dashboards.result_text import UNTRAINED_BANNER, top_probabilities
@@ -43,6 +43,8 @@ def test_the_picker_offers_the_applications_models_and_says_which_are_untrained(
     assert "BENCHMARKS" in card
     baseline = shown(model_card(_model(platform, "baseline")))
     assert "Measured by this platform" in baseline and "not measured here" not in baseline
+    table = dict(zip(*[models_frame(platform.models())[c] for c in ("model", "accuracy")], strict=True))
+    assert table["Geneformer"] == "not measured here" and "0.92" not in str(table)
     assert "weights stage" in shown(model_card(_model(platform, "scgpt")))
 
 
