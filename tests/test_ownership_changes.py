@@ -198,10 +198,11 @@ def _submit(server, who: str, alices: dict) -> requests.Response:
                                                           "reference": alices["ref.h5ad"], "label_column": "celltype"})
 
 
-def _finished(server, run_id: str) -> str:
-    def status() -> str | None:
-        s = _as(server, "alice", "GET", f"/api/status/{run_id}").json()["status"]
-        return s if s in ("done", "failed", "cancelled") else None
+def _finished(server, run_id: str) -> dict:
+    """The run's status once it has ended (the whole answer: a failure's message is what a red test must show)."""
+    def status() -> dict | None:
+        s = _as(server, "alice", "GET", f"/api/status/{run_id}").json()
+        return s if s["status"] in ("done", "failed", "cancelled") else None
 
     return wait_until(status, 300, f"run {run_id}", interval=0.5)
 
@@ -211,13 +212,14 @@ def test_over_rest_bob_cannot_cancel_alices_run_and_an_admin_can(server, alices,
     refused = _as(server, "bob", "POST", f"/api/runs/{run}/cancel")  # at once: queued or running
     assert refused.status_code == 403 and error_of(refused)["code"] == "forbidden", refused.text
     assert "belongs to alice" in error_of(refused)["message"]
-    assert _finished(server, run) == "done"  # bob's cancel did nothing: the run ran to its end
+    ended = _finished(server, run)
+    assert ended["status"] == "done", (ended, server.log()[-6000:])  # bob's cancel did nothing: it ran to its end
     again = _as(server, "bob", "POST", f"/api/runs/{run}/cancel")  # a finished one too: not his to touch
     assert again.status_code == 403
     second = _submit(server, "alice", alices).json()["run_id"]
     by_admin = _as(server, "carol", "POST", f"/api/runs/{second}/cancel")
     assert by_admin.status_code == 200, by_admin.text
-    assert _finished(server, second) in ("cancelled", "done")  # an admin may (it may have ended first)
+    assert _finished(server, second)["status"] in ("cancelled", "done")  # an admin may (it may have ended first)
     own = _as(server, "alice", "POST", f"/api/runs/{run}/cancel")
     assert own.status_code == 200 and own.json()["status"] == "done"
     record("security", "Cancelling another user's run", "bob POSTs /api/runs/{alice's run}/cancel while it is "
