@@ -45,6 +45,14 @@ class ReferenceFit:
             offsets.append(offsets[-1] + len(own))
         return cls(classes, means, np.stack(precisions), np.concatenate(distances), np.array(offsets))
 
+    @property
+    def components(self) -> int:
+        return int(self.means.shape[1])
+
+    def score_query(self, coords: np.ndarray, called: np.ndarray) -> np.ndarray:
+        """``reference_fit`` of a whole query (all its cells at once)."""
+        return self.score(coords, called)
+
     def score(self, coords: np.ndarray, called: np.ndarray) -> np.ndarray:
         """``reference_fit`` in [0, 1] for query cells in the PCA space, each against ``called`` (class index).
         Uses as many components as it was trained with (a head cached by an earlier version keeps working)."""

@@ -69,7 +69,8 @@ class Space:
 @dataclass
 class HeadOutput:
     proba: np.ndarray
-    reference_fit: np.ndarray
+    reference_fit: np.ndarray  # of these cells taken as the whole query (the pipeline scores all blocks at once)
+    coords: np.ndarray  # the cells in the head's PCA space: what the reference fit is scored in
 
 
 @dataclass
@@ -104,10 +105,16 @@ class Head:
         return cls(classifier, space, ReferenceFit.train(coords, labels),
                    check=reference_check(classifier, x, labels, settings, seed))
 
-    def predict(self, features: np.ndarray) -> HeadOutput:
+    def classify(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The class probabilities and the cells' coordinates in the reference fit's space (a block of a query:
+        its reference fit is scored once the whole query is in, ``self.fit.score_query``)."""
         coords = self.space.project(features)
         proba = self.classifier.predict_proba(coords if self.classifier.uses_space else features)
-        return HeadOutput(proba, self.fit.score(coords, proba.argmax(axis=1)))
+        return proba, coords[:, :self.fit.components]
+
+    def predict(self, features: np.ndarray) -> HeadOutput:
+        proba, coords = self.classify(features)
+        return HeadOutput(proba, self.fit.score_query(coords, proba.argmax(axis=1)), coords)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         return self.predict(features).proba
