@@ -1,16 +1,22 @@
 """Pure functions from result data to HoloViews elements: testable without a server or a browser.
 
 The UMAP is rasterised by datashader on the server (images of a fixed size, whatever the number of cells), with
-categorical colouring for labels and a mean for continuous values (chosen by the column's dtype); hover reports the
-cell under the cursor (``selector``), so a million cells cost one image, not a million glyphs.
+categorical colouring for labels and a mean for continuous values (chosen by the column's dtype); the hover is made
+in the browser from the image's own pixels (cells drawn there, their labels or mean), so a million cells cost one
+image, not a million glyphs, and the tooltip is always of the pixel under the cursor.
 """
 
 from __future__ import annotations
 
 import datashader as ds
+import datashader.transfer_functions as tf
 import holoviews as hv
 import numpy as np
 import pandas as pd
+import param
+import xarray as xr
+from bokeh.models import CustomJSHover, HoverTool
+from holoviews.core.operation import Operation
 from holoviews.operation.datashader import dynspread, rasterize
 
 hv.extension("bokeh", logo=False)
@@ -21,9 +27,10 @@ CATEGORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c56
 UNASSIGNED_COLOR = "#c8c8c8"
 NO_CLASS = "unassigned or unmapped"  # a cell without a coarse cell class (unassigned, or its label not mapped)
 GREY = ("unassigned", NO_CLASS)
-# the cell under the cursor costs a second reduction per image (and the cells' names): up to half a million cells
+# above this many cells the results view reads no cell names with the image (a million cost a third of a second):
+# the hover never needs them, and a clicked cell's details are read from the file then
 HOVER_CELL_MAX = 500_000
-HOVER_COLUMNS = ("cell_id", "predicted_label", "confidence", "true_label", "agreement")
+DRAWN = "cells"  # the continuous image's second layer: how many cells are drawn on each pixel
 # more values than this (e.g. the over-clustering's clusters) get colours but no legend: it would not fit the plot
 LEGEND_MAX = 30
 
@@ -50,38 +57,106 @@ def color_range(column: pd.Series) -> tuple[float, float]:
     return low, high
 
 
+LEGEND_ROW = 17  # px per legend entry (9pt text): a 420 px plot lists 20 entries in one column
+LEGEND_COLUMN = 170  # px per legend column (the plot's width grows by this where it is fixed)
+
+
+def legend_opts(categories: list[str], width: int | None, height: int) -> dict:
+    """The legend beside the plot, in as many columns as its entries need to fit the plot's height (a title and
+    the toolbar take ~70 px): 16 labels in one column of 23 px rows overflowed a 420 px plot and were cut off."""
+    rows = max(1, (height - 70) // LEGEND_ROW)
+    columns = -(-len(categories) // rows)
+    return dict(legend_position="right", legend_cols=columns, **size_opts(width and width + LEGEND_COLUMN * columns,
+                                                                          height),
+                legend_opts={"label_text_font_size": "9pt", "label_height": LEGEND_ROW - 2, "glyph_height": 12,
+                             "glyph_width": 12, "spacing": 2, "padding": 4, "margin": 4})
+
+
 def size_opts(width: int | None, height: int) -> dict:
     """A fixed ``width``, or None: as wide as the plot's container (``responsive``) at ``height``."""
     return {"width": width, "height": height} if width else {"responsive": True, "height": height, "min_width": 280}
 
 
+class spread_mean(Operation):
+    """Spreads the sum and the count of a continuous column together (dynspread's rule, how='add') and divides:
+    each pixel shows the mean over the cells drawn on it and the hover says how many they are. Spreading a mean
+    itself with 'add' summed neighbouring means where dots overlap."""
+
+    column = param.String(doc="The column whose mean each pixel shows.")
+    threshold = param.Number(default=0.6, bounds=(0, 1), doc="dynspread's density threshold.")
+
+    def _process(self, element: hv.Image, key: object = None) -> hv.Image:
+        data = element.data
+        count, total = data["n"], data["s"]
+        stack = xr.concat([count.where(count > 0), total.where(count > 0)], dim="part").transpose(..., "part")
+        spread = tf.dynspread(stack, threshold=self.p.threshold, max_px=3, how="add")
+        cells = spread.isel(part=0, drop=True)
+        mean = spread.isel(part=1, drop=True) / cells
+        out = xr.Dataset({self.p.column: mean, DRAWN: cells.fillna(0)})
+        return element.clone(out, vdims=[self.p.column, DRAWN])
+
+
+# The tooltip is computed in the browser from the image's own pixels (never a server round trip, so it cannot lag
+# behind the cursor): the number of cells drawn on the pixel under the cursor and how many of them carry each
+# label, most first. ``labels``: the image's layers in order.
+STACK_HOVER_JS = """
+const counts = Array.from(value ?? [], Number)
+const total = counts.reduce((a, b) => a + (b || 0), 0)
+if (format == "total")
+  return total ? String(total) : "0 (no cell drawn here)"
+const named = counts.map((n, i) => [n, labels[i]]).filter(([n]) => n > 0).sort((a, b) => b[0] - a[0])
+const shown = named.slice(0, MAX).map(([n, l]) => `${l}: ${n}`)
+if (named.length > MAX) shown.push(`${named.length - MAX} more labels`)
+return shown.length ? shown.join(" · ") : "none"
+"""
+MEAN_HOVER_JS = "return Number.isFinite(value) ? value.toFixed(3) : 'none (no cell drawn here)'"
+HOVER_LABELS_MAX = 4  # labels named in the tooltip (the most frequent at the pixel); the others counted
+
+
+def stack_hover(labels: list[str]) -> HoverTool:
+    """Per-pixel tooltip of a categorical UMAP: cells drawn here and their labels, read client side."""
+    formatter = CustomJSHover(args={"labels": labels}, code=STACK_HOVER_JS.replace("MAX", str(HOVER_LABELS_MAX)))
+    return HoverTool(tooltips=[("cells drawn here", "@image{total}"), ("labels", "@image{labels}")],
+                     formatters={"@image": formatter}, name="umap-hover")
+
+
+def mean_hover(label: str) -> HoverTool:
+    """Per-pixel tooltip of a continuous UMAP: the mean of the cells drawn here and how many they are."""
+    return HoverTool(tooltips=[("cells drawn here", f"@{{{DRAWN}}}"), (f"mean {label}", "@image{custom}")],
+                     formatters={"@image": CustomJSHover(code=MEAN_HOVER_JS)}, name="umap-hover")
+
+
 def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str = "",
-              categories: list[str] | None = None, width: int | None = 560, hover: bool | None = None,
-              label: str | None = None, height: int = 480) -> hv.DynamicMap:
-    """Datashaded UMAP of ``cells`` (columns umap_1, umap_2, cell_id, predicted_label, confidence, ...).
+              categories: list[str] | None = None, width: int | None = 560, hover: bool = True,
+              label: str | None = None, height: int = 480, streams: tuple[hv.streams.Stream, ...] = ()
+              ) -> hv.DynamicMap:
+    """Datashaded UMAP of ``cells`` (columns umap_1, umap_2 and ``color_by``).
 
     ``color_by``: any column; a numeric one is rasterised with its mean per pixel (colour scale 0-1 when all its
     values lie in 0-1, as fractions, probabilities and the reference fit do, else its own range; the colour bar
-    is titled ``label``), any other one by category (a legend up to ``LEGEND_MAX`` values).
-    ``hover``: the cell under the cursor (a second reduction per image: +1 s at 10 million cells); by default
-    only up to ``HOVER_CELL_MAX`` cells. Above it the hover shows what is under the cursor per label, which the
-    image's own aggregation already holds (bench/views.py measures both).
-    ``width`` None: as wide as its container (the legend included), ``height`` high."""
-    if hover is None:
-        hover = len(cells) <= HOVER_CELL_MAX
-    # without the per-cell hover the element carries only what the image needs (no cell names to copy or check)
-    vdims = [c for c in HOVER_COLUMNS if c in cells.columns] if hover else []
-    if color_by not in vdims:
-        vdims.append(color_by)
-    common = dict(**size_opts(width, height), xaxis=None, yaxis=None, title=title, tools=["hover"],
-                  bgcolor="white", active_tools=["wheel_zoom"])
-    selector = ds.first("confidence") if hover and "confidence" in vdims else None
+    is titled ``label``), any other one by category (a legend up to ``LEGEND_MAX`` values, in columns beside the
+    plot so that every entry shows).
+    ``hover``: a tooltip made in the browser from the image's own pixels: how many cells are drawn on the pixel
+    under the cursor and their labels (or their mean). The image's aggregate already holds it, so it costs
+    nothing more and is always the pixel under the cursor; a cell's own details are a click away
+    (``dashboards.result_cells.UmapDetails``). HoloViews' per-cell ``selector`` hover asked the server on every
+    move and showed the previous position's answer ("undefined" first), so it could name the wrong cell.
+    ``width`` None: as wide as its container (the legend included), ``height`` high.
+    ``streams`` (a Tap, a RangeXY): given the image layer as their source; HoloViews links no stream to the
+    overlay of the image and its legend."""
+    common = dict(**size_opts(width, height), xaxis=None, yaxis=None, title=title, bgcolor="white",
+                  active_tools=["wheel_zoom"], default_tools=["pan", "wheel_zoom", "box_zoom", "reset", "save"])
     column = cells[color_by]
     if is_continuous(column):
-        points = hv.Points(cells[["umap_1", "umap_2", *vdims]], kdims=["umap_1", "umap_2"], vdims=vdims)
-        raster = rasterize(points, aggregator=ds.mean(color_by), selector=selector)
-        return dynspread(raster, threshold=0.6).opts(cmap="viridis", colorbar=True, clim=color_range(column),
-                                                     clabel=label or color_by, **common)
+        points = hv.Points(cells[["umap_1", "umap_2", color_by]], kdims=["umap_1", "umap_2"], vdims=[color_by])
+        raster = rasterize(points, aggregator=ds.summary(n=ds.count(color_by), s=ds.sum(color_by)))
+        shown = label or color_by
+        image = spread_mean(raster, column=color_by).opts(
+            cmap="viridis", colorbar=True, clim=color_range(column), clabel=shown,
+            tools=[mean_hover(shown)] if hover else [], **common)
+        for stream in streams:
+            stream.source = image
+        return image
     if not isinstance(column.dtype, pd.CategoricalDtype):
         column = column.astype(str).astype("category")
     column = column.cat.rename_categories([str(c) for c in column.cat.categories])
@@ -89,17 +164,30 @@ def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str
     # recoding a categorical maps its few categories, never its millions of cells' strings. set_categories, not
     # astype: pandas treats unordered dtypes with the same categories in another order as equal, so astype kept
     # the file's order of first appearance and the image's layers took the colours of other labels in the legend
-    data = cells[["umap_1", "umap_2", *[c for c in vdims if c != color_by]]].assign(
-        **{color_by: column.cat.set_categories(cats)})
-    points = hv.Points(data, kdims=["umap_1", "umap_2"], vdims=vdims)
-    raster = rasterize(points, aggregator=ds.count_cat(color_by), selector=selector)
+    data = cells[["umap_1", "umap_2"]].assign(**{color_by: column.cat.set_categories(cats)})
+    points = hv.Points(data, kdims=["umap_1", "umap_2"], vdims=[color_by])
+    raster = rasterize(points, aggregator=ds.count_cat(color_by))
     keyed = color_key(cats)
-    shaded = dynspread(raster, threshold=0.6).opts(cmap=[keyed[c] for c in cats], **common)
+    # 'add' (for aggregates): a pixel's counts are the cells whose spread dot covers it, which the hover reports
+    shaded = dynspread(raster, threshold=0.6).opts(cmap=[keyed[c] for c in cats],
+                                                   tools=[stack_hover(cats)] if hover else [], **common)
+    for stream in streams:
+        stream.source = shaded
     if len(cats) > LEGEND_MAX:
         return shaded
     legend = hv.NdOverlay({c: hv.Points([(np.nan, np.nan)], label=c).opts(color=keyed[c], size=8)
                            for c in cats})
-    return (shaded * legend).opts(legend_position="right", **size_opts(width and width + 200, height))
+    return (shaded * legend).opts(**legend_opts(cats, width, height))
+
+
+def nearest_cell(cells: pd.DataFrame, x: float, y: float, radius: float) -> int | None:
+    """Row position of the cell nearest (x, y) in UMAP coordinates, or None when none lies within ``radius``
+    (a click on empty space names no cell)."""
+    if not len(cells):
+        return None
+    d2 = (cells["umap_1"].to_numpy(float) - x) ** 2 + (cells["umap_2"].to_numpy(float) - y) ** 2
+    i = int(np.nanargmin(d2)) if np.isfinite(d2).any() else None
+    return i if i is not None and d2[i] <= radius ** 2 else None
 
 
 def confusion_heatmap(confusion: dict, normalised: bool = False, width: int | None = 620,

@@ -1,14 +1,20 @@
 """The run's cells, a page at a time (read from the run's parquet row groups: a million-cell run costs one page),
-and the downloads of the annotated file and its CSV."""
+a clicked cell's details beside its UMAP (read the same way), and the downloads of the annotated file and its CSV."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
 import panel as pn
 import param
 
 from app.downloads import download_url
-from dashboards.result_text import top_probabilities
-from dashboards.safe_text import html, plain_formatters
+from dashboards.plots import nearest_cell, umap_plot
+from dashboards.result_text import PER_CLASS_PREFIX, top_probabilities
+from dashboards.safe_text import html, md, plain_formatters
 from dashboards.styles import FITTING_TABLE
 from dashboards.view import PlatformView
 
@@ -77,3 +83,68 @@ def downloads(platform, run_id: str) -> pn.viewable.Viewable:  # noqa: ANN001 - 
         pn.widgets.FileDownload(callback=lambda: str(platform.runs.export(run_id, "csv")),
                                 filename=f"predictions-{short}.csv", label="Download CSV",
                                 css_classes=["download-csv"], embed=False))
+
+
+# what a clicked cell's details show first, where its run has them (the rest of its columns follow)
+DETAIL_COLUMNS = ("cell_id", "predicted_label", "confidence", "true_label", "reference_fit", "assigned",
+                  "majority_voting", "cell_class")
+CLICK_HINT = "*Click a cell on the UMAP to see its id, labels, confidence and reference fit.*"
+CLICK_RADIUS = 0.02  # a click names the nearest cell within this fraction of the visible UMAP's larger side
+
+
+class UmapDetails:
+    """A UMAP with the details of the cell last clicked on it, answered by the server for that click (the hover
+    only tells what is drawn under the cursor). The pane names the clicked coordinates, so it never passes off
+    another spot's cell as this one's."""
+
+    def __init__(self, cells: pd.DataFrame, read_cell: Callable[[int], pd.DataFrame], **umap: object) -> None:
+        """``cells``: the UMAP's cells (umap_1, umap_2 and what it is coloured by), in the file's order;
+        ``read_cell``: row position -> that cell's row (all its columns); ``umap``: ``umap_plot``'s arguments."""
+        self.cells, self.read_cell = cells, read_cell
+        self._ranges = hv.streams.RangeXY()
+        self._tap = hv.streams.Tap(x=None, y=None)
+        self._tap.add_subscriber(self.show)
+        self.plot = umap_plot(cells, streams=(self._ranges, self._tap), **umap)
+        self.pane = pn.pane.HoloViews(self.plot, css_classes=["umap-plot"], sizing_mode="stretch_width")
+        self.details = pn.pane.Markdown(CLICK_HINT, css_classes=["umap-cell-details"], sizing_mode="stretch_width",
+                                        margin=(0, 10))
+
+    def _radius(self) -> float:
+        x_range, y_range = self._ranges.x_range, self._ranges.y_range
+        if not (x_range and y_range):
+            x_range = (self.cells["umap_1"].min(), self.cells["umap_1"].max())
+            y_range = (self.cells["umap_2"].min(), self.cells["umap_2"].max())
+        return CLICK_RADIUS * max(abs(x_range[1] - x_range[0]), abs(y_range[1] - y_range[0]))
+
+    def show(self, x: float | None = None, y: float | None = None) -> None:
+        """The details of the cell nearest the click (x, y), read from the run's file."""
+        if x is None or y is None:
+            return
+        where = f"({x:.2f}, {y:.2f})"
+        index = nearest_cell(self.cells, x, y, self._radius())
+        if index is None:
+            self.details.object = f"No cell at the clicked spot {where}."
+            return
+        row = self.read_cell(index)
+        if row is None or not len(row):
+            self.details.object = f"The cell at {where} could not be read."
+            return
+        values = row.iloc[0]
+        first = [c for c in DETAIL_COLUMNS if c in values.index]
+        probabilities = [c for c in values.index if c.startswith(PER_CLASS_PREFIX)]
+        top = sorted(probabilities, key=lambda c: -float(values[c]))[:3]
+        parts = [f"{md(c.replace('_', ' '))}: **{md(_shown(values[c]))}**" for c in first]
+        if top:
+            parts.append("top classes: " + ", ".join(
+                f"{md(c[len(PER_CLASS_PREFIX):])} {float(values[c]):.2f}" for c in top))
+        self.details.object = f"Cell nearest the click at {where}: " + " · ".join(parts)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(self.pane, self.details, sizing_mode="stretch_width")
+
+
+def _shown(value: object) -> str:
+    """A cell's value in words: numbers to 3 decimals."""
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.3f}"
+    return str(value)

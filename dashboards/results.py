@@ -18,7 +18,7 @@ from app.result_columns import run_columns
 from dashboards.integration import IntegrationView
 from dashboards.plots import HOVER_CELL_MAX, NO_CLASS, disagreement, umap_plot
 from dashboards.result_annotator import SaveAnnotatorForm
-from dashboards.result_cells import CellTable, downloads
+from dashboards.result_cells import CellTable, UmapDetails, downloads
 from dashboards.result_summary import HEADLINE_HEIGHT, confusion, details, summary
 from dashboards.result_text import (
     CELL_CLASS,
@@ -168,10 +168,10 @@ class ResultsView(PlatformView):
             self.color_by = DEFAULT_COLOR
 
     def _cells(self, run_id: str, color: str = DEFAULT_COLOR, columns: tuple[str, ...] = ()) -> pd.DataFrame:
-        """What the UMAP draws and hovers, plus the colour column and ``columns`` (never the per-class
-        probabilities: those are paged in the table). Above ``HOVER_CELL_MAX`` cells the image hovers per label,
-        so the cell names are read only when asked for (a million names cost a third of a second). Kept for the
-        last ``MAX_CACHED_RUNS`` runs drawn."""
+        """What the UMAP draws, plus the colour column and ``columns`` (never the per-class probabilities: those
+        are paged in the table, and a clicked cell's row is read then). Above ``HOVER_CELL_MAX`` cells the names
+        are read only when asked for (a million names cost a third of a second). Kept for the last
+        ``MAX_CACHED_RUNS`` runs drawn."""
         cells = self._cache.pop(run_id, None)
         if cells is None:
             run = self._runs.get(run_id)
@@ -206,14 +206,19 @@ class ResultsView(PlatformView):
         cells = self._cells(self.run, color)
         if color not in cells.columns:  # a choice left from another run, drawn before the options were refilled
             color = DEFAULT_COLOR
-        plot = umap_plot(cells, color, f"UMAP by {color_label(color)}",
-                         self._label_categories(cells) if color in LABEL_COLORS else None, width=None,
-                         label=color_label(color), height=HEADLINE_HEIGHT)
+        run_id = self.run
+
+        def read_cell(index: int) -> pd.DataFrame:  # a click's cell: its row group only, all its columns
+            return self.platform.runs.page(run_id, index, 1)[0]
+
+        shown = UmapDetails(cells, read_cell, color_by=color, title=f"UMAP by {color_label(color)}",
+                            categories=self._label_categories(cells) if color in LABEL_COLORS else None,
+                            width=None, label=color_label(color), height=HEADLINE_HEIGHT)
         return pn.Column(
-            pn.pane.HoloViews(plot, css_classes=["umap-plot"], sizing_mode="stretch_width"),
+            shown.pane,
             pn.pane.Markdown(umap_caption(run.provenance.get("umap"), len(cells)), css_classes=["umap-caption"],
                              styles=CAPTION, sizing_mode="stretch_width", margin=(0, 10)),
-            sizing_mode="stretch_width")
+            shown.details, sizing_mode="stretch_width")
 
     @param.depends("run", "compare_with")
     def _compare(self) -> pn.viewable.Viewable:
