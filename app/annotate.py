@@ -84,9 +84,12 @@ def annotate_files(settings: Settings, model: str | None, query: Path, out: Path
                    reference: Path | None = None, truth_column: str | None = None, write_csv: bool = False,
                    confidence_threshold: float = 0.5, seed: int = 0,
                    options: dict | None = None, annotator: str | None = None,
-                   cellxgene: bool = False) -> dict[str, object]:
+                   cellxgene: bool = False, truth_ontology: dict[str, str | None] | None = None) -> dict[str, object]:
     """The same application, checks and job as a served run, in this process (no Dask, no database).
-    ``options`` are the run's other options, as the API takes them (head, k, majority_voting, novelty_threshold)."""
+    ``options`` are the run's other options, as the API takes them (head, k, majority_voting, novelty_threshold).
+    ``truth_ontology``: true label -> CL id (None: unmapped) for the cell-class scores, over the suggestions."""
+    from app.runs import truth_ontology as truth_terms
+    from app.runs import with_truth_ontology
     from app.weights import weights_locations
 
     use = _annotator(settings, annotator) if annotator else None
@@ -104,12 +107,14 @@ def annotate_files(settings: Settings, model: str | None, query: Path, out: Path
                          {**(options or {}), "confidence_threshold": confidence_threshold, "seed": seed},
                          use.info if use else None)
     accepted = application.validate(request)
+    terms = truth_terms(request, accepted.truth_column, truth_ontology)
     backend, info = build_backend(backend_name, variant, locations, settings.device)
     store = ArtifactStore(settings.home)
     with tempfile.TemporaryDirectory(prefix="annotate-", dir=store.home / "tmp") as tmp:
         result_dir, work = Path(tmp) / "result", Path(tmp) / "work"
         work.mkdir()
-        job = replace(application.job(request, accepted, result_dir, store.home), write_csv=write_csv)
+        job = replace(with_truth_ontology(application.job(request, accepted, result_dir, store.home), terms),
+                      write_csv=write_csv)
         application.model_phase(job, backend, info, work, _print_progress, lambda: False)
         outcome = application.cpu_phase(job, work, _print_progress, lambda: False)
         with atomic_path(out) as tmp_out:
@@ -121,7 +126,8 @@ def annotate_files(settings: Settings, model: str | None, query: Path, out: Path
             from inference.cellxgene import cellxgene_from_result
 
             cellxgene_from_result(result_dir, out.with_suffix(".cellxgene.h5ad"))
-    return {"metrics": outcome.metrics, "provenance": outcome.provenance, **outcome.summary}
+    return {"metrics": outcome.metrics, "provenance": outcome.provenance, **outcome.summary,
+            **({"truth_ontology": terms} if terms else {})}
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,8 @@ def cmd_annotate(args: argparse.Namespace, settings: Settings) -> int:
     try:
         result = annotate_files(settings, args.model, Path(args.query), Path(args.out), args.label_column,
                                 Path(args.reference) if args.reference else None, args.truth_column, args.csv,
-                                args.confidence, args.seed, _annotate_options(args), args.annotator, args.cellxgene)
+                                args.confidence, args.seed, _annotate_options(args), args.annotator, args.cellxgene,
+                                _truth_terms(args.truth_term))
     except (AnnotationError, SubmissionError, ValueError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -190,11 +191,13 @@ def cmd_annotate(args: argparse.Namespace, settings: Settings) -> int:
     print(f"predicted: {counts}")
     m = result["metrics"]
     if m:
-        print(f"macro-F1 {m['macro_f1']:.3f}  accuracy {m['accuracy']:.3f}  ({m['scope']}, {m['n_cells']} cells)")
+        print(f"macro-F1 {m['macro_f1']:.3f}  accuracy {m['accuracy']:.3f}  ({m['scope']}, {_covers(m)})")
         if m.get("majority_voting"):
             v = m["majority_voting"]
             print(f"majority voting ({v['clusters']} clusters): macro-F1 {v['macro_f1']:.3f}  "
-                  f"accuracy {v['accuracy']:.3f}")
+                  f"accuracy {v['accuracy']:.3f}  ({_covers(v)})")
+        if m.get("cell_class"):
+            print(_class_line(m["cell_class"], result.get("truth_ontology") or {}))
         cal = m.get("calibration") or {}
         if cal.get("ece") is not None:
             before = (f" (before temperature scaling {cal['ece_before_temperature']:.3f}, T = {cal['temperature']:.2f})"
@@ -204,6 +207,50 @@ def cmd_annotate(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {cls:<24} precision {r['precision']:.2f} recall {r['recall']:.2f} f1 {r['f1']:.2f} "
                   f"support {r['support']}")
     return 0
+
+
+def _covers(m: dict) -> str:
+    """'8 classes, 2,500 labelled cells' or, for part of them, '2 classes, 259 of 2,500 labelled cells'."""
+    from app.rest_json import coverage
+
+    c = coverage(m)
+    of = f" of {c['labelled_cells']:,}" if "labelled_cells" in m else ""
+    return f"{c['n_classes']} class{'es' if c['n_classes'] != 1 else ''}, {c['n_cells']:,}{of} labelled cells"
+
+
+def _class_line(m: dict, terms: dict) -> str:
+    """The cell-class score with what it covers, what it leaves out, and plainly when it is not the run's score."""
+    from app.rest_json import coverage
+
+    c = coverage(m)
+    text = (f"cell class (Cell Ontology): macro-F1 {m['macro_f1']:.3f}  accuracy {m['accuracy']:.3f}  "
+            f"({_covers(m)})")
+    if c["partial"]:
+        text = "NOT THE RUN'S SCORE (too few cells or classes): " + text
+    if c["left_out_cells"]:
+        text += (f"\n  {c['left_out_cells']:,} cells whose true label has no Cell Ontology class are left out ("
+                 f"{', '.join(c['left_out_labels'])}): map them with --truth-term LABEL=CL:ID")
+    given = sorted(label for label, t in terms.items() if t.get("how") == "given")
+    mapped = sum(1 for t in terms.values() if t.get("term_id"))
+    if terms:
+        text += (f"\n  true labels mapped: {mapped} of {len(terms)}"
+                 + (f" ({len(given)} as given with --truth-term, the rest as suggested)" if given else
+                    " (as suggested; --truth-term LABEL=CL:ID changes one)"))
+    return text
+
+
+def _truth_terms(pairs: list[str] | None) -> dict[str, str | None] | None:
+    """``--truth-term "CD4 T cells=CL:0000624"`` (repeatable; nothing after '=': the label stays unmapped)."""
+    if not pairs:
+        return None
+    out: dict[str, str | None] = {}
+    for pair in pairs:
+        label, sep, term = pair.rpartition("=")
+        if not sep or not label.strip():
+            raise ValueError(f"--truth-term {pair!r}: write LABEL=CL:ID (e.g. \"CD4 T cells=CL:0000624\"), or "
+                             "LABEL= to leave the label unmapped.")
+        out[label.strip()] = term.strip() or None
+    return out
 
 
 def _annotate_options(args: argparse.Namespace) -> dict[str, object]:
@@ -266,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--label-column", help="the reference's (or query's, without one) labels")
     ann.add_argument("--annotator", help="a saved annotator (name or id) instead of a reference")
     ann.add_argument("--truth-column", help="the query's true labels: enables metrics")
+    ann.add_argument("--truth-term", action="append", metavar="LABEL=CL:ID",
+                     help="the Cell Ontology term of a true label, for the cell-class scores (repeatable; LABEL= "
+                          "leaves it unmapped); other labels take the annotator's term for the same spelling, else "
+                          "the suggested one; with --annotator only")
     ann.add_argument("--out", required=True, help="the annotated .h5ad to write")
     ann.add_argument("--csv", action="store_true", help="also write OUT.csv with per-cell predictions")
     ann.add_argument("--cellxgene", action="store_true",

@@ -111,17 +111,23 @@ def runs(limit: int = 200) -> pd.DataFrame:
 
 def annotate(adata: AnnData, model: str | None = None, reference: AnnData | None = None,
              label_column: str | None = None, annotator: str | None = None, truth_column: str | None = None,
-             inplace: bool = False, progress: bool | Progress = True, **options: object) -> AnnData:
+             inplace: bool = False, progress: bool | Progress = True,
+             truth_ontology: dict[str, str | None] | None = None, **options: object) -> AnnData:
     """Annotate ``adata`` (raw counts) with ``model`` (default ``geneformer``, or the annotator's own model;
     ``geneformer:VARIANT`` picks a variant) and a labelled ``reference`` (its ``label_column``) or a saved
     ``annotator`` (name or id); without either, ``label_column`` of ``adata`` itself is split 70/30 to evaluate.
     ``options`` are the run's options as the REST API takes them (head, k, confidence_threshold,
-    novelty_threshold, majority_voting, seed, ...).
+    novelty_threshold, majority_voting, seed, ...). ``truth_ontology`` (with an annotator that maps its labels to
+    the Cell Ontology and a ``truth_column``): true label -> CL id, or None to leave it unmapped, for the cell-class
+    scores; other labels take the annotator's term for the same spelling, else the suggested one, and the run's
+    parameters record each label's term and how it was found.
 
     Returns a new AnnData, the same as the downloaded annotated ``.h5ad``; ``inplace=True`` writes its new
     columns into ``adata`` and returns it. Raises ``InputError`` (with ``.report`` for a file the checks refuse),
     ``NotFound``, ``RunFailed``, ``Unavailable``; an interrupt cancels the run."""
     with _progress(progress) as report:
+        if truth_ontology is not None:
+            options["truth_ontology"] = dict(truth_ontology)
         result = client().annotate(adata, model, reference, label_column, annotator, truth_column, dict(options),
                                    report)
     return merge_into(adata, result) if inplace else result

@@ -245,6 +245,13 @@ def openapi_document() -> dict:
             "truth_column": nullable("string"),
             "annotator": {**nullable("string"), "description": "a saved annotator (id or name) instead of a "
                                                                "reference and label column"},
+            "truth_ontology": {"type": "object", "additionalProperties": {"type": ["string", "null"]},
+                               "description": "with an annotator that maps its labels to the Cell Ontology and a "
+                                              "truth_column: true label -> Cell Ontology id (null: unmapped) for the "
+                                              "cell-class scores. Labels left out take the annotator's term for the "
+                                              "same spelling, else the suggested term; the run's "
+                                              "parameters.truth_ontology records each label's term and how it was "
+                                              "found (given, annotator, exact, synonym, normalised, no suggestion)"},
             "options": {"type": "object", "properties": {
                 "confidence_threshold": {"type": "number", "minimum": 0, "maximum": 1},
                 "novelty_threshold": {"type": "number", "minimum": 0, "maximum": 1,
@@ -282,7 +289,18 @@ def openapi_document() -> dict:
             "run_id": {"type": "string"}, "status": {"type": "string"},
             "created_by": {**nullable("string"), "description": "the user who submitted it"},
             "model": {"type": "string"},
-            "dataset": {"type": "string"}, "macro_f1": nullable("number"), "group_id": nullable("string")}},
+            "dataset": {"type": "string"}, "macro_f1": nullable("number"), "group_id": nullable("string"),
+            "parameters": {"type": "object"},
+            "scores": {"type": "object", "description": "each score with what it covers: cell_type, "
+                       "majority_voting and cell_class (where recorded), each {macro_f1, accuracy, n_cells, "
+                       "n_classes, labelled_cells, left_out_cells, left_out_labels, partial}; partial: under half the "
+                       "labelled cells or one class, not the run's score",
+                       "additionalProperties": {"$ref": "#/components/schemas/Score"}}}},
+        "Score": {"type": "object", "properties": {
+            "macro_f1": {"type": "number"}, "accuracy": nullable("number"), "n_cells": {"type": "integer"},
+            "n_classes": {"type": "integer"}, "labelled_cells": {"type": "integer"},
+            "left_out_cells": {"type": "integer"}, "left_out_labels": {"type": "array", "items": {"type": "string"}},
+            "partial": {"type": "boolean"}}},
         "Results": {"type": "object", "required": ["run_id", "metrics", "classes", "cells"], "properties": {
             "run_id": {"type": "string"}, "metrics": {"type": "object"},
             "classes": {"type": "array", "items": {"type": "string"}}, "confusion_matrix": {},

@@ -93,6 +93,8 @@ class SubmitHandler(ApiHandler):
             raise ApiError(400, "invalid_request", "annotator must be a string (an annotator's id or name).")
         if body.get("batch_column") is not None:
             options = {**options, "batch_column": body["batch_column"]}
+        if body.get("truth_ontology") is not None:  # checked by the runs service (label -> CL id or null)
+            options = {**options, "truth_ontology": body["truth_ontology"]}
         models = body.get("models")
         if models is not None:
             if body.get("model") or not isinstance(models, list) or not models \

@@ -3,6 +3,10 @@ and for the OpenAPI document."""
 
 from __future__ import annotations
 
+from inference.metrics import coverage
+
+__all__ = ["application_json", "coverage", "dataset_json", "model_json", "run_json", "scores_json"]
+
 
 def application_json(a) -> dict:  # noqa: ANN001
     return {"id": a.id, "name": a.name, "description": a.description}
@@ -31,5 +35,17 @@ def run_json(r) -> dict:  # noqa: ANN001
             "dataset": r.dataset_id, "reference": r.reference_dataset_id, "label_column": r.label_column,
             "truth_column": r.truth_column, "stage": r.stage, "progress": r.progress, "error": r.error,
             "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
-            "macro_f1": r.metrics.get("macro_f1"), "group_id": r.group_id, "parameters": r.parameters,
-            "created_by": r.created_by}
+            "macro_f1": r.metrics.get("macro_f1"), "scores": scores_json(r.metrics or {}), "group_id": r.group_id,
+            "parameters": r.parameters, "created_by": r.created_by}
+
+
+def scores_json(metrics: dict) -> dict:
+    """Each score of an annotation run with what it covers (cells, classes, labelled cells, those left out, and
+    ``partial``: under half the labelled cells or one class, not the run's score): the cell type's, the majority
+    vote's and the cell class's, where recorded."""
+    out = {}
+    for key, m in (("cell_type", metrics), ("majority_voting", metrics.get("majority_voting")),
+                   ("cell_class", metrics.get("cell_class"))):
+        if isinstance(m, dict) and m.get("macro_f1") is not None:
+            out[key] = {"macro_f1": m["macro_f1"], "accuracy": m.get("accuracy"), **coverage(m)}
+    return out

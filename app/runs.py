@@ -20,7 +20,7 @@ import pandas as pd
 from sqlmodel import select
 
 from app.actor_pool import ActorPool
-from app.datasets import DatasetService, NotFound
+from app.datasets import CheckReport, DatasetService, NotFound
 from app.failures import FailureKind, classify, message
 from app.run_records import RunRecords, now
 from app.run_results import ResultsReader, RunNotFinished
@@ -79,6 +79,43 @@ def _result(future, client):  # noqa: ANN001, ANN202 - a distributed Future or A
         time.sleep(pause)
         pause = min(pause * 2, 0.25)
     return future.result()
+
+
+def truth_ontology(request: RunRequest, truth_column: str | None, given: object) -> dict | None:
+    """The term of each true label a run's class-level scores use (``inference.ontology.truth_terms``: ``given``,
+    else the annotator's, else suggested), recorded in the run's parameters so the mapping is visible; None when
+    the run has no class level (no truth column, or labels from no annotator mapping them to the Cell Ontology).
+    ``given`` (label -> CL id or None) is refused where it cannot apply, and when malformed."""
+    from inference.ontology import OntologyError, truth_terms
+
+    annotator = request.annotator
+    classes = bool(annotator is not None and any(annotator.ontology.values()))
+    if given is not None:
+        if not isinstance(given, dict) or not all(
+                isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in given.items()):
+            raise InvalidRun("truth_ontology must map true labels to Cell Ontology ids (or null: unmapped), e.g. "
+                             '{"CD4 T cells": "CL:0000624"}.')
+        if not classes or not truth_column:
+            raise InvalidRun("truth_ontology maps the truth column's labels for the cell-class scores: give it with "
+                             "a truth column and a saved annotator whose labels map to Cell Ontology terms.")
+    if not classes or not truth_column:
+        return None
+    labels = CheckReport(request.query.check_report).label_columns.get(truth_column) or {}
+    try:
+        return truth_terms(labels, given, annotator.ontology)  # type: ignore[union-attr]
+    except OntologyError as exc:
+        raise InvalidRun(str(exc)) from None
+
+
+def with_truth_ontology[J](job: J, terms: dict | None) -> J:
+    """The job with the recorded truth map (label -> CL id) where its application scores cell classes."""
+    from dataclasses import fields, is_dataclass, replace
+
+    from inference.ontology import term_ids
+
+    if not terms or not is_dataclass(job) or "truth_ontology" not in {f.name for f in fields(job)}:
+        return job
+    return replace(job, truth_ontology=term_ids(terms))  # type: ignore[type-var]
 
 
 class RunsService:
@@ -172,6 +209,7 @@ class RunsService:
                  annotator: str | None, group_id: str | None = None) -> Run:
         """A validated, not yet recorded run."""
         options = dict(options or {})
+        given = options.pop("truth_ontology", None)
         with read_session(self.platform.engine) as s:
             app_row = s.get(Application, application_id)
             model = s.get(ModelEntry, model_id)
@@ -195,6 +233,9 @@ class RunsService:
         accepted = applications.get(application_id).validate(request)
         params = {"variant": variant or model.variant or None, **accepted.parameters,
                   "weights": model.weights_status}
+        terms = truth_ontology(request, accepted.truth_column, given)
+        if terms is not None:
+            params["truth_ontology"] = terms
         return Run(id=new_id(), application_id=application_id, model_id=model_id, dataset_id=query.id,
                    reference_dataset_id=reference.id if reference else None, label_column=accepted.label_column,
                    truth_column=accepted.truth_column, status=RunStatus.QUEUED, stage="queued",
@@ -224,7 +265,22 @@ class RunsService:
                                 (run.parameters.get("annotator") or {}).get("id"))
         app = applications.get(run.application_id)
         accepted = Accepted(run.parameters, run.label_column, run.truth_column, run.cells_total)
-        return app.job(request, accepted, run_dir, self.platform.artifacts.home)
+        return with_truth_ontology(app.job(request, accepted, run_dir, self.platform.artifacts.home),
+                                   run.parameters.get("truth_ontology"))
+
+    def truth_terms(self, dataset_id: str, truth_column: str, annotator: str | None = None,
+                    given: dict | None = None) -> dict[str, dict]:
+        """The Cell Ontology term each true label of ``truth_column`` would be scored with at the class level
+        (``truth_ontology``'s rule), for the run form to offer for confirmation."""
+        from inference.ontology import OntologyError, truth_terms
+
+        query = self.datasets.get(dataset_id)
+        labels = CheckReport(query.check_report).label_columns.get(truth_column) or {}
+        ontology = self._annotator_info(annotator).ontology if annotator else {}
+        try:
+            return truth_terms(labels, given, ontology)
+        except OntologyError as exc:
+            raise InvalidRun(str(exc)) from None
 
     def _execute(self, run_id: str) -> None:
         actor_key = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from app.rest_json import coverage
 from app.result_columns import PROBABILITY_PREFIX
 from dashboards.run_text import HEADS
 from dashboards.safe_text import md
@@ -96,15 +97,52 @@ def shown_metrics(metrics: dict, label_source: str = PER_CELL, level: str = CELL
     return metrics
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 'es' if word.endswith('s') else 's'}"
+
+
+def covers(m: dict) -> str:
+    """What a score covers, in words: 'over 8 classes, 2,500 labelled cells', or for a score over part of the
+    labelled cells (the cell-class level) 'over 2 classes, 259 of 2,500 labelled cells'."""
+    c = coverage(m)
+    cells = (f"{c['n_cells']:,} of {c['labelled_cells']:,} labelled cells" if "labelled_cells" in m
+             else f"{c['n_cells']:,} labelled cells")
+    return f"over {_plural(c['n_classes'], 'class')}, {cells}"
+
+
+def _left_out(m: dict) -> str:
+    """The cells a class-level score leaves out and why ('' when none)."""
+    c = coverage(m)
+    if not c["left_out_cells"]:
+        return ""
+    labels = c["left_out_labels"]
+    named = f" ({', '.join(md(x) for x in labels[:6])}{', …' if len(labels) > 6 else ''})" if labels else ""
+    return (f"{c['left_out_cells']:,} cells whose true label has no Cell Ontology class are left out{named}: map "
+            "their labels to terms in the run form (or truth_ontology) to score them")
+
+
+def _partial(m: dict) -> str:
+    """Why a class-level score is not the run's score, said plainly."""
+    c = coverage(m)
+    return (f"only {c['n_cells']:,} of {c['labelled_cells']:,} labelled cells and "
+            f"{_plural(c['n_classes'], 'class')}")
+
+
 def _scores(m: dict) -> str:
-    return (f"**Macro-F1 {m['macro_f1']:.3f}** · accuracy {m['accuracy']:.3f} · weighted F1 {m['weighted_f1']:.3f}"
-            f" · {m['assigned_fraction']:.0%} of cells assigned · {m['n_cells']:,} cells ({md(m.get('scope', ''))})")
+    return (f"**Macro-F1 {m['macro_f1']:.3f}** {covers(m)} ({md(m.get('scope', ''))}) · accuracy "
+            f"{m['accuracy']:.3f} · weighted F1 {m['weighted_f1']:.3f} · {m['assigned_fraction']:.0%} of cells "
+            "assigned")
+
+
+def _brief(m: dict) -> str:
+    return f"macro-F1 {m['macro_f1']:.3f} {covers(m)} · accuracy {m['accuracy']:.3f}"
 
 
 def metrics_markdown(run, label_source: str = PER_CELL, level: str = CELL_TYPE) -> str:  # noqa: ANN001
     """Scores of the per-cell labels, or (``label_source`` CONSENSUS) of the cluster consensus, or (``level``
     CELL_CLASS) of the coarse Cell Ontology classes, with the others' macro-F1 beside them, and the head that made
-    them."""
+    them. Every score says the cells and classes it covers; a class-level score over under half the labelled cells
+    or one class is said not to be the run's score, wherever it is shown."""
     m = run.metrics
     head = head_text(run)
     if not m:
@@ -112,28 +150,35 @@ def metrics_markdown(run, label_source: str = PER_CELL, level: str = CELL_TYPE) 
             "No true labels were given for this query, so there are no metrics (pick a truth column).", head]))
     consensus = m.get(CONSENSUS)
     classes = m.get(CELL_CLASS)
+    partial = bool(classes) and coverage(classes)["partial"]
     if level == CELL_CLASS and classes:
-        lines = [f"Cell class (the Cell Ontology's coarse level, {len(classes.get('per_class') or {})} classes): "
-                 + _scores(classes) + "; a predicted label without a class counts as unassigned",
-                 f"Cell type: macro-F1 {m['macro_f1']:.3f} · accuracy {m['accuracy']:.3f}"]
+        lines = [f"**Not the run's score**: the cell-class scores below cover {_partial(classes)}"
+                 if partial else "",
+                 f"Cell class (the Cell Ontology's coarse level, {_plural(coverage(classes)['n_classes'], 'class')}): "
+                 + _scores(classes)
+                 + "; a predicted label without a class counts as unassigned",
+                 _left_out(classes), f"Cell type: {_brief(m)}"]
     elif label_source == CONSENSUS and consensus:
         lines = [f"Majority voting over {consensus.get('clusters', '?')} clusters: "
-                 + _scores(shown_metrics(m, CONSENSUS)),
-                 f"Per cell: macro-F1 {m['macro_f1']:.3f} · accuracy {m['accuracy']:.3f}"]
+                 + _scores(shown_metrics(m, CONSENSUS)), f"Per cell: {_brief(m)}"]
     else:
         lines = [_scores(m)]
         if consensus:
-            lines.append(f"With majority voting ({consensus.get('clusters', '?')} clusters): macro-F1 "
-                         f"{consensus['macro_f1']:.3f} · accuracy {consensus['accuracy']:.3f}")
-        if classes:
-            lines.append(f"At the cell-class level: macro-F1 {classes['macro_f1']:.3f} · accuracy "
-                         f"{classes['accuracy']:.3f}")
+            lines.append(f"With majority voting ({consensus.get('clusters', '?')} clusters): {_brief(consensus)}")
+        if classes and partial:
+            left = _left_out(classes)
+            lines.append(f"At the cell-class level, not the run's score: it covers {_partial(classes)}"
+                         + (f"; {left}" if left else "") + f". On those cells alone: macro-F1 "
+                         f"{classes['macro_f1']:.3f} · accuracy {classes['accuracy']:.3f}")
+        elif classes:
+            left = _left_out(classes)
+            lines.append(f"At the cell-class level: {_brief(classes)}" + (f"; {left}" if left else ""))
     if head:
         lines.append(head)
     if m.get("classes_not_in_reference"):
         lines.append("Note: true classes the reference does not have: "
                      + ", ".join(md(c) for c in m["classes_not_in_reference"]))
-    return "  \n".join(lines)
+    return "  \n".join(filter(None, lines))
 
 
 def calibration_caption(calibration: dict) -> str:

@@ -41,14 +41,17 @@ def run_options(confidence: float, novelty: float = 0.0, head: str | None = "log
 
 
 def submission(labels_from: str, options: dict, reference: str | None = None, label_column: str | None = None,
-               truth_column: str | None = None, annotator: str | None = None) -> dict:
+               truth_column: str | None = None, annotator: str | None = None,
+               truth_ontology: dict[str, str | None] | None = None) -> dict:
     """The keyword arguments of ``platform.runs.submit`` after the application, model and dataset: a reference
-    and its label column, or a saved annotator (then no reference, no label column, no head or k)."""
+    and its label column, or a saved annotator (then no reference, no label column, no head or k, and the true
+    labels' terms the user changed, ``truth_ontology``, when there is a truth column)."""
     truth = None if truth_column in (None, NO_TRUTH) else truth_column
     if labels_from == ANNOTATOR:
         return {"reference_id": None, "label_column": None, "truth_column": truth,
-                "options": {k: v for k, v in options.items()
-                            if k not in ("head", "k", "max_reference_cells", *TUNING)},
+                "options": {**{k: v for k, v in options.items()
+                               if k not in ("head", "k", "max_reference_cells", *TUNING)},
+                            **({"truth_ontology": truth_ontology} if truth and truth_ontology else {})},
                 "annotator": annotator or None}
     return {"reference_id": reference or None, "label_column": label_column, "truth_column": truth,
             "options": options, "annotator": None}
@@ -108,3 +111,31 @@ def progress_text(status: dict, model_name: str) -> str:
     eta = f" · ETA {status['eta_s']:.0f} s" if status.get("eta_s") else ""
     device = f" · {status['device']}" if status.get("device") else ""
     return f"**{md(model_name)}** — {md(status['stage'])}{cells}{eta}{md(device)}"
+
+
+# the true labels' terms in the run form: the label, the id the user confirms (editable), the term's name, how found
+TRUTH_COLUMNS = ["true label", "Cell Ontology id", "term", "found by"]
+TRUTH_NOTE = ("**Cell-class scores**: each true label's Cell Ontology term, as the annotator's map or the suggestions "
+              "give it. Confirm, change or clear any id (empty: the label's cells are left out of the cell-class "
+              "scores); the run records the terms used.")
+FOUND_BY = {"annotator": "the annotator's term", "given": "you", "exact": "suggested (exact name)",
+            "synonym": "suggested (synonym)", "normalised": "suggested (lab spelling)",
+            "no suggestion": "no suggestion"}
+
+
+def truth_frame(terms: dict[str, dict]) -> pd.DataFrame:
+    """One row per true label of ``runs.truth_terms``: its id (the user may change or clear it), name, source."""
+    rows = [{"true label": label, "Cell Ontology id": t.get("term_id") or "", "term": t.get("term_label") or "",
+             "found by": FOUND_BY.get(str(t.get("how")), str(t.get("how")))} for label, t in terms.items()]
+    return pd.DataFrame(rows, columns=TRUTH_COLUMNS)
+
+
+def truth_given(frame: pd.DataFrame, terms: dict[str, dict]) -> dict[str, str | None]:
+    """The labels whose id the user changed from ``terms`` (label -> id, None when cleared): what a submission
+    gives as ``truth_ontology``; the others keep the term the platform found, and say so in the run."""
+    out: dict[str, str | None] = {}
+    for label, term in zip(frame["true label"], frame["Cell Ontology id"], strict=True):
+        text = "" if term is None or (isinstance(term, float) and pd.isna(term)) else str(term).strip()
+        if text != ((terms.get(str(label)) or {}).get("term_id") or ""):
+            out[str(label)] = text or None
+    return out

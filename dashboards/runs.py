@@ -23,6 +23,8 @@ from dashboards.run_text import (
     NO_REFERENCE,
     NO_TRUTH,
     REFERENCE,
+    TRUTH_COLUMNS,
+    TRUTH_NOTE,
     TUNING,
     annotator_choices,
     annotator_note,
@@ -30,6 +32,8 @@ from dashboards.run_text import (
     progress_text,
     run_options,
     submission,
+    truth_frame,
+    truth_given,
 )
 from dashboards.safe_text import md, plain_formatters
 from dashboards.styles import FITTING_TABLE
@@ -67,6 +71,8 @@ class RunPanel(PlatformView):
                                                       "choices are read again.")
     label_column = param.Selector(doc="The reference's (or, without one, the query's) label column.")
     truth_column = param.Selector(doc="The query's true labels, for metrics.")
+    truth_mapped = param.Boolean(default=False, doc="Whether the run will score cell classes: the true labels' "
+                                                    "Cell Ontology terms are offered for confirmation.")
     confidence = param.Number(default=0.5, bounds=(0, 1), step=0.05, doc="Below it a cell is 'unassigned'.")
     head = param.Selector(default="logistic_regression", objects=HEADS,
                           doc="How the reference's labels reach the query: a logistic regression on the embeddings "
@@ -117,9 +123,17 @@ class RunPanel(PlatformView):
         self.note = pn.pane.Alert("", alert_type="light", visible=False, css_classes=["annotator-note"],
                                   sizing_mode="stretch_width", margin=(0, 10))
         self._annotators: dict = {}
+        self._truth_terms: dict[str, dict] = {}  # the true labels' terms as the platform found them
+        self._truth_key: tuple = ()
+        self.truth_table = pn.widgets.Tabulator(pd.DataFrame(columns=TRUTH_COLUMNS), show_index=False,
+                                                editors={"true label": None, "term": None, "found by": None},
+                                                css_classes=["truth-ontology"], sizing_mode="stretch_width",
+                                                layout="fit_columns", height=150, stylesheets=[FITTING_TABLE])
+        self.truth_table.on_edit(self._on_truth_edit)
         self._refresh_annotators()
         self._refresh_options()
         self._show_note()
+        self._refresh_truth_terms()
         self.refresh_history()
 
     def _dataset(self, dataset_id: str | None):  # noqa: ANN202 - store.tables.Dataset
@@ -166,6 +180,49 @@ class RunPanel(PlatformView):
         else:
             self.truth_column = self.label_column if self.reference and self.label_column in truths else NO_TRUTH
 
+    @param.depends("truth_column", "annotator", "labels_from", "dataset", watch=True)
+    def _refresh_truth_terms(self) -> None:
+        """With an annotator that maps its labels to the Cell Ontology and a truth column, the true labels' terms
+        (the annotator's for the same spelling, else suggested) for the user to confirm; kept while the query,
+        column and annotator stay the same, so edits survive other changes to the form."""
+        a = self._annotators.get(self.annotator) if self.labels_from == ANNOTATOR else None
+        truth = None if self.truth_column in (None, NO_TRUTH) else self.truth_column
+        if a is None or not truth or not self.dataset or not any((a.ontology or {}).values()):
+            self.truth_mapped, self._truth_key = False, ()
+            return
+        key = (self.dataset, truth, a.id)
+        if key != self._truth_key:
+            from app.datasets import NotFound
+            from app.runs import InvalidRun
+
+            try:
+                self._truth_terms = self.platform.runs.truth_terms(self.dataset, truth, a.id)
+            except (InvalidRun, NotFound, ValueError):
+                self.truth_mapped, self._truth_key = False, ()
+                return
+            frame = truth_frame(self._truth_terms)
+            self.truth_table.formatters = plain_formatters(frame)
+            self.truth_table.value = frame
+            self.truth_table.height = min(320, 45 + 29 * len(frame))
+            self._truth_key = key
+        self.truth_mapped = True
+
+    def _on_truth_edit(self, event) -> None:  # noqa: ANN001 - panel's TableEditEvent
+        """An id the user typed is checked when the run is submitted; cleared, the label is left out."""
+        if event.column != "Cell Ontology id":
+            return
+        label = str(self.truth_table.value["true label"].iloc[event.row])
+        typed = str(event.value or "").strip()
+        found = self._truth_terms.get(label) or {}
+        same = typed == (found.get("term_id") or "")
+        term = (found.get("term_label") or "") if same else "(checked when you run)" if typed else "not mapped"
+        how = self.truth_table.value["found by"].iloc[event.row] if same else "you"
+        self.truth_table.patch({"term": [(event.row, term)], "found by": [(event.row, how)]}, as_index=False)
+
+    def truth_ontology(self) -> dict[str, str | None]:
+        """The true labels whose term the user changed (label -> id or None), as a submission gives them."""
+        return truth_given(self.truth_table.value, self._truth_terms) if self.truth_mapped else {}
+
     async def _on_run(self, _event) -> None:  # noqa: ANN001
         from app.datasets import NotFound
         from app.runs import InvalidRun
@@ -184,7 +241,7 @@ class RunPanel(PlatformView):
                 self._say(text, "warning")
                 return
         args = submission(self.labels_from, self.submission_options(), self.reference, self.label_column,
-                          self.truth_column, self.annotator)
+                          self.truth_column, self.annotator, self.truth_ontology())
         try:
             run = await asyncio.to_thread(self.platform.runs.submit, self.application, self.model, self.dataset,
                                           **args, user=self.user)
@@ -350,6 +407,10 @@ class RunPanel(PlatformView):
                    pn.widgets.Select.from_param(self.param.truth_column, name="Truth column of the query",
                                                 css_classes=["truth-picker"], width=220)),
             self.note,
+            pn.Column(pn.pane.Markdown(TRUTH_NOTE, styles={"font-size": "0.85em"}, margin=(0, 10),
+                                       sizing_mode="stretch_width"),
+                      self.truth_table, visible=self.param.truth_mapped, css_classes=["truth-terms"],
+                      sizing_mode="stretch_width"),
             # wraps on a narrow screen (a laptop's 1280 px leaves the form about 860)
             pn.FlexBox(pn.widgets.FloatSlider.from_param(self.param.confidence, name="Confidence threshold",
                                                          width=240),

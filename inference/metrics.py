@@ -8,6 +8,8 @@ UNASSIGNED = "unassigned"
 # why a cell is unassigned (obs["unassigned_reason"]; empty for assigned cells)
 LOW_CONFIDENCE = "low confidence"
 NOT_IN_REFERENCE = "does not fit the reference"
+# a score over fewer of the labelled cells than this share, or over fewer classes, is not the run's score
+MIN_COVERED_SHARE, MIN_COVERED_CLASSES = 0.5, 2
 
 
 def annotation_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, object]:
@@ -28,6 +30,7 @@ def annotation_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, ob
     rows = cm.sum(axis=1, keepdims=True)
     return {
         "n_cells": int(len(truth)),
+        "n_classes": len(classes),
         "accuracy": float(accuracy_score(truth, predicted)),
         "macro_f1": float(f1_score(truth, predicted, labels=classes, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(truth, predicted, labels=classes, average="weighted", zero_division=0)),
@@ -39,3 +42,15 @@ def annotation_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, ob
             "row_normalised": np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0).round(4).tolist(),
         },
     }
+
+
+def coverage(m: dict) -> dict[str, object]:
+    """What a metrics dict covers: scored cells and classes, the labelled cells it could have covered, and whether
+    it is ``partial`` (under half the labelled cells or under two classes: not to be shown as the run's score).
+    Older runs' dicts lack ``n_classes`` and ``labelled_cells``: counted from ``per_class``, and every cell."""
+    n_cells = int(m.get("n_cells") or 0)
+    n_classes = int(m.get("n_classes", len(m.get("per_class") or {})))
+    labelled = int(m.get("labelled_cells", n_cells))
+    return {"n_cells": n_cells, "n_classes": n_classes, "labelled_cells": labelled,
+            "left_out_cells": labelled - n_cells, "left_out_labels": list(m.get("left_out_labels") or []),
+            "partial": n_cells < MIN_COVERED_SHARE * labelled or n_classes < MIN_COVERED_CLASSES}

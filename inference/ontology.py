@@ -293,3 +293,49 @@ def label_columns(predicted_labels: np.ndarray, mapping: Mapping[str, str | None
     classes.append("")
     return {"predicted_cell_type_ontology_term_id": np.array(ids, dtype=object)[codes],
             "predicted_cell_class": np.array(classes, dtype=object)[codes]}
+
+
+TruthHow = Literal["given", "annotator", "exact", "synonym", "normalised", "no suggestion"]
+
+
+def truth_terms(labels: Iterable[str], given: Mapping[str, str | None] | None = None,
+                annotator: Mapping[str, str | None] | None = None) -> dict[str, dict[str, str | None]]:
+    """The Cell Ontology term of each true label, for the class-level scores: the user's where given (checked),
+    else the annotator's confirmed term for the same spelling, else ``suggest_term`` (the save-as-annotator
+    dialog's rule), else unmapped. Each entry says where it came from (``how``), so a run records which mapping
+    scored it. A given label the truth column lacks is refused: a typo would otherwise be silently ignored.
+
+    Returns label -> {"term_id": id or None, "term_label": name or None, "how": ...}.
+    """
+    labels = [str(label) for label in dict.fromkeys(labels)]
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(labels))
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (", …" if len(unknown) > 5 else "")
+        raise OntologyError(f"truth_ontology names labels the truth column does not have: {shown}; its labels are "
+                            + ", ".join(repr(label) for label in labels[:20]) + ("" if len(labels) <= 20 else ", …")
+                            + ".")
+    out: dict[str, dict[str, str | None]] = {}
+    for label in labels:
+        how: TruthHow
+        if label in given:
+            term_id, how = (str(given[label]).strip() or None) if given[label] is not None else None, "given"
+        elif (annotator or {}).get(label):
+            term_id, how = str(annotator[label]), "annotator"  # type: ignore[index]
+        else:
+            s = suggest_term(label)
+            term_id, how = (s.term_id, s.how) if s else (None, "no suggestion")
+        if term_id is None:
+            out[label] = {"term_id": None, "term_label": None, "how": how}
+            continue
+        try:
+            name = check_term(term_id)
+        except OntologyError as e:
+            raise OntologyError(f"true label {label!r}: {e}") from None
+        out[label] = {"term_id": term_id, "term_label": name, "how": how}
+    return out
+
+
+def term_ids(terms: Mapping[str, Mapping[str, str | None]]) -> dict[str, str | None]:
+    """label -> CL id (None: unmapped) of a ``truth_terms`` result, as ``label_columns`` takes a mapping."""
+    return {label: entry.get("term_id") for label, entry in terms.items()}

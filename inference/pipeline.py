@@ -70,6 +70,9 @@ class AnnotationJob:
     annotator_checksum: str | None = None  # the weights it was trained on: other weights are refused
     annotator_name: str | None = None
     ontology: dict = field(default_factory=dict)  # label -> Cell Ontology id: adds the term and coarse class columns
+    # true label -> Cell Ontology id (None: unmapped) for the class-level scores; {}: the annotator's map (runs
+    # recorded before the truth had its own)
+    truth_ontology: dict = field(default_factory=dict)
     seed: int = 0
     holdout_fraction: float = 0.3
     umap: dict | None = None
@@ -292,18 +295,29 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
 
 def _ontology_columns(job: AnnotationJob, p: Prediction) -> dict[str, np.ndarray]:
     """The predicted labels' Cell Ontology terms and coarse classes (when the annotator maps its labels), and
-    metrics at the coarse level where the truth's labels map too."""
+    metrics at the coarse level where the truth's labels map too: through the run's own truth map (confirmed or
+    suggested at submission), since the truth rarely spells its labels as the annotator does. The scores say how
+    many labelled cells they cover and which true labels were left out, so a partial score is never read as the
+    run's."""
     if not any(job.ontology.values()):
         return {}
     from inference.ontology import label_columns
 
     terms = label_columns(p.predicted, job.ontology)
     if p.truth is not None and p.metrics:
-        truth_class = label_columns(p.truth, job.ontology)["predicted_cell_class"]
-        mask = (p.truth != "") & (truth_class != "") & (p.held_out if p.held_out is not None else True)
+        truth_map = job.truth_ontology or job.ontology
+        if job.truth_ontology:
+            p.provenance.setdefault("parameters", {})["truth_ontology"] = dict(job.truth_ontology)
+        truth_class = label_columns(p.truth, truth_map)["predicted_cell_class"]
+        labelled = (p.truth != "") & (p.held_out if p.held_out is not None else True)
+        mask = labelled & (truth_class != "")
         if mask.any():
             predicted_class = np.where(terms["predicted_cell_class"] == "", UNASSIGNED, terms["predicted_cell_class"])
+            left_out = p.truth[labelled & ~mask]
             p.metrics["cell_class"] = {**annotation_metrics(truth_class[mask].astype(str),
                                                             predicted_class[mask].astype(str)),
-                                       "scope": "cells whose true label maps to a Cell Ontology class"}
+                                       "scope": "cells whose true label maps to a Cell Ontology class",
+                                       "labelled_cells": int(labelled.sum()),
+                                       "left_out_cells": int(len(left_out)),
+                                       "left_out_labels": sorted(set(left_out.astype(str)))}
     return terms
