@@ -39,6 +39,7 @@ from inference.applications.base import (
 from inference.backends import requires_gpu
 from inference.backends.base import Cancelled
 from inference.devices import GpuRequired, choose_device
+from inference.reference import MIN_CELLS_PER_TYPE as MIN_CELLS_PER_TYPE  # the run form says it
 from store.artifacts import new_id, validate_uuid4
 from store.engine import lock_key, read_session, write_session
 from store.tables import ACTIVE, Application, Dataset, ModelEntry, Run, RunStatus
@@ -105,6 +106,21 @@ def truth_ontology(request: RunRequest, truth_column: str | None, given: object)
         return truth_terms(labels, given, annotator.ontology)  # type: ignore[union-attr]
     except OntologyError as exc:
         raise InvalidRun(str(exc)) from None
+
+
+def reference_sample(class_counts: dict[str, int], max_cells: int | None, evaluation: bool = False) -> dict:
+    """What a head would train on, before a run: the labelled cells, those trained on, the types and the per-type
+    minimum that can take a sample past the cap (``inference.reference.sample_sizes``); ``evaluation``: the
+    query's training split is what is sampled."""
+    from inference.pipeline import training_counts
+    from inference.reference import sample_sizes
+
+    counts = training_counts(class_counts) if evaluation else dict(class_counts)
+    total, cap = sum(counts.values()), int(max_cells or 0)
+    trained = sum(sample_sizes(counts, cap or None).values())
+    return {"labelled_cells": total, "trained_cells": trained, "types": len(counts), "max_cells": cap,
+            "sampled": bool(cap) and total > cap,
+            "min_per_type": min(MIN_CELLS_PER_TYPE, cap // max(1, len(counts))) if cap else 0}
 
 
 def with_truth_ontology[J](job: J, terms: dict | None) -> J:

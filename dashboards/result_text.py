@@ -56,8 +56,7 @@ def head_text(run) -> str:  # noqa: ANN001 - store.tables.Run
         text += f", temperature {float(temperature):.2f}"
     sample = trained.get("reference_sample")
     if sample:
-        text += (f", trained on {int(trained.get('reference_cells', 0)):,} of the reference's "
-                 f"{int(sample['labelled_cells']):,} labelled cells (a sample keeping each type's share)")
+        text += f", trained on {reference_sample_text(trained, sample)}"
     tuning = (trained.get("reference_check") or {}).get("fine_tuning")
     if tuning:
         text += " · " + fine_tuning_text(tuning)
@@ -71,6 +70,21 @@ def head_text(run) -> str:  # noqa: ANN001 - store.tables.Run
     if novelty:
         text += f" · novelty threshold {float(novelty):.2f} (cells fitting the reference less are unassigned)"
     return text
+
+
+def reference_sample_text(trained: dict, sample: dict) -> str:
+    """How many reference cells a sampled head learnt from and why that can exceed the cap asked for: each type
+    keeps its share and at least ``min_per_type`` cells (at most an equal split of the cap), so rare types stay."""
+    cells, labelled = int(trained.get("reference_cells", 0)), int(sample["labelled_cells"])
+    text = f"{cells:,} of the reference's {labelled:,} labelled cells (a seeded sample keeping each type's share"
+    cap, floor = sample.get("max_cells"), sample.get("min_per_type")
+    if cap and floor:
+        types = len(trained.get("classes") or [])
+        per_type = min(int(floor), int(cap) // types) if types else int(floor)
+        text += f", at least {per_type:,} cells of each type or all it has"
+        if cells > int(cap):
+            text += f": {cells - int(cap):,} more than the {int(cap):,} asked, so rare types are not lost"
+    return text + ")"
 
 
 def fine_tuning_text(tuning: dict) -> str:

@@ -139,3 +139,23 @@ def truth_given(frame: pd.DataFrame, terms: dict[str, dict]) -> dict[str, str | 
         if text != ((terms.get(str(label)) or {}).get("term_id") or ""):
             out[str(label)] = text or None
     return out
+
+
+def query_text(dataset) -> str:  # noqa: ANN001 - store.tables.Dataset or None
+    """Which dataset the run form annotates (the one section 1 shows), by name and cells."""
+    if dataset is None:
+        return "**Query**: none yet: pick or upload the cells to annotate in section 1."
+    cells = f" · {int(dataset.n_cells):,} cells" if dataset.n_cells else ""
+    return f"**Query** (the cells to annotate, as picked in section 1): **{md(dataset.file_name)}**{cells}"
+
+
+def sample_text(info: dict, file_name: str, evaluation: bool = False) -> str:
+    """How many labelled cells the head will train on, and why a cap can give more (``runs.reference_sample``)."""
+    where = f"the training split of {md(file_name)}" if evaluation else md(file_name)
+    if not info["sampled"]:
+        return f"The head trains on all {info['labelled_cells']:,} labelled cells of {where}."
+    more = info["trained_cells"] - info["max_cells"]
+    return (f"The head trains on {info['trained_cells']:,} of the {info['labelled_cells']:,} labelled cells of "
+            f"{where}: a seeded sample of at most {info['max_cells']:,} keeping each of its {info['types']} types' "
+            f"share, with at least {info['min_per_type']:,} cells of each type (or all it has)"
+            + (f", which adds {more:,} so rare types are not lost." if more > 0 else "."))

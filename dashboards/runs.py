@@ -11,6 +11,7 @@ import param
 
 from app.catalog import EMBEDDING_INTEGRATION, MAX_REFERENCE_CELLS
 from app.datasets import CheckReport
+from app.runs import MIN_CELLS_PER_TYPE
 from dashboards.data import labelled_datasets
 from dashboards.integration_form import IntegrationForm
 from dashboards.run_text import (
@@ -30,7 +31,9 @@ from dashboards.run_text import (
     annotator_note,
     history_frame,
     progress_text,
+    query_text,
     run_options,
+    sample_text,
     submission,
     truth_frame,
     truth_given,
@@ -89,8 +92,11 @@ class RunPanel(PlatformView):
                            doc="Cells that fit the reference less than this (0-1) are left unassigned as 'does not "
                                "fit the reference'; 0 leaves none out.")
     max_reference_cells = param.Integer(default=MAX_REFERENCE_CELLS, bounds=(0, None),
-                                        doc="The head trains on at most this many labelled reference cells (beyond, a "
-                                            "seeded sample keeping each type's share); 0: every cell.")
+                                        doc="The head trains on at most about this many labelled reference cells: "
+                                            "beyond, a seeded sample keeping each type's share, with at least "
+                                            f"{MIN_CELLS_PER_TYPE} cells of each type (or an equal split of the cap, "
+                                            "or all the type has), so a small cap can train on more cells than it "
+                                            "says; 0: every cell.")
     majority_voting = param.Boolean(default=False,
                                     doc="Also over-cluster the query and give every cell its cluster's most common "
                                         "label; shown beside the per-cell labels.")
@@ -123,6 +129,10 @@ class RunPanel(PlatformView):
         self.note = pn.pane.Alert("", alert_type="light", visible=False, css_classes=["annotator-note"],
                                   sizing_mode="stretch_width", margin=(0, 10))
         self._annotators: dict = {}
+        self._choosing, self._truth_pick = False, None  # the truth column the user picked (None: not yet)
+        self.query_line = pn.pane.Markdown("", css_classes=["run-query"], margin=(0, 10), sizing_mode="stretch_width")
+        self.sample_note = pn.pane.Markdown("", css_classes=["reference-sample"], visible=False, margin=(0, 10),
+                                            styles={"font-size": "0.85em"}, sizing_mode="stretch_width")
         self._truth_terms: dict[str, dict] = {}  # the true labels' terms as the platform found them
         self._truth_key: tuple = ()
         self.truth_table = pn.widgets.Tabulator(pd.DataFrame(columns=TRUTH_COLUMNS), show_index=False,
@@ -134,6 +144,8 @@ class RunPanel(PlatformView):
         self._refresh_options()
         self._show_note()
         self._refresh_truth_terms()
+        self._show_query()
+        self._show_sample()
         self.refresh_history()
 
     def _dataset(self, dataset_id: str | None):  # noqa: ANN202 - store.tables.Dataset
@@ -173,12 +185,43 @@ class RunPanel(PlatformView):
         self.label_column = labels[0] if labels else None
         query = self._dataset(self.dataset)
         truths = [NO_TRUTH, *(CheckReport(query.check_report).label_columns if query else {})]
-        self.param.truth_column.objects = truths
-        if self.labels_from == ANNOTATOR:  # the query's column named as the annotator's labels, if it has one
-            a = self._annotators.get(self.annotator)
-            self.truth_column = a.label_column if a is not None and a.label_column in truths else NO_TRUTH
-        else:
-            self.truth_column = self.label_column if self.reference and self.label_column in truths else NO_TRUTH
+        self._choosing = True  # what follows is the form's default, not the user's choice
+        try:
+            self.param.truth_column.objects = truths
+            if self._truth_pick is not None and self._truth_pick in truths:  # the user's choice, kept across queries
+                self.truth_column = self._truth_pick
+            elif self.labels_from == ANNOTATOR:  # the query's column named as the annotator's labels, if it has one
+                a = self._annotators.get(self.annotator)
+                self.truth_column = a.label_column if a is not None and a.label_column in truths else NO_TRUTH
+            else:
+                self.truth_column = self.label_column if self.reference and self.label_column in truths else NO_TRUTH
+        finally:
+            self._choosing = False
+
+    @param.depends("truth_column", watch=True)
+    def _remember_truth(self) -> None:
+        """A truth column the user picks is kept when another query is uploaded or picked, if it has that column."""
+        if not self._choosing:
+            self._truth_pick = self.truth_column
+
+    @param.depends("dataset", "datasets", watch=True)
+    def _show_query(self) -> None:
+        self.query_line.object = query_text(self._dataset(self.dataset))
+
+    @param.depends("reference", "dataset", "datasets", "label_column", "max_reference_cells", "labels_from",
+                   watch=True)
+    def _show_sample(self) -> None:
+        """How many labelled cells the head will train on, and why a cap can give more than it says."""
+        from app.runs import reference_sample
+
+        source = self._dataset(self.reference) or self._dataset(self.dataset)
+        counts = CheckReport(source.check_report).label_columns.get(self.label_column) if source else None
+        if self.labels_from != REFERENCE or not counts:
+            self.sample_note.visible = False
+            return
+        evaluation = not self.reference
+        info = reference_sample(counts, self.max_reference_cells, evaluation)
+        self.sample_note.param.update(object=sample_text(info, source.file_name, evaluation), visible=True)
 
     @param.depends("truth_column", "annotator", "labels_from", "dataset", watch=True)
     def _refresh_truth_terms(self) -> None:
@@ -422,11 +465,12 @@ class RunPanel(PlatformView):
                                                       css_classes=["max-reference-cells"], width=190, step=10_000,
                                                       visible=by_reference),
                        self.button, align_items="flex-end", sizing_mode="stretch_width"),
-            self.message, visible=self.param.application.rx().rx.pipe(lambda a: a not in self.forms),
+            self.sample_note, self.message, visible=self.param.application.rx().rx.pipe(lambda a: a not in self.forms),
             sizing_mode="stretch_width")
         forms = [pn.Column(form, visible=self.param.application.rx() == app, sizing_mode="stretch_width")
                  for app, form in self.forms.items()]
-        return pn.Column("## 2 · Run", annotation, *forms, self.in_flight,
+        heading = pn.Column(pn.pane.Markdown("## 2 · Run"), self.query_line, margin=0, sizing_mode="stretch_width")
+        return pn.Column(heading, annotation, *forms, self.in_flight,
                          pn.Row("### Runs on this server (click a finished one to open it)",
                                 show_toggle(self.param.show, "history-show"),
                                 self.delete_button, sizing_mode="stretch_width"),

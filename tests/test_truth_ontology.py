@@ -37,7 +37,7 @@ def home(tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="module")
 def query(tmp_path_factory) -> Path:
-    """The pbmc3k copy (600 cells), its truth column spelt as another study spells the same types."""
+    """The pbmc3k copy (599 cells), its truth column spelt as another study spells the same types."""
     cells = ad.read_h5ad(PBMC)
     cells.obs["celltype"] = cells.obs["celltype"].astype(str).map(RESPELLED).astype("category")
     path = tmp_path_factory.mktemp("truth-query") / "stimulated-like.h5ad"
@@ -69,7 +69,7 @@ def test_truth_terms_suggest_take_the_annotators_and_honour_what_is_given():
 def test_the_class_level_score_covers_every_mappable_cell_when_the_truth_spells_labels_otherwise(suggested):
     m = suggested["metrics"]
     classes = m[CELL_CLASS]
-    # every respelled label has a term and a class: all 599 labelled cells (of 600) are scored, in the classes T
+    # every respelled label has a term and a class: all 599 cells are labelled and scored, in the classes T
     # cell, natural killer cell, B cell, monocyte, dendritic cell and megakaryocyte
     assert classes["n_cells"] == classes["labelled_cells"] == m["n_cells"] == 599
     assert classes["left_out_cells"] == 0 and classes["left_out_labels"] == []
@@ -228,3 +228,61 @@ def test_rest_and_the_command_line_say_what_each_score_covers(suggested, capsys)
     assert main(["annotate", "--query", "q.h5ad", "--out", "o.h5ad", "--annotator", BUILTIN,
                  "--truth-term", "nonsense"]) == 1
     assert "write LABEL=CL:ID" in capsys.readouterr().err
+
+
+def test_the_run_form_names_its_query_keeps_the_truth_column_and_says_why_a_cap_trains_on_more(platform, query,
+                                                                                                tmp_path):
+    """Issue 39, item 7: a cap of 1,000 on pbmc3k's 8 types trained on more cells without a word on why; the form
+    named no query; a truth column picked reset at the next upload."""
+    from dashboards.result_text import head_text
+    from dashboards.runs import RunPanel
+
+    with open(PBMC, "rb") as fh:
+        ref = platform.datasets.ingest(fh, "pbmc3k.h5ad")
+    with open(query, "rb") as fh:
+        first = platform.datasets.ingest(fh, "stimulated-like.h5ad")
+    other = ad.read_h5ad(query)
+    other.obs["condition"] = (["ctrl", "stim"] * other.n_obs)[: other.n_obs]
+    other.obs["condition"] = other.obs["condition"].astype("category")
+    other.write_h5ad(tmp_path / "second.h5ad")
+    with open(tmp_path / "second.h5ad", "rb") as fh:
+        second = platform.datasets.ingest(fh, "second.h5ad")
+    panel = RunPanel(platform)
+    assert "none yet" in shown(panel.query_line.object)
+    panel.param.update(datasets=platform.datasets.list(), dataset=first.id, application="cell-type-annotation",
+                       model="baseline")
+    assert shown(panel.query_line.object) == ("Query (the cells to annotate, as picked in section 1): "
+                                              "stimulated-like.h5ad · 599 cells")
+
+    panel.reference = ref.id
+    panel.label_column = "celltype"
+    panel.max_reference_cells = 200
+    note = shown(panel.sample_note.object)
+    counts = platform.datasets.get(ref.id).check_report["label_columns"]["celltype"]
+    floor = min(500, 200 // len(counts))
+    trained = sum(min(n, max(n * 200 // sum(counts.values()), floor)) for n in counts.values())
+    assert trained > 200
+    assert note == (f"The head trains on {trained:,} of the 599 labelled cells of pbmc3k.h5ad: a seeded sample of at "
+                    f"most 200 keeping each of its {len(counts)} types' share, with at least {floor} cells of each "
+                    f"type (or all it has), which adds {trained - 200} so rare types are not lost.")
+    assert "at least 500 cells of each type" in panel.param.max_reference_cells.doc
+    panel.max_reference_cells = 0
+    assert shown(panel.sample_note.object) == "The head trains on all 599 labelled cells of pbmc3k.h5ad."
+
+    panel.truth_column = "celltype"  # the user's choice
+    panel.dataset = second.id  # the next upload, which has that column: kept
+    assert panel.truth_column == "celltype"
+    assert "second.h5ad" in shown(panel.query_line.object)
+    panel.truth_column = "condition"
+    panel.dataset = first.id  # no such column there: back to the form's default
+    assert panel.truth_column == "celltype"
+    panel.dataset = second.id  # and the choice comes back where the column is
+    assert panel.truth_column == "condition"
+
+    run = SimpleNamespace(parameters={"head": {"kind": "logistic_regression"}}, metrics={}, provenance={"head": {
+        "kind": "logistic_regression", "reference_cells": 1389, "classes": list("ABCDEFGH"),
+        "reference_sample": {"labelled_cells": 2700, "max_cells": 1000, "min_per_type": 500, "seed": 0}}})
+    assert shown(head_text(run)) == (
+        "Head: Logistic regression, trained on 1,389 of the reference's 2,700 labelled cells (a seeded sample keeping "
+        "each type's share, at least 125 cells of each type or all it has: 389 more than the 1,000 asked, so rare "
+        "types are not lost)")

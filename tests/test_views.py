@@ -781,7 +781,9 @@ def test_a_head_trained_on_a_sample_of_its_reference_says_so():
         "kind": "knn", "k": 15, "reference_cells": 100_012,
         "reference_sample": {"labelled_cells": 1_000_000, "max_cells": 100_000, "min_per_type": 500, "seed": 0}}})
     assert shown(head_text(sampled)) == ("Head: kNN reference mapping, k = 15, trained on 100,012 of the reference's "
-                                         "1,000,000 labelled cells (a sample keeping each type's share)")
+                                         "1,000,000 labelled cells (a seeded sample keeping each type's share, at "
+                                         "least 500 cells of each type or all it has: 12 more than the 100,000 "
+                                         "asked, so rare types are not lost)")
     whole = SimpleNamespace(parameters={"head": {"kind": "knn"}}, metrics={}, provenance={"head": {
         "kind": "knn", "k": 15, "reference_cells": 300}})
     assert "sample" not in shown(head_text(whole))
