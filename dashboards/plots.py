@@ -190,23 +190,70 @@ def nearest_cell(cells: pd.DataFrame, x: float, y: float, radius: float) -> int 
     return i if i is not None and d2[i] <= radius ** 2 else None
 
 
+# the confusion matrix's layout, estimated before Bokeh lays it out (px): text is ~0.6 em wide per character
+CHAR_EM = 0.6
+TEXT_MAX_PX, TEXT_MIN_PX = 12, 8  # 9 pt at most; numbers that would need less than 6 pt are left to the hover
+CONFUSION_MIN_WIDTH = 480  # a responsive matrix never gets narrower than the width its fonts were chosen for
+COLORBAR_PX, TITLE_PX, AXIS_TITLE_PX = 80, 40, 28
+
+
+def confusion_layout(rows: list[str], cols: list[str], texts: list[str], width: int, height: int) -> dict:
+    """Font sizes, x-label rotation and height for a ``rows`` x ``cols`` matrix drawn ``width`` wide so that
+    nothing overlaps: axis labels get at least their font size of room, a number is written in only where it
+    fits its cell (else the hover shows it), and the plot grows taller where its rows need it."""
+    longest = max((len(c) for c in cols), default=1)
+    y_font = TEXT_MAX_PX
+    frame_w = max(40, width - COLORBAR_PX - AXIS_TITLE_PX - CHAR_EM * y_font * max(map(len, rows), default=1))
+    cell_w = frame_w / max(1, len(cols))
+    x_font = min(TEXT_MAX_PX, int(cell_w * 0.8))
+    # labels side by side when they fit, else at 45 degrees (room across: the cell width / sin 45), else upright
+    if CHAR_EM * x_font * longest + 4 <= cell_w:
+        rotation, x_label_h = 0, x_font + 6
+    elif cell_w >= 1.5 * x_font:
+        rotation, x_label_h = 45, 0.72 * CHAR_EM * x_font * longest + 10
+    else:
+        rotation, x_label_h = 90, CHAR_EM * x_font * longest + 10
+    # rows keep at least the label font's height; the plot grows rather than squeezing them
+    height = max(height, int(len(rows) * (y_font + 4) + TITLE_PX + AXIS_TITLE_PX + x_label_h))
+    cell_h = (height - TITLE_PX - AXIS_TITLE_PX - x_label_h) / max(1, len(rows))
+    y_font = min(TEXT_MAX_PX, int(cell_h * 0.8))
+    widest = max((len(t) for t in texts), default=1)
+    number = int(min(TEXT_MAX_PX, cell_h * 0.7, (cell_w - 4) / (CHAR_EM * widest)))
+    return {"x_font": x_font, "y_font": y_font, "rotation": rotation, "height": height,
+            "number_font": number if number >= TEXT_MIN_PX else None}
+
+
 def confusion_heatmap(confusion: dict, normalised: bool = False, width: int | None = 620,
                       height: int = 520) -> hv.Overlay:
-    """Rows: true labels; columns: predicted labels (with 'unassigned'); counts or row fractions written in.
-    ``width`` None: as wide as its container."""
-    rows, cols = confusion["rows"], confusion["columns"]
-    values = np.array(confusion["row_normalised" if normalised else "counts"], dtype=float)
-    records = [(c, r, values[i, j]) for i, r in enumerate(rows) for j, c in enumerate(cols)]
-    heat = hv.HeatMap(records, kdims=["predicted", "true"], vdims=["value"]).opts(
-        cmap="Blues", colorbar=True, xrotation=45, tools=["hover"], **size_opts(width, height),
-        invert_yaxis=True, title="Confusion matrix (" + ("row-normalised" if normalised else "counts") + ")",
-        clim=(0, 1 if normalised else float(values.max() or 1)))
-    text = [f"{v:.2f}" if normalised else f"{int(v)}" for _, _, v in records]
+    """Rows: true labels; columns: predicted labels (with 'unassigned'); counts or row fractions written in where
+    they fit (the hover always shows both). Fonts, label rotation and height follow the number of rows and
+    columns (an 8 x 16 matrix of two vocabularies overlapped its numbers and labels at fixed 9 pt).
+    ``width`` None: as wide as its container, at least ``CONFUSION_MIN_WIDTH``."""
+    rows, cols = [str(r) for r in confusion["rows"]], [str(c) for c in confusion["columns"]]
+    counts = np.array(confusion["counts"], dtype=float)
+    fractions = np.array(confusion["row_normalised"], dtype=float) if "row_normalised" in confusion else (
+        counts / np.maximum(counts.sum(axis=1, keepdims=True), 1))
+    values = fractions if normalised else counts
+    records = [(c, r, values[i, j], int(counts[i, j]), fractions[i, j])
+               for i, r in enumerate(rows) for j, c in enumerate(cols)]
+    text = [f"{v:.2f}" if normalised else f"{int(v)}" for _, _, v, _, _ in records]
+    layout = confusion_layout(rows, cols, text, width or CONFUSION_MIN_WIDTH, height)
+    size = ({"width": width, "height": layout["height"]} if width else
+            {"responsive": True, "height": layout["height"], "min_width": CONFUSION_MIN_WIDTH})
+    x = hv.Dimension("predicted", values=cols)
+    y = hv.Dimension("true", values=rows)
     top = 1 if normalised else float(values.max() or 1)
+    heat = hv.HeatMap(records, kdims=[x, y], vdims=["value", "cells", "row_fraction"]).opts(
+        cmap="Blues", colorbar=True, xrotation=layout["rotation"], tools=["hover"], **size, invert_yaxis=True,
+        title="Confusion matrix (" + ("row-normalised" if normalised else "counts") + ")", clim=(0, top),
+        fontsize={"xticks": f"{layout['x_font']}px", "yticks": f"{layout['y_font']}px"})
+    if layout["number_font"] is None:
+        return heat
     # dark text on light cells, white on dark ones: every number stays readable
-    labels = [hv.Labels([(c, r, t) for (c, r, v), t in zip(records, text, strict=True) if dark == (v > 0.6 * top)],
-                        kdims=["predicted", "true"], vdims=["text"]).opts(
-                            text_font_size="9pt", text_color="white" if dark else "black") for dark in (False, True)]
+    labels = [hv.Labels([(c, r, t) for (c, r, v, _, _), t in zip(records, text, strict=True)
+                         if dark == (v > 0.6 * top)], kdims=[x, y], vdims=["text"]).opts(
+        text_font_size=f"{layout['number_font']}px", text_color="white" if dark else "black")
+        for dark in (False, True)]
     return heat * labels[0] * labels[1]
 
 
