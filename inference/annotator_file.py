@@ -402,7 +402,7 @@ def _expect(arrays: dict[str, _Array], name: str, shape: tuple[int | None, ...],
 CLASSIFIER_ARRAYS = {"logistic_regression": {"classes", "coef", "intercept", "temperature", "calibration_cells"},
                      "knn": {"classes", "points", "label_index", "k"},
                      "fine_tuned_linear": {"classes", "weight", "bias", "temperature", "calibration_cells"}}
-FIT_ARRAYS = {"classes", "means", "precisions", "distances", "offsets"}
+FIT_ARRAYS = {"classes", "means", "precisions", "distances", "offsets", "points"}  # points: optional (older files)
 
 
 def _check_shapes(arrays: dict[str, _Array], kind: str, meta: dict) -> None:
@@ -434,6 +434,8 @@ def _check_shapes(arrays: dict[str, _Array], kind: str, meta: dict) -> None:
     _expect(arrays, "fit__precisions", (c, f, f), "f")
     n = _expect(arrays, "fit__distances", (None,), "f").shape[0]
     _expect(arrays, "fit__offsets", (c + 1,), "iu")
+    if "fit__points" in arrays:
+        _expect(arrays, "fit__points", (n, f), "f")
     cells = (meta.get("reference") or {}).get("cells")
     if classes is not None and n != sum(classes.values()):
         raise _refuse(f"the reference fit holds {n:,} cells and the manifest's classes {sum(classes.values()):,}")
@@ -489,6 +491,8 @@ def check_arrays(head_bytes: bytes, meta: dict | None = None) -> None:
                     labels = [str(x) for x in _load(z, infos, "fit__classes")]
                     if dict(zip(labels, np.diff(value).tolist(), strict=True)) != counts:
                         raise _refuse("its classes and their cells differ from the manifest's classes")
+            elif name == "fit__points" and not np.isfinite(value).all():
+                raise _refuse("'fit__points' holds values that are not finite numbers")
             elif name == "clf__label_index":
                 c = arrays["clf__classes"].shape[0]
                 if value.size and (int(value.min()) < 0 or int(value.max()) >= c):

@@ -198,7 +198,7 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
     proba = np.concatenate([c[0] for c in classified])
     timer.stage(Stage.PREDICTING)
     began = time.perf_counter()
-    fit = head.fit.score_query(np.concatenate([c[1] for c in classified]), proba.argmax(axis=1))  # the whole query
+    fit, fit_info = head.fit.score_query(np.concatenate([c[1] for c in classified]), proba.argmax(axis=1))
     timer.timings["embedding query"] = round(timer.timings["embedding query"] - predicting, 3)
     timer.timings["predicting"] = round(predicting + time.perf_counter() - began, 3)
     best = proba.argmax(axis=1)
@@ -234,7 +234,7 @@ def _predict(job: AnnotationJob, backend: Backend, model_info: dict, query: Coun
                        "evaluation_mode": evaluation, "query_block_cells": QUERY_BLOCK,
                        **({"holdout_fraction": job.holdout_fraction} if evaluation else {})},
         "head": {"cache_key": key, "reused": head_reused, "classes": head.classes.tolist(),
-                 **trained_on, **head.describe(),
+                 **trained_on, **head.describe(), "reference_fit": fit_info,
                  **({"annotator": job.annotator_name} if job.annotator_head else {})},
         "genes_used": genes_used,
         "embedding": embedded.provenance,

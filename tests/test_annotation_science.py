@@ -142,3 +142,45 @@ def test_left_one_type_out_the_reference_fit_ranks_that_types_cells_as_novel(sub
     print(pd.DataFrame({"reference_fit": fit_auc, "confidence": conf_auc}).round(3), mean_fit, mean_conf)
     assert mean_fit >= 0.80, fit_auc
     assert mean_fit > mean_conf  # better than the head's own uncertainty at telling what is new
+
+
+
+def test_under_a_condition_shift_known_cells_still_fit_and_a_missing_type_does_not(subset):
+    """A condition (stimulated, diseased cells) moves the whole query one way, some cells more than others: here
+    the held-out cells' coordinates in the head's space, each moved along one direction by 4 to 12 of the
+    reference's standard deviations there. The known types' cells must keep fitting (few below 0.05, the novelty
+    slider's suggested value); the left-out type's must not. Scored as before (no allowance), most known cells
+    fall below 0.05."""
+    from sklearn.metrics import roc_auc_score
+
+    from inference.backends.baseline import BaselineBackend
+    from inference.pipeline import stratified_split
+
+    labels = subset.obs["celltype"].astype(str).to_numpy()
+    held = stratified_split(subset.obs["celltype"], 0.3, 0)
+    rng = np.random.default_rng(0)
+    rows = {}
+    for left_out in ("B", "CD14 Monocytes", "NK"):
+        in_ref = ~held & (labels != left_out)
+        backend = BaselineBackend()
+        backend.fit(subset[in_ref].copy())
+        head = Head.train(backend.embed(subset[in_ref].copy()).for_head, labels[in_ref], head_settings())
+        proba, coords = head.classify(backend.embed(subset[held].copy()).for_head)
+        called = proba.argmax(axis=1)
+        novel = labels[held] == left_out
+        fit_unshifted, _ = head.fit.score_query(coords, called)
+        direction = rng.normal(size=coords.shape[1])
+        sd = np.sqrt(direction @ np.cov(head.space.project(backend.embed(subset[in_ref].copy()).for_head)
+                                        [:, :coords.shape[1]].T) @ direction / (direction @ direction))
+        moved = coords + np.outer(rng.uniform(4, 12, len(coords)), direction / np.linalg.norm(direction) * sd)
+        fit, info = head.fit.score_query(moved, called)
+        before = head.fit.score(moved, called)
+        assert info["condition_shift"].startswith("allowed for"), info
+        rows[left_out] = {"auroc": roc_auc_score(novel, 1 - fit), "known": np.mean(fit[~novel] < 0.05),
+                          "novel": np.mean(fit[novel] < 0.05), "known before": np.mean(before[~novel] < 0.05),
+                          "auroc unshifted": roc_auc_score(novel, 1 - fit_unshifted)}
+    table = pd.DataFrame(rows).T
+    print(table.round(3))
+    assert (table["known before"] > 0.5).all(), table  # without the allowance the shift breaks the score
+    assert (table["known"] <= 0.15).all(), table
+    assert table["auroc"].mean() >= 0.8 and table["auroc"].mean() >= table["auroc unshifted"].mean() - 0.05, table

@@ -29,7 +29,7 @@ HEAD_KINDS: dict[str, type[Classifier]] = {LogisticHead.kind: LogisticHead, KnnH
 FINE_TUNE = "fine-tune"  # the head option that fine-tunes the model itself (inference/finetune.py)
 HEAD_OPTIONS = [k for k, c in HEAD_KINDS.items() if c.trainable] + [FINE_TUNE]
 DEFAULT_HEAD = {"kind": LogisticHead.kind, "C": 1.0, "max_iter": 2000, "class_weight": None}
-HEAD_FORMAT = 2  # heads cached before the PCA space and reference fit existed are not reused
+HEAD_FORMAT = 3  # heads cached before the reference fit kept its cells (the shift allowance) are trained again
 SPACE_COMPONENTS = 50
 
 
@@ -114,7 +114,7 @@ class Head:
 
     def predict(self, features: np.ndarray) -> HeadOutput:
         proba, coords = self.classify(features)
-        return HeadOutput(proba, self.fit.score_query(coords, proba.argmax(axis=1)), coords)
+        return HeadOutput(proba, self.fit.score_query(coords, proba.argmax(axis=1))[0], coords)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         return self.predict(features).proba
