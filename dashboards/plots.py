@@ -127,7 +127,7 @@ def mean_hover(label: str) -> HoverTool:
 
 
 def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str = "",
-              categories: list[str] | None = None, width: int | None = 560, hover: bool = True,
+              categories: list[str] | None = None, width: int | None = 560, hover: bool | None = True,
               label: str | None = None, height: int = 480, streams: tuple[hv.streams.Stream, ...] = ()
               ) -> hv.DynamicMap:
     """Datashaded UMAP of ``cells`` (columns umap_1, umap_2 and ``color_by``).
@@ -136,14 +136,15 @@ def umap_plot(cells: pd.DataFrame, color_by: str = "predicted_label", title: str
     values lie in 0-1, as fractions, probabilities and the reference fit do, else its own range; the colour bar
     is titled ``label``), any other one by category (a legend up to ``LEGEND_MAX`` values, in columns beside the
     plot so that every entry shows).
-    ``hover``: a tooltip made in the browser from the image's own pixels: how many cells are drawn on the pixel
-    under the cursor and their labels (or their mean). The image's aggregate already holds it, so it costs
-    nothing more and is always the pixel under the cursor; a cell's own details are a click away
+    ``hover`` (None: as True): a tooltip made in the browser from the image's own pixels: how many cells are
+    drawn on the pixel under the cursor and their labels (or their mean). The image's aggregate already holds
+    it, so it costs nothing more and is always the pixel under the cursor; a cell's own details are a click away
     (``dashboards.result_cells.UmapDetails``). HoloViews' per-cell ``selector`` hover asked the server on every
     move and showed the previous position's answer ("undefined" first), so it could name the wrong cell.
     ``width`` None: as wide as its container (the legend included), ``height`` high.
     ``streams`` (a Tap, a RangeXY): given the image layer as their source; HoloViews links no stream to the
     overlay of the image and its legend."""
+    hover = hover is not False
     common = dict(**size_opts(width, height), xaxis=None, yaxis=None, title=title, bgcolor="white",
                   active_tools=["wheel_zoom"], default_tools=["pan", "wheel_zoom", "box_zoom", "reset", "save"])
     column = cells[color_by]
@@ -193,7 +194,8 @@ def nearest_cell(cells: pd.DataFrame, x: float, y: float, radius: float) -> int 
 # the confusion matrix's layout, estimated before Bokeh lays it out (px): text is ~0.6 em wide per character
 CHAR_EM = 0.6
 TEXT_MAX_PX, TEXT_MIN_PX = 12, 8  # 9 pt at most; numbers that would need less than 6 pt are left to the hover
-CONFUSION_MIN_WIDTH = 480  # a responsive matrix never gets narrower than the width its fonts were chosen for
+CONFUSION_MIN_WIDTH = 420  # a responsive matrix never gets narrower than the width its fonts were chosen for
+# (the headline's flex basis: the dashboard gives each half at least this before it stacks them)
 COLORBAR_PX, TITLE_PX, AXIS_TITLE_PX = 80, 40, 28
 
 
