@@ -6,11 +6,11 @@ Cells are synthetic (10 Gaussian clusters, 10 labels, a confidence, a cell id ea
 the number of points, not on what they mean. For each size: the first image (the dashboard's own `umap_plot`
 rendered to Bokeh models, as a session does), a zoomed image (the same DynamicMap asked for a quarter of the
 range, as a wheel zoom does, then three pans of that zoomed view, whose median is the cost per image while
-exploring), each with the hover on the cell under the cursor (a `selector`), with the
-per-label counts under the cursor (the image's own aggregation) and the default (the cell up to
-``HOVER_CELL_MAX`` cells, 500,000; above, per-label counts); bytes are the Bokeh JSON of the figure, which carries
-the image to the browser. With ``--from-table`` the first image includes reading the run's columns from its parquet
-table, as the dashboard does (the cells' names only for the hover on the cell). Writes bench/out/views.json.
+exploring), with the hover (True and the default None: the per-label counts under the cursor, written in the
+browser from the image's own aggregation) and without it (False); bytes are the Bokeh JSON of the figure, which
+carries the image to the browser. With ``--from-table`` the first image includes reading the run's columns from
+its parquet table, as the dashboard does (the cells' names up to ``HOVER_CELL_MAX`` cells, 500,000, for a click's
+details). Writes bench/out/views.json.
 """
 
 from __future__ import annotations

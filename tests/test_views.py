@@ -163,25 +163,25 @@ def test_pages_of_cells_read_only_their_row_groups_and_match_the_file(platform):
     assert view.cells.page == 1_249 and position() == "cells 24,981–25,000 of 25,000"
 
 
-def test_hover_names_the_cell_up_to_a_size_and_the_labels_under_the_cursor_beyond(monkeypatch):
-    from bokeh.models import HoverTool
+def test_the_hover_is_written_in_the_browser_from_the_drawn_labels_never_asked_of_the_server():
+    """HoloViews' server-side selector hover showed 'undefined' or the previous position's cell (issue 39): the
+    tooltip is a plain Bokeh hover whose formatter reads the image's per-label counts; tests/test_umap_hover.py
+    reads it in Chromium."""
+    import json
 
-    import dashboards.plots as plots
-
-    def tooltips(cells) -> str:
-        """What the figure sends the browser, if it has a hover tool ('' if not)."""
-        import json
-
-        from bokeh.embed import json_item
-
-        fig = hv.render(plots.umap_plot(cells, "predicted_label"), backend="bokeh")
-        return json.dumps(json_item(fig)) if fig.select(type=HoverTool) else ""
+    from bokeh.embed import json_item
+    from bokeh.models import CustomJSHover, HoverTool
 
     cells = _cells()
-    assert "cell_id" in tooltips(cells)
-    monkeypatch.setattr(plots, "HOVER_CELL_MAX", len(cells) - 1)  # as if the run held 10 million cells
-    shown = tooltips(cells)
-    assert "cell_id" not in shown and shown  # still a hover, from the image's own per-label counts
+    for color in ("predicted_label", "confidence"):
+        fig = hv.render(umap_plot(cells, color), backend="bokeh")
+        hovers = fig.select(type=HoverTool)
+        assert len(hovers) == 1 and hovers[0].name == "umap-hover", hovers
+        assert all(isinstance(f, CustomJSHover) for f in hovers[0].formatters.values())
+        assert "selector" not in json.dumps(json_item(fig)).lower()  # no server round trip for the tooltip
+    fig = hv.render(umap_plot(cells, "predicted_label"), backend="bokeh")
+    formatter = fig.select(type=HoverTool)[0].formatters["@image"]
+    assert set(formatter.args["labels"]) == set(cells["predicted_label"].astype(str))
 
 
 def test_umaps_colour_by_any_numeric_column_with_its_mean_and_by_anything_else_per_value():
