@@ -31,6 +31,7 @@ from inference.run_files import PARTIAL_PREFIX
 
 EMBEDDINGS_DIR = "embeddings"
 FEATURES, BASIS, ENTRY = "features.npy", "basis.npy", "entry.json"
+LAYOUTS_DIR = "layouts"  # an entry's stored UMAP layouts (inference/layout_store.py): they go with it
 STORE_FORMAT = 1
 
 
@@ -178,7 +179,8 @@ class EmbeddingStore:
         """Remove the half-written entries of writers that are gone (a killed worker or server): a staging
         folder whose key's lock nobody holds. One whose lock is held belongs to a live writer and stays."""
         removed = []
-        for staging in self.root.glob(f"*/{PARTIAL_PREFIX}*"):
+        layouts = self.root.glob(f"*/*/{LAYOUTS_DIR}/{PARTIAL_PREFIX}*")  # inference/layout_store.py: same naming
+        for staging in [*self.root.glob(f"*/{PARTIAL_PREFIX}*"), *layouts]:
             digest = staging.name.split("-", 2)[-1]  # .partial-<8 hex>-<key digest>
             lock_path = staging.parent / f"{digest}.lock"
             try:
@@ -204,7 +206,8 @@ class EmbeddingStore:
             if folder.name.startswith(PARTIAL_PREFIX) or not (folder / ENTRY).is_file():
                 continue
             entry = json.loads((folder / ENTRY).read_text())
-            out.append({"digest": folder.name, **entry, "bytes": _bytes(folder)})
+            layouts = sum(1 for d in (folder / LAYOUTS_DIR).glob("*/") if not d.name.startswith(PARTIAL_PREFIX))
+            out.append({"digest": folder.name, **entry, "layouts": layouts, "bytes": _bytes(folder)})
         return out
 
     def size(self, dataset_sha256: str) -> int:

@@ -202,7 +202,8 @@ def finish_integration(job: IntegrationJob, workdir: Path, progress: StageProgre
                        should_stop: ShouldStop | None = None) -> dict[str, object]:
     """The CPU part: the uncorrected PCA, the scIB metrics, the UMAP, every file published at once."""
     from inference.integration_metrics import integration_metrics
-    from inference.layout import umap_layout
+    from inference.layout_store import REUSED as LAYOUT_REUSED
+    from inference.layout_store import stored_umap
 
     handover = json.loads((workdir / HANDOVER).read_text())
     timer = StageTimer(progress)
@@ -226,7 +227,9 @@ def finish_integration(job: IntegrationJob, workdir: Path, progress: StageProgre
                **({"cell_types": _counts(labels[labelled])} if labels is not None else {})}
     check_stop(should_stop)
     timer.stage(Stage.UMAP)
-    coords, umap_info = umap_layout(np.asarray(embedding), seed=job.seed, params=job.umap)
+    laid_out = handover["provenance"].get("integration") or handover["provenance"].get("embedding")
+    coords, umap_info = stored_umap(np.asarray(embedding), job.seed, job.umap, laid_out,
+                                    on_reused=lambda: timer.say(LAYOUT_REUSED, len(embedding), len(embedding)))
     check_stop(should_stop)
     timer.stage(Stage.WRITING)
     provenance = {**handover["provenance"], "inputs": {"data": asdict(job.data), "batch_column": job.batch_column,

@@ -26,7 +26,8 @@ from inference.counts import AnnotationError, Counts, DataInput
 from inference.embedding import REUSED, embed_dataset, embedding_key
 from inference.embedding_store import EmbeddingStore
 from inference.heads import DEFAULT_HEAD, Head
-from inference.layout import umap_layout
+from inference.layout_store import REUSED as LAYOUT_REUSED
+from inference.layout_store import stored_umap
 from inference.metrics import LOW_CONFIDENCE, NOT_IN_REFERENCE, UNASSIGNED, annotation_metrics
 from inference.prediction import Prediction
 from inference.reference import (  # noqa: F401 - the gene share and sample sizes are this module's API too
@@ -279,7 +280,8 @@ def finish(job: AnnotationJob, p: Prediction, progress: StageProgress | None = N
         check_stop(should_stop)
     terms = _ontology_columns(job, p)
     timer.stage(Stage.UMAP)
-    coords, umap_info = umap_layout(p.basis, seed=job.seed, params=job.umap)
+    coords, umap_info = stored_umap(p.basis, job.seed, job.umap, p.provenance.get("embedding"),
+                                    on_reused=lambda: timer.say(LAYOUT_REUSED, len(p.basis), len(p.basis)))
     check_stop(should_stop)
     timer.stage(Stage.WRITING)
     provenance = {**p.provenance, "umap": umap_info}
