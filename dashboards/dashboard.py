@@ -58,7 +58,8 @@ class Dashboard(PlatformView):
 
     The views are linked here, by parameters: the picked application and model and the data panel's dataset flow
     into the run panel; a finished run tells the results view to offer it (and the data panel to read the stored
-    embeddings again), and one clicked in the run history is opened there; an annotator saved (results view) or
+    embeddings again), and one of this session's runs that finished, or one clicked in the run history, is
+    opened there; an annotator saved (results view) or
     deleted (annotators view) bumps ``annotators_changed``, which the annotators view and the run panel's
     annotator choices follow."""
 
@@ -74,7 +75,9 @@ class Dashboard(PlatformView):
         self.usage = UsageView(self.platform)
         link(self.picker, self.runs, "application", "model")
         link(self.data, self.runs, "dataset", "datasets")
-        link(self.runs, self.results, "finished", "opened")
+        link(self.runs, self.results, "finished")
+        # a run clicked in the history opens, clicked again (the run panel triggers ``opened`` anew) too
+        self.runs.param.watch(lambda event: self.results.open(event.new), "opened")
         link(self.runs, self.data, "finished")
         # two views change the annotators: a shared counter, so neither needs to know the other's count
         self.results.param.watch(self._annotators_changed, "saved")
@@ -107,8 +110,16 @@ class Dashboard(PlatformView):
         loop = asyncio.get_running_loop()
         snap, compute = await loop.run_in_executor(_POLLS, lambda: (self.runs.snapshot(), self._compute_status()))
         self.runs.apply(snap)
+        self.open_finished(snap)
         if compute != self.compute.object:
             self.compute.object = compute
+
+    def open_finished(self, snap: dict) -> None:
+        """A run of this session that finished (the snapshot's statuses are this session's runs) opens in the
+        results, whichever run they show: what the user submitted last is what they wait for."""
+        done = [run_id for run_id, status in snap["statuses"].items() if status["status"] == "done"]
+        if done:
+            self.results.open(done[-1])
 
     def sidebar(self) -> list:
         return [self.picker, self.compute, self.usage]

@@ -38,6 +38,7 @@ from dashboards.result_text import (
     shown_metrics,
     umap_caption,
 )
+from dashboards.safe_text import md
 from dashboards.styles import CAPTION
 from dashboards.view import PlatformView
 
@@ -88,9 +89,14 @@ class ResultsView(PlatformView):
         self.save_form.param.watch(lambda _e: self.param.update(saved=self.saved + 1), "saved")
         self.cells = CellTable(self.platform)
         self.views = {app: make(self.platform) for app, make in RESULT_VIEWS.items()}
+        # the headline (scores, confusion matrix, UMAP) is replaced as one piece when the run changes, its UMAP
+        # first by a note naming the run it is loading: header, scores and map always belong to the same run
+        self.headline = pn.Column(sizing_mode="stretch_width", css_classes=["result-headline"])
+        self._summary_slot = self._confusion_slot = self._map_slot = pn.Column()
+        self.headline_run = self.map_run = ""  # the run the headline's words, and its map, show
         self.refresh()
         self._follow_run()
-        self._fill_colors()
+        self._show_headline()
 
     @param.depends("finished", watch=True)
     def refresh(self) -> None:
@@ -127,12 +133,16 @@ class ResultsView(PlatformView):
 
     @param.depends("opened", watch=True)
     def _open(self) -> None:
-        if self.opened and self.opened not in self._runs:
-            self.refresh()  # it finished since the last poll told us
-        if self.opened in self._runs:
-            self.run = self.opened
+        self.open(self.opened)
 
-    @param.depends("run", watch=True)
+    def open(self, run_id: str) -> None:
+        """Show ``run_id`` (a run clicked in the history, or one of this session's runs that just finished),
+        whichever run is shown now."""
+        if run_id and run_id not in self._runs:
+            self.refresh()  # it finished since the last poll told us
+        if run_id in self._runs:
+            self.run = run_id
+
     def _fill_colors(self) -> None:
         """Offer the colours this run's cells have (read from its file's schema, not its cells)."""
         self._kinds = run_columns(self.platform, self.run) if self.run else {}
@@ -194,19 +204,18 @@ class ResultsView(PlatformView):
         return sorted({str(c) for col in LABEL_COLORS if col in cells
                        for c in pd.unique(cells[col])} - {""})  # categoricals: unique() reads the codes
 
-    @param.depends("run", "color_by")
-    def _umap(self) -> pn.viewable.Viewable:
-        """The run's UMAP coloured as chosen, as wide as its half of the headline, with how it was made."""
-        if not self.run:
-            return pn.pane.Markdown("No finished run yet: upload a dataset and run a model (sections 1 and 2).")
-        if not self._shows_own():
+    def _umap(self, run_id: str | None = None, color: str | None = None) -> pn.viewable.Viewable:
+        """The run's UMAP (the one shown without ``run_id``) coloured by ``color`` (the chosen one without), as
+        wide as its half of the headline, with how it was made."""
+        run_id = self.run if run_id is None else run_id
+        color = self.color_by if color is None else color
+        if not run_id or self._runs[run_id].application_id in self.views:
             return pn.Column()
-        run = self._runs[self.run]
-        color = self.color_by if self.color_by in self._kinds else DEFAULT_COLOR
-        cells = self._cells(self.run, color)
+        run = self._runs[run_id]
+        color = color if color in self._kinds else DEFAULT_COLOR
+        cells = self._cells(run_id, color)
         if color not in cells.columns:  # a choice left from another run, drawn before the options were refilled
             color = DEFAULT_COLOR
-        run_id = self.run
 
         def read_cell(index: int) -> pd.DataFrame:  # a click's cell: its row group only, all its columns
             return self.platform.runs.page(run_id, index, 1)[0]
@@ -219,6 +228,60 @@ class ResultsView(PlatformView):
             pn.pane.Markdown(umap_caption(run.provenance.get("umap"), len(cells)), css_classes=["umap-caption"],
                              styles=CAPTION, sizing_mode="stretch_width", margin=(0, 10)),
             shown.details, sizing_mode="stretch_width")
+
+    def _run_label(self, run_id: str) -> str:
+        return next((label for label, value in self._labels.items() if value == run_id), run_id[:8])
+
+    @param.depends("run", watch=True)
+    def _show_headline(self) -> None:
+        """The run's headline in one replacement (its words and confusion matrix, and in the UMAP's place a note
+        naming the run whose map is loading); the map follows once drawn. A UMAP takes seconds to read and draw:
+        replaced piece by piece, the old run's map stood under the new run's scores meanwhile (issue 39)."""
+        self._fill_colors()
+        run_id = self.run
+        classes = ["run-" + run_id] if run_id else []
+        self._summary_slot = pn.Column(self._summary(), sizing_mode="stretch_width", css_classes=classes)
+        self._confusion_slot = pn.Column(self._confusion(), sizing_mode="stretch_width", styles=HALF)
+        if not run_id:
+            first = pn.pane.Markdown("No finished run yet: upload a dataset and run a model (sections 1 and 2).")
+        elif self._shows_own():
+            first = pn.pane.Markdown(f"Loading the UMAP of {md(self._run_label(run_id))}…",
+                                     css_classes=["umap-loading"], margin=(0, 10))
+        else:
+            first = pn.Column()
+        self._map_slot = pn.Column(first, sizing_mode="stretch_width", styles=HALF,
+                                   css_classes=["result-umap", *classes])
+        self.headline.objects = [self._summary_slot,
+                                 pn.FlexBox(self._confusion_slot, self._map_slot, sizing_mode="stretch_width")]
+        self.headline_run = self.map_run = run_id
+        if run_id and self._shows_own():
+            self._draw_map()
+
+    def _draw_map(self) -> None:
+        """Draw the shown run's UMAP into its slot: on the next tick when served (so that the note naming the run
+        reaches the browser first), at once elsewhere; a run or colour changed meanwhile draws its own."""
+        run_id, color, slot = self.run, self.color_by, self._map_slot
+
+        def draw() -> None:
+            if (self.run, self.color_by, self._map_slot) == (run_id, color, slot):
+                slot.objects = [self._umap(run_id, color)]
+
+        pn.state.execute(draw, schedule=True)
+
+    @param.depends("color_by", watch=True)
+    def _recolour(self) -> None:
+        """Another colour for the run shown (a new run's headline draws its map itself)."""
+        if self.map_run == self.run and self.run and self._shows_own():
+            self._draw_map()
+
+    @param.depends("label_source", "level", "normalised", watch=True)
+    def _show_scores(self) -> None:
+        """Other labels (per cell or majority, types or classes) or normalisation: the same run's words and
+        matrix (a new run's headline, being built, shows its own)."""
+        if self.headline_run != self.run:
+            return
+        self._summary_slot.objects = [self._summary()]
+        self._confusion_slot.objects = [self._confusion()]
 
     @param.depends("run", "compare_with")
     def _compare(self) -> pn.viewable.Viewable:
@@ -242,7 +305,6 @@ class ResultsView(PlatformView):
     def _name(self, run) -> str:  # noqa: ANN001
         return {m.id: m.name for m in self.platform.models()}.get(run.model_id, run.model_id)
 
-    @param.depends("run", "label_source", "level")
     def _summary(self) -> pn.viewable.Viewable:
         """The headline's words: untrained banner, scores, head; and the downloads. Before any run has finished,
         how to make one (the results come first on the page, so a new user reads this first)."""
@@ -253,7 +315,6 @@ class ResultsView(PlatformView):
             return pn.Column()
         return summary(self._runs[self.run], self.label_source, self.level, downloads(self.platform, self.run))
 
-    @param.depends("run", "normalised", "label_source", "level")
     def _confusion(self) -> pn.viewable.Viewable:
         if not self._shows_own():
             return pn.Column()
@@ -287,17 +348,11 @@ class ResultsView(PlatformView):
             align_items="end", sizing_mode="stretch_width", css_classes=["result-controls"])
 
     def __panel__(self) -> pn.viewable.Viewable:
-        headline = pn.Column(
-            pn.panel(self._summary, sizing_mode="stretch_width"),
-            pn.FlexBox(pn.panel(self._confusion, sizing_mode="stretch_width", styles=HALF),
-                       pn.panel(self._umap, sizing_mode="stretch_width", styles=HALF),
-                       sizing_mode="stretch_width"),
-            sizing_mode="stretch_width", css_classes=["result-headline"])
         own = pn.Column(
             pn.panel(self._details, sizing_mode="stretch_width"),
             pn.panel(self._compare, sizing_mode="stretch_width"),
             self.save_form,
             pn.pane.Markdown("### Cells", margin=(0, 10)), self.cells,
             visible=self.param.own, sizing_mode="stretch_width", css_classes=["result-details-all"])
-        return pn.Column("## Results", self._controls(), *self.views.values(), headline, own,
+        return pn.Column("## Results", self._controls(), *self.views.values(), self.headline, own,
                          sizing_mode="stretch_width", css_classes=["results"])
