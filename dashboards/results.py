@@ -14,7 +14,7 @@ import panel as pn
 import param
 
 from app.catalog import EMBEDDING_INTEGRATION
-from app.result_columns import run_columns
+from app.result_columns import CONTINUOUS, GENE_PREFIX, QUERY_PREFIX, query_columns, query_values, run_columns
 from dashboards.integration import IntegrationView
 from dashboards.plots import HOVER_CELL_MAX, NO_CLASS, disagreement, umap_plot
 from dashboards.result_annotator import SaveAnnotatorForm
@@ -75,6 +75,7 @@ class ResultsView(PlatformView):
     level = param.Selector(default=CELL_TYPE, objects=LEVELS,
                            doc="Labels shown: the annotator's cell types, or their coarse Cell Ontology class.")
     has_cell_class = param.Boolean(default=False, doc="Whether the run shown has coarse cell classes.")
+    gene = param.String(default="", doc="A gene of the query whose expression colours the UMAP ('' for none).")
     saved = param.Integer(default=0, doc="Bumped when this view saves an annotator.")
     finished = param.Integer(default=0, doc="Bumped when a run finishes: the run pickers then offer it.")
     opened = param.String(default="", doc="A run opened elsewhere (the run history): shown here.")
@@ -89,6 +90,11 @@ class ResultsView(PlatformView):
         self.save_form.param.watch(lambda _e: self.param.update(saved=self.saved + 1), "saved")
         self.cells = CellTable(self.platform)
         self.views = {app: make(self.platform) for app, make in RESULT_VIEWS.items()}
+        self._genes: list[str] = []
+        self.gene_picker = pn.widgets.AutocompleteInput.from_param(
+            self.param.gene, name="…or by a gene", placeholder="type a gene", options=[], search_strategy="includes",
+            case_sensitive=False, min_characters=1, restrict=False, width=170, css_classes=["gene-picker"])
+        self.gene_message = pn.pane.Markdown("", visible=False, css_classes=["gene-message"], margin=(0, 10))
         # the headline (scores, confusion matrix, UMAP) is replaced as one piece when the run changes, its UMAP
         # first by a note naming the run it is loading: header, scores and map always belong to the same run
         self.headline = pn.Column(sizing_mode="stretch_width", css_classes=["result-headline"])
@@ -147,6 +153,12 @@ class ResultsView(PlatformView):
         """Offer the colours this run's cells have (read from its file's schema, not its cells)."""
         self._kinds = run_columns(self.platform, self.run) if self.run else {}
         options = color_choices(self._kinds) or {color_label(DEFAULT_COLOR): DEFAULT_COLOR}
+        extra, self._genes = self._query_columns() if self._shows_own() else ({}, [])
+        self._kinds.update(extra)
+        options.update({_color_label(key): key for key in extra})
+        self.gene_picker.options = self._genes
+        self.gene_message.visible = False
+        self.gene = ""  # a gene of the last query is not asked of this one
         self.param.color_by.objects = options
         if self.color_by not in options.values():
             self.color_by = next(iter(options.values()))
@@ -156,6 +168,33 @@ class ResultsView(PlatformView):
         self.has_cell_class = CLASS_COLUMN in self._kinds
         if not self.has_cell_class:
             self.level = CELL_TYPE
+
+    def _query_columns(self) -> tuple[dict[str, str], list[str]]:
+        """The query's obs columns (keyed ``query:<name>``) and genes: a query deleted or unreadable offers none."""
+        try:
+            obs, genes = query_columns(self.platform, self.run)
+        except Exception:  # noqa: BLE001 - the run's own colours still stand
+            return {}, []
+        return {QUERY_PREFIX + name: kind for name, kind in obs.items()}, genes
+
+    @param.depends("gene", watch=True)
+    def _colour_by_gene(self) -> None:
+        """A gene picked: its expression colours the UMAP; one the query lacks is said so, the colour kept."""
+        gene = self.gene.strip()
+        if not gene or not self.run:
+            self.gene_message.visible = False
+            return
+        if gene not in self._genes:
+            self.gene_message.object = (f"No gene named **{md(gene)}** in this run's query "
+                                        f"({len(self._genes):,} genes): pick one the search offers.")
+            self.gene_message.visible = True
+            return
+        self.gene_message.visible = False
+        key = GENE_PREFIX + gene
+        self._kinds[key] = CONTINUOUS
+        self.param.color_by.objects = {**{k: v for k, v in self.param.color_by.names.items()
+                                          if not v.startswith(GENE_PREFIX)}, _color_label(key): key}
+        self.color_by = key
 
     @param.depends("label_source", watch=True)
     def _follow_label_source(self) -> None:
@@ -188,6 +227,11 @@ class ResultsView(PlatformView):
             large = run is not None and (run.cells_total or 0) > HOVER_CELL_MAX
             cells = self.platform.runs.cells(run_id, IMAGE_COLUMNS if large else UMAP_COLUMNS)
         missing = [c for c in dict.fromkeys((*columns, color)) if c not in cells.columns]
+        query = [c for c in missing if c.startswith((QUERY_PREFIX, GENE_PREFIX))]
+        missing = [c for c in missing if c not in query]
+        if query:  # the query file's own columns, in the run's cells' order
+            ids = cells["cell_id"] if "cell_id" in cells else self.platform.runs.cells(run_id, ["cell_id"])["cell_id"]
+            cells = cells.assign(**{c: _array(query_values(self.platform, run_id, c, ids)) for c in query})
         if missing:  # one read for whatever is not held yet
             extra = self.platform.runs.cells(run_id, missing)
             if CLASS_COLUMN in extra.columns:  # '' (no class): named in the legend, grey as unassigned cells are
@@ -220,9 +264,9 @@ class ResultsView(PlatformView):
         def read_cell(index: int) -> pd.DataFrame:  # a click's cell: its row group only, all its columns
             return self.platform.runs.page(run_id, index, 1)[0]
 
-        shown = UmapDetails(cells, read_cell, color_by=color, title=f"UMAP by {color_label(color)}",
+        shown = UmapDetails(cells, read_cell, color_by=color, title=f"UMAP by {_color_label(color)}",
                             categories=self._label_categories(cells) if color in LABEL_COLORS else None,
-                            width=None, label=color_label(color), height=HEADLINE_HEIGHT)
+                            width=None, label=_color_label(color), height=HEADLINE_HEIGHT)
         return pn.Column(
             shown.pane,
             pn.pane.Markdown(umap_caption(run.provenance.get("umap"), len(cells)), css_classes=["umap-caption"],
@@ -339,12 +383,14 @@ class ResultsView(PlatformView):
                                          width=230, visible=own),
             pn.widgets.Select.from_param(self.param.color_by, name="Colour the UMAP by", css_classes=["color-by"],
                                          width=190, visible=own),
+            pn.Column(self.gene_picker, visible=own, margin=0),
             pn.widgets.Checkbox.from_param(self.param.normalised, name="row-normalised", align="end",
                                            css_classes=["row-normalised"], visible=own),
             pn.widgets.RadioButtonGroup.from_param(self.param.label_source, css_classes=["label-source"],
                                                    visible=self.param.has_consensus.rx().rx.and_(own), align="end"),
             pn.widgets.RadioButtonGroup.from_param(self.param.level, css_classes=["label-level"],
                                                    visible=self.param.has_cell_class.rx().rx.and_(own), align="end"),
+            self.gene_message,
             align_items="end", sizing_mode="stretch_width", css_classes=["result-controls"])
 
     def __panel__(self) -> pn.viewable.Viewable:
@@ -356,3 +402,18 @@ class ResultsView(PlatformView):
             visible=self.param.own, sizing_mode="stretch_width", css_classes=["result-details-all"])
         return pn.Column("## Results", self._controls(), *self.views.values(), self.headline, own,
                          sizing_mode="stretch_width", css_classes=["results"])
+
+
+def _color_label(key: str) -> str:
+    """The words for a colour: the run's columns as ``color_label`` says, the query's named as its own (plain
+    text: a picker's option and a plot's title are not markup)."""
+    if key.startswith(QUERY_PREFIX):
+        return f"{key[len(QUERY_PREFIX):]} (query)"
+    if key.startswith(GENE_PREFIX):
+        return f"{key[len(GENE_PREFIX):]} expression"
+    return color_label(key)
+
+
+def _array(values: object) -> object:
+    """A column to assign to the cells: a Series loses its own index (the cells are in the run's order)."""
+    return values.to_numpy() if isinstance(values, pd.Series) else values

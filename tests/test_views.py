@@ -213,8 +213,10 @@ def test_colour_options_come_from_the_runs_own_columns_by_kind(platform):
 
     view = ResultsView(platform=platform)
     view.run = rich
-    assert view.param.color_by.objects == ["predicted_label", "confidence", "assigned", "true_label", "split",
-                                           "novelty", "cluster"]  # per-class probabilities stay in the table
+    own = [c for c in view.param.color_by.objects if not c.startswith("query:")]  # then the query's (issue 39)
+    assert own == ["predicted_label", "confidence", "assigned", "true_label", "split",
+                   "novelty", "cluster"]  # per-class probabilities stay in the table
+    assert "query:celltype" in view.param.color_by.objects
     assert view.color_by == "predicted_label"
     for color in ("novelty", "split", "true_label"):
         view.color_by = color
