@@ -53,6 +53,20 @@ HISTORY_WIDTHS = {"run": 85, "status": 80, "progress": 80, "duration_s": 95, "ma
 DELETE_RUN, CONFIRM_DELETE = "Delete the opened run", "Yes, delete it"
 
 
+
+IN_FLIGHT = ("queued", "running")
+
+
+def shown_history(frame: pd.DataFrame) -> pd.DataFrame:
+    """The history as the table shows it: a run in flight has no duration or macro-F1 yet, and a run without a
+    score (integration, no truth) has none at all; Tabulator writes a missing number as "NaN", so these cells say
+    "running"/"queued" or "—" instead (numbers stay numbers, written as the table wrote them)."""
+    frame = frame.copy()
+    frame["duration_s"] = [f"{d:.1f}" if pd.notna(d) else (s if s in IN_FLIGHT else "—")
+                           for d, s in zip(frame["duration_s"], frame["status"], strict=True)]
+    frame["macro_f1"] = [f"{f:.3f}" if pd.notna(f) else "—" for f in frame["macro_f1"]]
+    return frame.astype({"duration_s": object, "macro_f1": object})
+
 class RunPanel(PlatformView):
     """Submit runs (returns at once) and follow them.
 
@@ -346,7 +360,7 @@ class RunPanel(PlatformView):
         datasets = {d.id: d.file_name for d in self.platform.datasets.list()}
         runs = self.platform.runs.list()
         runs = self.shown(runs, self.show)
-        return history_frame(runs, names, datasets)
+        return shown_history(history_frame(runs, names, datasets))
 
     @param.depends("show", watch=True)
     def _on_show(self) -> None:

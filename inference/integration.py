@@ -221,7 +221,8 @@ def finish_integration(job: IntegrationJob, workdir: Path, progress: StageProgre
     scores = integration_metrics(np.asarray(embedding[labelled]), batch[labelled],
                                  labels[labelled] if labels is not None else None,
                                  np.asarray(unintegrated[labelled]), seed=job.seed, max_cells=job.max_metric_cells,
-                                 progress=lambda _s, done, total: timer.report(done, total), should_stop=should_stop)
+                                 progress=lambda said, done, total: _metric_progress(timer, said, done, total),
+                                 should_stop=should_stop)
     metrics = {**scores, "batch_column": job.batch_column, "label_column": job.label_column,
                "cells_scored": int(labelled.sum()), "batches": _counts(batch),
                **({"cell_types": _counts(labels[labelled])} if labels is not None else {})}
@@ -241,6 +242,15 @@ def finish_integration(job: IntegrationJob, workdir: Path, progress: StageProgre
     provenance["stage_timings"] = timer.timings
     write_text(Path(job.out_dir) / PROVENANCE, json.dumps(provenance, indent=2, default=str))
     return {"metrics": metrics, "provenance": provenance, "n_cells": len(cell_ids), "stage_timings": timer.timings}
+
+
+def _metric_progress(timer: StageTimer, said: str, done: int, total: int) -> None:
+    """The metric running now in the stage's words ("integration metrics: KBET (8 of 10)"), else the count."""
+    _, _, what = said.partition(": ")
+    if what:
+        timer.say(what, done, total)
+    else:
+        timer.report(done, total)
 
 
 def _counts(values: np.ndarray) -> dict[str, int]:

@@ -102,8 +102,9 @@ def integration_metrics(embedding: np.ndarray, batch: np.ndarray, labels: np.nda
 
     Above max_cells (default DEFAULT_MAX_CELLS) cells, everything is computed on one seeded sample stratified by
     batch x label (batch alone without labels); "sample" records it. Same inputs and seed give the same numbers.
-    progress(stage, done, total) is called after each step (the neighbour graph, then each library metric call);
-    should_stop() is checked before each, raising Cancelled.
+    progress(stage, done, total) is called before each step with what runs now ("integration metrics: KBET (8 of
+    10)") and after it with the bare stage (the neighbour graph, then each library metric call); should_stop() is
+    checked before each, raising Cancelled.
 
     Returns {"metrics": {name: float, or None where the library gives NaN (KBET when no label has 10 cells in two
     batches)}, "aggregates": {"Bio conservation", "Batch correction", "Total"},
@@ -162,6 +163,12 @@ def integration_metrics(embedding: np.ndarray, batch: np.ndarray, labels: np.nda
     total = len(calls) + 1
     done = 0
 
+    def running(label: str) -> None:
+        """Say which step runs now, before it runs: one metric (kBET, iLISI) may take minutes on a busy machine,
+        and a bare stage name with a still ETA reads as a hang."""
+        if progress is not None:
+            progress(f"{STAGE}: {label} ({done + 1} of {total})", done, total)
+
     def step() -> None:
         nonlocal done
         done += 1
@@ -173,6 +180,7 @@ def integration_metrics(embedding: np.ndarray, batch: np.ndarray, labels: np.nda
             raise Cancelled("cancelled by the user")
 
     check()
+    running("neighbour graph")
     neighbours = exact_neighbours(x, k)
     for m in NEIGHBOUR_VALUES:
         ad.uns[f"{m}_neighbor_res"] = neighbours.subset_neighbors(n=m)
@@ -182,6 +190,7 @@ def integration_metrics(embedding: np.ndarray, batch: np.ndarray, labels: np.nda
     types: dict[str, str] = {}
     for metric_type, name, use in calls:
         check()
+        running(metric_label(name))
         fn = getattr(scib_metrics, name)
         if isinstance(use, dict):
             fn = _partial(fn, use)
@@ -203,6 +212,15 @@ def integration_metrics(embedding: np.ndarray, batch: np.ndarray, labels: np.nda
                   "Total": None if bio is None or batch_score is None else 0.4 * batch_score + 0.6 * bio}
     return {"metrics": metrics, "aggregates": aggregates, "sample": sample,
             "library": {"scib-metrics": scib_metrics.__version__, "neighbours": NEIGHBOURS}}
+
+
+def metric_label(name: str) -> str:
+    """A library metric's name as its results table spells it ("kbet_per_label" -> "KBET"; a call giving two
+    values -> "KMeans NMI / KMeans ARI")."""
+    from scib_metrics.benchmark._core import metric_name_cleaner
+
+    return metric_name_cleaner.get(name) or " / ".join(
+        v for k, v in metric_name_cleaner.items() if k.startswith(f"{name}_")) or name
 
 
 def _partial(fn: Callable, kwargs: dict) -> Callable:

@@ -86,7 +86,12 @@ def test_equal_to_scib_benchmarker(data, ours):
     assert agg["Total"] == pytest.approx(0.6 * agg["Bio conservation"] + 0.4 * agg["Batch correction"])
     assert ours["harmony"]["library"]["scib-metrics"] == "0.6.1"
     assert ours["harmony"]["sample"] == {**ours["harmony"]["sample"], "sampled": False, "cells": n, "of": n}
-    assert ours["progress"] == [(STAGE, i, 10) for i in range(1, 11)]  # the neighbour graph, then 9 library calls
+    steps = ["neighbour graph", *BIO, *BATCH]
+    steps[2:4] = ["KMeans NMI / KMeans ARI"]  # one library call, two values
+    expected = []  # before each step, what runs now (issue 39, item 8); after it, the count
+    for i, step in enumerate(steps):
+        expected += [(f"{STAGE}: {step} ({i + 1} of 10)", i, 10), (STAGE, i + 1, 10)]
+    assert ours["progress"] == expected  # the neighbour graph, then 9 library calls
     # same inputs, same numbers, bit for bit (the library's kBET runs its own seeded pynndescent and ARPACK)
     assert integration_metrics(data["harmony"], data["batch"], data["labels"], data["pcs"]) == ours["harmony"]
 
@@ -156,7 +161,8 @@ def test_progress_cancel_and_bad_input(data):
     with pytest.raises(Cancelled, match="cancelled by the user"):
         integration_metrics(pcs, batch, None, pcs, progress=lambda *a: calls.append(a),
                             should_stop=lambda: next(checks))
-    assert calls == [(STAGE, 1, 3)]  # the neighbour graph done, stopped before the first metric
+    # the neighbour graph said and done, stopped before the first metric
+    assert calls == [(f"{STAGE}: neighbour graph (1 of 3)", 0, 3), (STAGE, 1, 3)]
     with pytest.raises(ValueError, match="at least 2 batches"):
         integration_metrics(pcs, np.full(len(batch), "a"), None, pcs)
     with pytest.raises(ValueError, match="one row per cell"):
