@@ -45,6 +45,7 @@ from store.engine import lock_key, read_session, write_session
 from store.tables import ACTIVE, Application, Dataset, ModelEntry, Run, RunStatus
 
 log = logging.getLogger(__name__)
+CLUSTER_START_WAIT_S = 1800.0  # how long a queued run waits for the Dask cluster to come up
 
 InvalidRun = SubmissionError  # the name the service's callers know
 __all__ = ["InvalidRun", "ModelCannotUse", "RunNotFinished", "RunsService", "TooManyRuns"]
@@ -303,7 +304,9 @@ class RunsService:
         run_dir = self.platform.artifacts.run_dir(run_id)
         staging = self.platform.artifacts.staging_dir(run_id)
         try:
-            compute = self.platform.compute()
+            # a run queued while the cluster starts waits for it (a loaded machine can take minutes): only a start
+            # that failed, or one past CLUSTER_START_WAIT_S, fails the run
+            compute = self.platform.compute(timeout=CLUSTER_START_WAIT_S)
             self.actors.subscribe()
             with write_session(self.platform.engine) as s:
                 run = s.get(Run, run_id)

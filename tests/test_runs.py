@@ -170,3 +170,43 @@ def test_runs_on_a_cluster_started_with_the_dask_command_line(tmp_path):
         for p in reversed(procs):
             p.terminate()
             p.wait(30)
+
+
+def test_a_run_submitted_while_the_cluster_starts_waits_for_it_instead_of_failing(tmp_path, monkeypatch, request):
+    """On a loaded machine the LocalCluster can take longer to start than a caller's usual wait (120 s): a run
+    queued meanwhile must wait for it, not fail with 'still starting'. Here the start is held until the test lets
+    it go, and the usual wait is cut to 1 s so that holding it 3 s is past it."""
+    import threading
+
+    import app.platform as platform_module
+
+    release, asked = threading.Event(), threading.Event()
+    real_start, real_compute = platform_module.start_compute, Platform.compute
+
+    def held_start(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        release.wait(120)
+        return real_start(*args, **kw)
+
+    def compute(self, timeout=1.0):  # noqa: ANN001, ANN202 - the usual wait, cut short
+        asked.set()
+        return real_compute(self, timeout)
+
+    monkeypatch.setattr(platform_module, "start_compute", held_start)
+    monkeypatch.setattr(Platform, "compute", compute)
+    platform = Platform(_settings(tmp_path / "home", HELICAL_PLATFORM_WORKERS="1"))
+    try:
+        with open(PBMC, "rb") as fh:
+            ds = platform.datasets.ingest(fh, "pbmc.h5ad")
+        run = _submit(platform, "baseline", ds)
+        assert asked.wait(60)  # the run's thread is waiting for the cluster
+        time.sleep(3)  # past the usual (here 1 s) wait
+        assert platform.runs.status(run.id)["status"] == "queued", platform.runs.status(run.id)
+        release.set()
+        ended = _wait(platform, run.id)
+        assert ended["status"] == "done", ended
+    finally:
+        release.set()
+        platform.close()
+    record("faults", "Cluster slow to start", "a run submitted while the Dask cluster is still starting, the start "
+           "held past the usual wait", "the run stays queued until the cluster is up", "it ends done",
+           request.node.nodeid)
