@@ -45,6 +45,14 @@ def link(source: param.Parameterized, target: param.Parameterized, *names: str) 
     source.param.watch(lambda *events: target.param.update(**{e.name: e.new for e in events}), list(names))
 
 
+def deferred(view: object, name: str) -> pn.viewable.Viewable:
+    """``view`` (or what a function returns) built only once the page has loaded in the browser; until then a
+    placeholder with the class ``deferred-<name>`` holds its place."""
+    make = view if callable(view) and not isinstance(view, param.Parameterized) else (lambda: view)
+    return pn.panel(pn.param.ParamFunction(make, defer_load=True, sizing_mode="stretch_width",
+                                           css_classes=[f"deferred-{name}"]))
+
+
 class Fast(PanelFast):
     """Panel's Fast design without its one asset from another host (a Google font): everything the page loads comes
     from this server (``tests/test_page_fit.py`` fails on any request elsewhere). Named as Panel's: Panel finds a
@@ -70,7 +78,7 @@ class Dashboard(PlatformView):
         self.picker = ModelPicker(self.platform)
         self.data = DataPanel(self.platform)
         self.runs = RunPanel(self.platform)
-        self.results = ResultsView(self.platform)
+        self.results = ResultsView(self.platform, lazy=True)  # reads its runs when first shown
         self.annotators = AnnotatorsView(self.platform)
         self.usage = UsageView(self.platform)
         link(self.picker, self.runs, "application", "model")
@@ -126,10 +134,17 @@ class Dashboard(PlatformView):
 
     def __panel__(self) -> pn.viewable.Viewable:
         """The results first, so that a finished run's headline is what a laptop's screen shows; then the data and
-        the run that make the next one, the saved annotators and the catalog."""
+        the run that make the next one, the saved annotators and the catalog.
+
+        Each section is built after the page has reached the browser (Panel's deferred loading: a placeholder in
+        the page, the section sent over the session's websocket once it has loaded), so that a new page is answered
+        without reading a run, a file or a table, and without building every widget first (issue 39, item 12)."""
         self.start_polling()
-        return pn.Column(self.results, pn.layout.Divider(), self.data, pn.layout.Divider(), self.runs,
-                         pn.layout.Divider(), self.annotators, pn.layout.Divider(), "## Catalog", self.picker.table,
+        return pn.Column(deferred(self.results, "results"), pn.layout.Divider(), deferred(self.data, "data"),
+                         pn.layout.Divider(), deferred(self.runs, "runs"), pn.layout.Divider(),
+                         deferred(self.annotators, "annotators"), pn.layout.Divider(),
+                         deferred(lambda: pn.Column("## Catalog", self.picker.table, sizing_mode="stretch_width"),
+                                  "catalog"),
                          sizing_mode="stretch_width")
 
     def servable_page(self) -> pn.template.BaseTemplate:

@@ -50,6 +50,9 @@ MAX_CACHED_RUNS = 4
 RESULT_VIEWS = {EMBEDDING_INTEGRATION: IntegrationView}
 # each of the headline's two plots takes half the width, down to this (then they stack)
 HALF = {"flex": "1 1 420px"}
+# the gene box offers at most this many of the query's genes matching what is typed (searched here, on the server:
+# a query's ~33,000 names are never sent to the browser)
+GENE_MATCHES = 20
 
 
 GETTING_STARTED = (
@@ -82,25 +85,44 @@ class ResultsView(PlatformView):
     own = param.Boolean(default=True, doc="Whether the run shown is drawn by this module's (annotation) views, "
                                           "rather than by its application's own (RESULT_VIEWS).")
 
-    def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
+    def __init__(self, platform=None, lazy: bool = False, **params) -> None:  # noqa: ANN001 - app.platform.Platform
+        """``lazy`` (the Dashboard's): nothing is read until the view is first shown (``__panel__``), so that a new
+        page is sent before any run, score or file is read (issue 39, item 12)."""
         super().__init__(platform, **params)
+        self._shown = not lazy
+        self._runs: dict = {}
+        self._labels: dict[str, str] = {}
         self._cache: OrderedDict[str, pd.DataFrame] = OrderedDict()  # run id -> cells, least recently drawn first
         self._kinds: dict[str, str] = {}
         self.save_form = SaveAnnotatorForm(self.platform)
         self.save_form.param.watch(lambda _e: self.param.update(saved=self.saved + 1), "saved")
         self.cells = CellTable(self.platform)
         self.views = {app: make(self.platform) for app, make in RESULT_VIEWS.items()}
+        # the query's own columns and genes: read from its file only when asked for (the button, or a gene typed)
         self._genes: list[str] = []
+        self._genes_lower: list[str] = []
+        self._query_read_for: str | None = None
         self.gene_picker = pn.widgets.AutocompleteInput.from_param(
             self.param.gene, name="…or by a gene", placeholder="type a gene", options=[], search_strategy="includes",
             case_sensitive=False, min_characters=1, restrict=False, width=170, css_classes=["gene-picker"])
+        self.gene_picker.param.watch(self._search_genes, "value_input")
+        self.query_button = pn.widgets.Button(name="+ the query's columns", css_classes=["query-colours"],
+                                              align="end", button_type="light")
+        self.query_button.on_click(lambda _e: self.load_query_colours())
         self.gene_message = pn.pane.Markdown("", visible=False, css_classes=["gene-message"], margin=(0, 10))
         # the headline (scores, confusion matrix, UMAP) is replaced as one piece when the run changes, its UMAP
         # first by a note naming the run it is loading: header, scores and map always belong to the same run
         self.headline = pn.Column(sizing_mode="stretch_width", css_classes=["result-headline"])
         self._summary_slot = self._confusion_slot = self._map_slot = pn.Column()
         self.headline_run = self.map_run = ""  # the run the headline's words, and its map, show
+        if self._shown:
+            self.show()
+
+    def show(self) -> None:
+        """Read the finished runs and build the shown run's headline: at once, or (lazy) when first shown."""
+        self._shown = False  # the run that refresh picks builds its headline once, below
         self.refresh()
+        self._shown = True
         self._follow_run()
         self._show_headline()
 
@@ -153,10 +175,9 @@ class ResultsView(PlatformView):
         """Offer the colours this run's cells have (read from its file's schema, not its cells)."""
         self._kinds = run_columns(self.platform, self.run) if self.run else {}
         options = color_choices(self._kinds) or {color_label(DEFAULT_COLOR): DEFAULT_COLOR}
-        extra, self._genes = self._query_columns() if self._shows_own() else ({}, [])
-        self._kinds.update(extra)
-        options.update({_color_label(key): key for key in extra})
-        self.gene_picker.options = self._genes
+        self._genes, self._genes_lower, self._query_read_for = [], [], None  # read again when asked for
+        self.gene_picker.options = []
+        self.query_button.visible = self._shows_own()
         self.gene_message.visible = False
         self.gene = ""  # a gene of the last query is not asked of this one
         self.param.color_by.objects = options
@@ -168,6 +189,33 @@ class ResultsView(PlatformView):
         self.has_cell_class = CLASS_COLUMN in self._kinds
         if not self.has_cell_class:
             self.level = CELL_TYPE
+
+    def load_query_colours(self) -> None:
+        """Offer the query's own obs columns as colours too, and know its genes (the button, or the first letter
+        typed in the gene box): its file is opened (obs and var only) once per run shown, never at page build."""
+        if not self._shows_own() or self._query_read_for == self.run:
+            return
+        extra, self._genes = self._query_columns()
+        self._genes_lower = [g.lower() for g in self._genes]
+        self._query_read_for = self.run
+        self._kinds.update(extra)
+        self.param.color_by.objects = {**self.param.color_by.names, **{_color_label(key): key for key in extra}}
+        self.query_button.visible = False
+
+    def _search_genes(self, event) -> None:  # noqa: ANN001 - a param Event
+        """What is typed in the gene box: up to ``GENE_MATCHES`` of the query's genes that contain it (those that
+        start with it first), searched here; the browser gets those names only."""
+        typed = (event.new or "").strip().lower()
+        if not typed:
+            self.gene_picker.options = []
+            return
+        self.load_query_colours()
+        starts = [g for g, low in zip(self._genes, self._genes_lower, strict=True) if low.startswith(typed)]
+        matches = starts[:GENE_MATCHES]
+        if len(matches) < GENE_MATCHES:
+            matches += [g for g, low in zip(self._genes, self._genes_lower, strict=True)
+                        if typed in low and not low.startswith(typed)][:GENE_MATCHES - len(matches)]
+        self.gene_picker.options = matches
 
     def _query_columns(self) -> tuple[dict[str, str], list[str]]:
         """The query's obs columns (keyed ``query:<name>``) and genes: a query deleted or unreadable offers none."""
@@ -184,6 +232,7 @@ class ResultsView(PlatformView):
         if not gene or not self.run:
             self.gene_message.visible = False
             return
+        self.load_query_colours()
         if gene not in self._genes:
             self.gene_message.object = (f"No gene named **{md(gene)}** in this run's query "
                                         f"({len(self._genes):,} genes): pick one the search offers.")
@@ -280,7 +329,10 @@ class ResultsView(PlatformView):
     def _show_headline(self) -> None:
         """The run's headline in one replacement (its words and confusion matrix, and in the UMAP's place a note
         naming the run whose map is loading); the map follows once drawn. A UMAP takes seconds to read and draw:
-        replaced piece by piece, the old run's map stood under the new run's scores meanwhile (issue 39)."""
+        replaced piece by piece, the old run's map stood under the new run's scores meanwhile (issue 39).
+        A lazy view not shown yet builds nothing: ``show`` does when it is."""
+        if not self._shown:
+            return
         self._fill_colors()
         run_id = self.run
         classes = ["run-" + run_id] if run_id else []
@@ -383,6 +435,7 @@ class ResultsView(PlatformView):
                                          width=230, visible=own),
             pn.widgets.Select.from_param(self.param.color_by, name="Colour the UMAP by", css_classes=["color-by"],
                                          width=190, visible=own),
+            self.query_button,
             pn.Column(self.gene_picker, visible=own, margin=0),
             pn.widgets.Checkbox.from_param(self.param.normalised, name="row-normalised", align="end",
                                            css_classes=["row-normalised"], visible=own),
@@ -394,6 +447,8 @@ class ResultsView(PlatformView):
             align_items="end", sizing_mode="stretch_width", css_classes=["result-controls"])
 
     def __panel__(self) -> pn.viewable.Viewable:
+        if not self._shown:
+            self.show()
         own = pn.Column(
             pn.panel(self._details, sizing_mode="stretch_width"),
             pn.panel(self._compare, sizing_mode="stretch_width"),
