@@ -55,6 +55,7 @@ DELETE_RUN, CONFIRM_DELETE = "Delete the opened run", "Yes, delete it"
 
 
 IN_FLIGHT = ("queued", "running")
+DEFAULT_VARIANT = "(the catalog's)"
 
 
 def shown_history(frame: pd.DataFrame) -> pd.DataFrame:
@@ -90,6 +91,10 @@ class RunPanel(PlatformView):
     truth_column = param.Selector(doc="The query's true labels, for metrics.")
     truth_mapped = param.Boolean(default=False, doc="Whether the run will score cell classes: the true labels' "
                                                     "Cell Ontology terms are offered for confirmation.")
+    variant = param.Selector(default="", objects={DEFAULT_VARIANT: ""},
+                             doc="Which of the model's published variants runs (Geneformer has nine); one without "
+                                 "weights on this server is refused with how to stage them.")
+    has_variants = param.Boolean(default=False, doc="The picked model has more than one variant.")
     confidence = param.Number(default=0.5, bounds=(0, 1), step=0.05, doc="Below it a cell is 'unassigned'.")
     head = param.Selector(default="logistic_regression", objects=HEADS,
                           doc="How the reference's labels reach the query: a logistic regression on the embeddings "
@@ -157,6 +162,7 @@ class RunPanel(PlatformView):
                                                 layout="fit_columns", height=150, stylesheets=[FITTING_TABLE])
         self.truth_table.on_edit(self._on_truth_edit)
         self._refresh_annotators()
+        self._refresh_variants()
         self._refresh_options()
         self._show_note()
         self._refresh_truth_terms()
@@ -169,6 +175,26 @@ class RunPanel(PlatformView):
 
     def _model_names(self) -> dict[str, str]:
         return {m.id: m.name for m in self.platform.models()}
+
+    @param.depends("model", watch=True)
+    def _refresh_variants(self) -> None:
+        """Every variant of the picked model, as the command line offers them (``geneformer:VARIANT``), each said
+        with whether this server has its weights; the catalog's own variant first and picked."""
+        from inference.weights import weights_variants
+
+        entry = next((m for m in self.platform.models() if m.id == self.model), None) if self.model else None
+        variants = weights_variants().get(entry.backend, []) if entry is not None and entry.variant else []
+        if len(variants) < 2:
+            self.param.variant.objects, self.variant, self.has_variants = {DEFAULT_VARIANT: ""}, "", False
+            return
+        choices = {}
+        for v in [entry.variant] + [v for v in variants if v != entry.variant]:
+            status, _ = self.platform.weights.status(entry.backend, v)
+            said = {"missing": "no weights here", "generated": "generated, untrained weights"}.get(status, "")
+            notes = (["default"] if v == entry.variant else []) + ([said] if said else [])
+            choices[f"{v} ({', '.join(notes)})" if notes else v] = v
+        self.param.variant.objects = choices
+        self.variant, self.has_variants = entry.variant, True
 
     @param.depends("annotators_changed", "labels_from", watch=True)
     def _refresh_annotators(self) -> None:
@@ -339,9 +365,12 @@ class RunPanel(PlatformView):
 
     def submission_options(self) -> dict:
         """The submission's options, from this panel's choices (no head or k with an annotator: it has its own)."""
-        return run_options(self.confidence, self.novelty, None if self.labels_from == ANNOTATOR else self.head,
-                           self.k, self.majority_voting, {t: getattr(self, t) for t in TUNING},
-                           self.max_reference_cells)
+        options = run_options(self.confidence, self.novelty, None if self.labels_from == ANNOTATOR else self.head,
+                              self.k, self.majority_voting, {t: getattr(self, t) for t in TUNING},
+                              self.max_reference_cells)
+        if self.has_variants and self.variant and self.labels_from != ANNOTATOR:  # an annotator keeps its own
+            options["variant"] = self.variant
+        return options
 
     def _say(self, text: str, kind: str) -> None:
         self.message.object, self.message.alert_type, self.message.visible = text, kind, True
@@ -460,6 +489,10 @@ class RunPanel(PlatformView):
                      if t == "learning_rate" else
                      pn.widgets.IntInput.from_param(getattr(self.param, t), name=TUNING[t], width=110,
                                                     css_classes=["tuning"], visible=tuning) for t in TUNING],
+                   pn.widgets.Select.from_param(self.param.variant, name="Model variant", width=300,
+                                                css_classes=["variant-picker"],
+                                                visible=self.param.has_variants.rx().rx.and_(
+                                                    self.param.labels_from.rx() != ANNOTATOR)),
                    pn.widgets.Checkbox.from_param(self.param.majority_voting,
                                                   name="Majority voting (cluster consensus)",
                                                   css_classes=["majority-voting"], align="end"),
