@@ -128,6 +128,7 @@ class RunPanel(PlatformView):
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)
         self._mine: dict[str, tuple[pn.indicators.Progress, pn.pane.Markdown]] = {}
+        self._followed: list[tuple[pn.Column, str]] = []  # each followed run's progress and its application
         self.button = pn.widgets.Button(name="Run", button_type="primary", css_classes=["run-button"], width=160)
         self.button.on_click(self._on_run)
         self.message = pn.pane.Alert("", visible=False, css_classes=["run-message"], sizing_mode="stretch_width")
@@ -343,7 +344,16 @@ class RunPanel(PlatformView):
                                      css_classes=["run-progress"])
         text = pn.pane.Markdown(f"**{md(name)}** — queued", css_classes=["run-progress-text"])
         self._mine[run_id] = (bar, text)
-        self.in_flight.append(pn.Column(text, bar, sizing_mode="stretch_width"))
+        followed = pn.Column(text, bar, sizing_mode="stretch_width", css_classes=["followed-run"])
+        self._followed.append((followed, self.application))
+        self.in_flight.append(followed)
+
+    @param.depends("application", watch=True)
+    def _show_followed(self) -> None:
+        """Under each application's form only its own runs' progress: an annotation run's bar under the
+        integration form read as that run's progress."""
+        for followed, application in self._followed:
+            followed.visible = application == self.application
 
     def _follow_submitted(self, event) -> None:  # noqa: ANN001 - param's Event
         """What an application's own form submitted is followed as this panel's runs are."""

@@ -215,6 +215,12 @@ def test_the_run_panel_shows_the_integration_form_and_submits_a_group(platform, 
                      "statuses": {r: platform.runs.status(r) for r in dash.runs._mine}})
     texts = [shown(text.object) for _bar, text in dash.runs._mine.values()]
     assert any("embedding: embeddings reused" in t for t in texts)
+    followed = [c for c in dash.runs.in_flight.objects if "followed-run" in c.css_classes]
+    assert len(followed) == 2 and all(c.visible for c in followed)
+    dash.picker.application = "cell-type-annotation"  # under the annotation form: not these runs' bars
+    assert dash.runs.application == "cell-type-annotation" and not any(c.visible for c in followed)
+    dash.picker.application = "embedding-integration"
+    assert all(c.visible for c in followed)
 
 
 def test_a_refused_submission_says_the_services_words_as_text(platform, multibatch):
