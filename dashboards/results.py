@@ -204,14 +204,14 @@ class ResultsView(PlatformView):
 
     def _search_genes(self, event) -> None:  # noqa: ANN001 - a param Event
         """What is typed in the gene box: up to ``GENE_MATCHES`` of the query's genes that contain it (those that
-        start with it first), searched here; the browser gets those names only."""
+        start with it first, shortest first), searched here; the browser gets those names only."""
         typed = (event.new or "").strip().lower()
         if not typed:
             self.gene_picker.options = []
             return
         self.load_query_colours()
         starts = [g for g, low in zip(self._genes, self._genes_lower, strict=True) if low.startswith(typed)]
-        matches = starts[:GENE_MATCHES]
+        matches = sorted(starts, key=lambda g: (len(g), g))[:GENE_MATCHES]  # the closest (shortest) names first
         if len(matches) < GENE_MATCHES:
             matches += [g for g, low in zip(self._genes, self._genes_lower, strict=True)
                         if typed in low and not low.startswith(typed)][:GENE_MATCHES - len(matches)]
