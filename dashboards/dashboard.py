@@ -78,7 +78,9 @@ class Dashboard(PlatformView):
         self.picker = ModelPicker(self.platform)
         self.data = DataPanel(self.platform)
         self.runs = RunPanel(self.platform)
-        self.results = ResultsView(self.platform, lazy=True)  # reads its runs when first shown
+        # a served session's page not yet loaded (Panel's own test for deferred loading): the results read their
+        # runs when first shown; elsewhere (a notebook, a test) at once
+        self.results = ResultsView(self.platform, lazy=not pn.state.loaded)
         self.annotators = AnnotatorsView(self.platform)
         self.usage = UsageView(self.platform)
         link(self.picker, self.runs, "application", "model")
