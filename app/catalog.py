@@ -96,13 +96,14 @@ SEED_MODELS = [
     ),
     dict(
         id="baseline",
-        name="Baseline (log1p + HVG + logistic regression)",
+        name="Baseline (log1p + HVG, no foundation model)",
         speed="fast",
         accuracy=None,
         accuracy_source="Measured by this platform on pbmc3k (held-out split); see docs/BENCHMARKS.md.",
         description=(
-            "Normalise to 10k counts, log1p, highly variable genes of the reference, logistic regression "
-            "(scanpy + scikit-learn). No foundation model: the yardstick the others must beat."
+            "Normalise to 10k counts, log1p, the reference's 2,000 highly variable genes (scanpy); its embedding "
+            "is their PCA. No foundation model: the yardstick the others must beat. Annotation reads it with the "
+            "run's head (logistic regression or kNN), as it reads every model."
         ),
         applications=[CELL_TYPE_ANNOTATION, EMBEDDING_INTEGRATION],
         backend="baseline",

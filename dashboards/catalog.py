@@ -6,7 +6,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from app.catalog import NEEDS_GPU, SEED_SOURCE, needs_gpu, shown_accuracy
+from app.catalog import EMBEDDING_INTEGRATION, NEEDS_GPU, SEED_SOURCE, needs_gpu, shown_accuracy
 from dashboards.safe_text import code, md, plain_formatters
 from dashboards.styles import FITTING_TABLE
 from dashboards.view import PlatformView
@@ -82,11 +82,18 @@ def models_frame(models: list) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "speed", "accuracy", "variant", "weights", "description"])
 
 
+FORM_PICKS_MODELS = (EMBEDDING_INTEGRATION,)  # applications whose run form picks several models at once
+FORM_PICKS_NOTE = ("This application's run form (**2 · Run**) picks its models, several at once; the catalog at the "
+                   "bottom of the page describes each.")
+
+
 class ModelPicker(PlatformView):
     """Application first, then the models that serve it."""
 
     application = param.Selector(doc="The application (its id).")
     model = param.Selector(doc="The model that will run (its id).")
+    picks_model = param.Boolean(default=True, doc="The sidebar picks the model (an application whose run form "
+                                                  "picks several models at once has no use for it).")
 
     def __init__(self, platform=None, **params) -> None:  # noqa: ANN001 - app.platform.Platform
         super().__init__(platform, **params)
@@ -97,6 +104,7 @@ class ModelPicker(PlatformView):
 
     @param.depends("application", watch=True)
     def _fill_models(self) -> None:
+        self.picks_model = self.application not in FORM_PICKS_MODELS
         models = self.platform.models(self.application)
         self._models = {m.id: m for m in models}
         self._gpus = cluster_gpus(self.platform)
@@ -127,5 +135,8 @@ class ModelPicker(PlatformView):
             pn.widgets.Select.from_param(self.param.application, name="Application",
                                          css_classes=["application-picker"], sizing_mode="stretch_width"),
             pn.widgets.Select.from_param(self.param.model, name="Model", css_classes=["model-picker"],
-                                         sizing_mode="stretch_width"),
-            self._card, sizing_mode="stretch_width")
+                                         sizing_mode="stretch_width", visible=self.param.picks_model),
+            pn.Column(self._card, visible=self.param.picks_model, sizing_mode="stretch_width"),
+            pn.pane.Markdown(FORM_PICKS_NOTE, css_classes=["form-picks-models"], sizing_mode="stretch_width",
+                             visible=self.param.picks_model.rx.not_()),
+            sizing_mode="stretch_width")

@@ -223,6 +223,23 @@ def test_the_run_panel_shows_the_integration_form_and_submits_a_group(platform, 
     assert all(c.visible for c in followed)
 
 
+def test_the_sidebar_has_no_single_model_picker_where_the_form_picks_several(platform):
+    """The integration form picks its models; the sidebar's one-model picker and card (the baseline described by
+    the annotation head it feeds) would only mislead there."""
+    from dashboards.catalog import ModelPicker
+
+    picker = ModelPicker(platform)
+    layout = picker.__panel__()
+    select = next(o for o in layout.objects if "model-picker" in (o.css_classes or []))
+    note = next(o for o in layout.objects if "form-picks-models" in (o.css_classes or []))
+    picker.application = "cell-type-annotation"
+    assert select.visible and not note.visible
+    picker.application = "embedding-integration"
+    assert not select.visible and note.visible and "picks its models" in note.object
+    baseline = next(m for m in platform.models("embedding-integration") if m.id == "baseline")
+    assert "logistic regression" not in baseline.name  # the model is the embedding, not the annotation's head
+
+
 def test_a_refused_submission_says_the_services_words_as_text(platform, multibatch):
     ds = _ingest(platform, multibatch, "two-labs.h5ad")
     form = IntegrationForm(platform, dataset=ds.id, datasets=platform.datasets.list())
