@@ -59,3 +59,10 @@ def ensure_generated_weights(settings: Settings, engine: Engine) -> list[str]:
         except WeightsError:
             log.exception("could not generate weights")
     return written
+
+
+def model_variants(backend: str) -> list[str]:
+    """Every published variant of a model (what ``weights list`` shows and the run form offers)."""
+    from inference.weights import weights_variants
+
+    return weights_variants().get(backend, [])

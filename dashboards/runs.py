@@ -181,10 +181,10 @@ class RunPanel(PlatformView):
     def _refresh_variants(self) -> None:
         """Every variant of the picked model, as the command line offers them (``geneformer:VARIANT``), each said
         with whether this server has its weights; the catalog's own variant first and picked."""
-        from inference.weights import weights_variants
+        from app.weights import model_variants
 
         entry = next((m for m in self.platform.models() if m.id == self.model), None) if self.model else None
-        variants = weights_variants().get(entry.backend, []) if entry is not None and entry.variant else []
+        variants = model_variants(entry.backend) if entry is not None and entry.variant else []
         if len(variants) < 2:
             self.param.variant.objects, self.variant, self.has_variants = {DEFAULT_VARIANT: ""}, "", False
             return
