@@ -69,6 +69,14 @@ class Platform:
             log.exception("could not install the built-in annotators")
         self.datasets = self.runs.datasets
         if start_cluster:
+            self._security = None
+            if not settings.scheduler_address:
+                # made here, not in the starting thread: importing cryptography there while this thread imports it
+                # too (Panel's login cookies) once left a served instance's cluster never started (CI, a server
+                # with --basic-auth: no scheduler log line, its run waiting for good)
+                from inference.cluster import local_security
+
+                self._security = local_security()
             threading.Thread(target=self._start_compute, name="start-dask", daemon=True).start()
         else:
             self._compute_error = RuntimeError("this process was started without a Dask cluster")
@@ -127,7 +135,7 @@ class Platform:
         s = self.settings
         try:
             self._compute = start_compute(s.scheduler_address, s.n_workers, s.threads_per_worker,
-                                          s.worker_memory_limit)
+                                          s.worker_memory_limit, self._security)
         except BaseException as exc:  # reported to the user through compute_status
             log.exception("could not start or reach the Dask cluster")
             self._compute_error = exc

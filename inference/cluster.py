@@ -103,6 +103,7 @@ def start_compute(
     n_workers: int = 2,
     threads_per_worker: int = 1,
     memory_limit: str = "auto",
+    security: Security | None = None,
 ) -> Compute:
     """Connect to ``scheduler_address``, or start a LocalCluster of worker processes when it is None.
 
@@ -119,7 +120,7 @@ def start_compute(
         threads_per_worker=threads_per_worker,
         processes=True,
         memory_limit=memory_limit,
-        security=local_security(),  # only this process and the workers it spawns can connect (see local_security)
+        security=security or local_security(),  # only this process and the workers it spawns connect (see there)
         dashboard_address="127.0.0.1:0",  # Dask's own dashboard: this machine only (any origin may use its websocket)
     )
     client = Client(cluster)
