@@ -149,7 +149,7 @@ class UploadHandler(ApiHandler):
                 self._write(chunk)
         except (UploadTooLargeError, QuotaExceeded) as exc:
             self.failure = exc
-            self._cleanup()  # nothing more is written; the rest of the body is read and dropped
+            await self._give_back()  # nothing more is written; the rest of the body is read and dropped
         except Exception as exc:  # the multipart parser's own errors
             self.failure = ApiError(400, "invalid_request", f"The multipart body is malformed ({exc}); send the "
                                                             "file as the 'file' field, or as a raw body.")
@@ -157,7 +157,7 @@ class UploadHandler(ApiHandler):
     async def post(self) -> None:
         self._body_done = True
         if self.out is None or self.failure is not None:  # refused; the body was read and dropped
-            self._cleanup()
+            await self._give_back()
             raise self.failure
         try:
             self.out.close()
@@ -181,6 +181,14 @@ class UploadHandler(ApiHandler):
     def on_connection_close(self) -> None:
         self._cleanup()
         super().on_connection_close()  # ends the wait for the body: the handler is not left pending for good
+
+    async def _give_back(self) -> None:
+        """Clean up, and give the reservation back before the refusal is answered: a client that reads its 413 and
+        asks for its quota must see the room again (fire-and-forget let the answer overtake the release)."""
+        reservation, self.reservation = self.reservation, None
+        self._cleanup()
+        if reservation is not None and reservation.id is not None:
+            await self.call(_release, reservation)
 
     def _cleanup(self) -> None:
         """Close and remove the temporary file, stop the idle watch and give the reservation back (in a thread:
