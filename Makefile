@@ -16,7 +16,7 @@ WEBSOCKET_ORIGINS := $(foreach o,$(subst $(comma), ,$(HELICAL_PLATFORM_ALLOW_ORI
 PYTHON312 ?= $(shell for c in python3.12 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	"$$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1 && { command -v "$$c"; break; }; done)
 
-.PHONY: serve test lint venv clean-venv
+.PHONY: serve test test-fast lint venv clean-venv
 
 venv: $(STAMP)
 
@@ -42,6 +42,12 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The edit loop: no browser, fault or slow tests (docs/TESTING.md); `make test` stays the whole suite.
+FAST := not browser and not faults and not slow
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import threading
 import time
@@ -86,6 +87,7 @@ class Platform:
         """Housekeeping of a process that serves runs: hold this instance's lease (a heartbeat), fail the runs
         of servers that are gone (now and at every beat), remove partial files no live writer can own (a dead
         process's of this host at once, others' once an hour old) and dataset files no row records (an hour old)."""
+        log.info("settings in effect: %s", json.dumps(self.settings.public(), sort_keys=True))
         self.lease.start(reconcile=True)
         removed = self.artifacts.remove_partials(older_than_s=PARTIALS_AGE_S)
         if removed:

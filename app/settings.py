@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from app.cross_site import Origin, parse_allowed_origins
@@ -150,6 +150,21 @@ class Settings:
     def generated_weights_dir(self) -> Path:
         """Untrained checkpoints the platform generates when no real weights can be had."""
         return self.home / "weights-generated"
+
+    def public(self) -> dict[str, str]:
+        """Every setting as text, a secret replaced by whether it is set: what a server logs at start ("settings in
+        effect"), so that whoever set one can see that it took effect (a misspelt variable is silently a default)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "api_token":
+                value = "set" if value else "unset"
+            elif f.name == "db_url":
+                value = _redact(value)
+            elif isinstance(value, tuple):
+                value = ", ".join(map(str, value))
+            out[f.name] = "" if value is None else str(value)
+        return out
 
     def describe(self) -> dict[str, str]:
         """What the settings are, for the page and the logs (never a secret)."""

@@ -91,6 +91,56 @@ def no_network(monkeypatch):
     return refuse_network(monkeypatch)
 
 
+MARKERS = {
+    "browser": "drives Debian's chromium (Playwright) through a served page",
+    "served": "uses a `make serve` instance (a subprocess with its own Dask cluster)",
+    "postgres": "uses the session's throwaway PostgreSQL cluster",
+    "faults": "starts, kills or restarts processes of its own (SIGKILL, replicas, load): that is what it tests",
+    "slow": "over ~30 s alone on a 2-core machine (model runs, UMAPs, integration metrics, browser flows)",
+    "gpu": "needs a CUDA device; skipped where torch sees none",
+}
+
+
+def pytest_configure(config) -> None:  # noqa: ANN001
+    for name, meaning in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
+
+
+def _calls(func: object, name: str) -> bool:
+    import inspect
+
+    try:
+        return f"{name}(" in inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
+    """Markers that follow from what a test uses, so that none is forgotten: ``browser`` where the test or one of
+    its fixtures opens a browser page, ``served`` where one starts ``make serve``, ``postgres`` where it asks for
+    the PostgreSQL cluster (or is a parametrised test's ``postgresql`` case). ``gpu`` tests are skipped without
+    CUDA. ``faults`` and ``slow`` are set by hand."""
+    cuda = None
+    for item in items:
+        funcs = [getattr(item, "function", None)]
+        funcs += [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        if any(_calls(f, "browser_page") for f in funcs):
+            item.add_marker(pytest.mark.browser)
+        if "shared_servers" in item.fixturenames or any(_calls(f, "make_serve") for f in funcs):
+            item.add_marker(pytest.mark.served)
+        params = getattr(item, "callspec", None)
+        if {"postgres_url", "postgres_cluster"} & set(item.fixturenames) or (
+                params is not None and "postgresql" in map(str, params.params.values())):
+            item.add_marker(pytest.mark.postgres)
+        if item.get_closest_marker("gpu") is not None:
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)"))
+
+
 def pytest_sessionstart(session) -> None:  # noqa: ANN001
     from tests import reliability
 
@@ -101,6 +151,33 @@ def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ANN001
     from tests import reliability
 
     reliability.write_report(passed=exitstatus == 0)
+
+
+TOKEN_SERVER_ENV = {  # one served instance for the REST and browser modules that need only the API token
+    "HELICAL_PLATFORM_API_TOKEN": "test-token-1234",  # tests/api_client.TOKEN
+    "HELICAL_PLATFORM_WORKERS": "2",
+    "HELICAL_PLATFORM_MAX_UPLOAD_MB": "400",
+    "HELICAL_PLATFORM_CHECK_MEMORY_MB": "2048",
+    "HELICAL_PLATFORM_TEST_ENV_SECRET": "ENVSECRET-77e2b1",  # must never come back in any answer (hostile files)
+}
+
+
+@pytest.fixture(scope="session")
+def shared_servers(tmp_path_factory):
+    """Served instances shared by every module of the session that asks for the same configuration."""
+    from tests.serving import SharedServers
+
+    servers = SharedServers(tmp_path_factory.mktemp("shared-servers"))
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture(scope="session")
+def token_server(shared_servers):
+    """The shared instance with the API token (``TOKEN_SERVER_ENV``)."""
+    return shared_servers.get("token", TOKEN_SERVER_ENV)
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import requests
@@ -41,6 +43,7 @@ def make_serve(tmp: Path, extra_env: dict[str, str] | None = None, timeout: floa
     server = Server(proc, f"http://localhost:{port}", home, log_path)
     try:
         wait_until(lambda: _answers(server), timeout, "the server to answer")
+        _check_settings(server, env)
         yield server
     finally:
         try:
@@ -51,6 +54,47 @@ def make_serve(tmp: Path, extra_env: dict[str, str] | None = None, timeout: floa
             proc.wait(10)
         except ProcessLookupError:  # a test killed the group already
             pass
+
+
+SETTINGS_LINE = re.compile(r"settings in effect: (\{.*\})$", re.M)
+
+
+def _check_settings(server: Server, env: dict[str, str]) -> None:
+    """The settings the server logged at start are those ``env`` gives (parsed here the same way): a test that
+    relies on a limit or a user list fails at once, naming the setting, when it did not take effect."""
+    from app.settings import Settings
+
+    found = wait_until(lambda: SETTINGS_LINE.search(server.log()), 60, "the server's 'settings in effect' line")
+    logged = json.loads(found.group(1))
+    expected = Settings.from_env(env).public()
+    wrong = {k: (logged.get(k), v) for k, v in expected.items() if logged.get(k) != v}
+    assert not wrong, f"settings that did not take effect (served, expected): {wrong}"
+
+
+class SharedServers:
+    """Served instances kept for the whole session, one per configuration, started on first use: modules whose
+    tests need the same settings share one instead of paying a start (torch, helical, a Dask cluster) each.
+    A test on a shared instance must not depend on what others stored: it uploads files of its own bytes (uploads
+    are stored by content) and compares what it made, never whole listings."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self._servers, self._stack = root, {}, ExitStack()
+
+    def get(self, name: str, env: dict[str, str]) -> Server:
+        key = (name, tuple(sorted(env.items())))
+        if key not in self._servers:
+            if any(n == name for n, _ in self._servers):
+                raise ValueError(f"shared server {name!r} asked for with two configurations")
+            folder = self.root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            self._servers[key] = self._stack.enter_context(make_serve(folder, env))
+        server = self._servers[key]
+        if server.proc.poll() is not None:
+            raise AssertionError(f"the shared server {name!r} has exited:\n{server.log()[-4000:]}")
+        return server
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 def _answers(server: Server) -> bool:

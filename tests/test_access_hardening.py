@@ -278,6 +278,7 @@ def _serve_expecting_refusal(tmp: Path, env: dict[str, str]) -> tuple[int | None
 
 
 @pytest.mark.parametrize("case", ["tokens file", "admins"])
+@pytest.mark.faults
 def test_the_server_refuses_to_start_with_users_but_no_dashboard_login(tmp_path, case, request):
     tokens = tmp_path / "tokens"
     tokens.write_text("alice alice-token-0123456789ab\n")

@@ -12,17 +12,14 @@ import scanpy
 
 from inference.reference import sample_sizes
 from tests.api_client import AUTH, TOKEN, api, error_of, upload, wait_run
-from tests.conftest import PBMC
+from tests.conftest import PBMC, TOKEN_SERVER_ENV
 from tests.reliability import record
-from tests.serving import make_serve
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("api")
-    with make_serve(tmp, {"HELICAL_PLATFORM_API_TOKEN": TOKEN, "HELICAL_PLATFORM_MAX_UPLOAD_MB": "400",
-                          "HELICAL_PLATFORM_WORKERS": "2"}) as s:
-        yield s
+def server(token_server):
+    assert TOKEN_SERVER_ENV["HELICAL_PLATFORM_MAX_UPLOAD_MB"] == "400"  # the limit the tests below go over
+    return token_server
 
 
 @pytest.fixture(scope="module")

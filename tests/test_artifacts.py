@@ -60,6 +60,7 @@ def test_a_rewrite_replaces_the_old_content_whole(tmp_path):
     assert dest.read_bytes() == b"new"
 
 
+@pytest.mark.faults
 def test_a_process_killed_mid_write_leaves_no_file_and_its_partial_is_removed(tmp_path):
     dest = tmp_path / "home" / "runs" / "big.bin"
     ready = tmp_path / "ready"

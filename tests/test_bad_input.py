@@ -15,25 +15,24 @@ import pytest
 import requests
 
 from dashboards.data import DataPanel, report_markdown
-from tests.api_client import TOKEN, api, error_of, upload, wait_run
+from tests.api_client import TOKEN, api, dataset_ids, error_of, own_copy, settle, upload, wait_run
 from tests.broken_files import CORPUS
-from tests.conftest import PBMC
+from tests.conftest import PBMC, TOKEN_SERVER_ENV
 from tests.reliability import record
 from tests.rendering import shown as rendered
-from tests.serving import make_serve
 
 LIMIT_MB = 100
 HELD = "server up; earlier dataset and run unchanged; no partial file"
 
 
-def _digest(home: Path) -> dict[str, str]:
-    """sha256 of every file under datasets/ and runs/ (what was stored before must stay byte for byte)."""
-    out = {}
-    for sub in ("datasets", "runs"):
-        for f in sorted((home / sub).rglob("*")):
-            if f.is_file():
-                out[str(f.relative_to(home))] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
+def _digest(home: Path, sha256: str | None = None, run_id: str | None = None) -> dict[str, str]:
+    """sha256 of every file under datasets/ and runs/, or of one dataset's file and its run's files (on a shared
+    server): what was stored before must stay byte for byte."""
+    files = sorted(f for sub in ("datasets", "runs") for f in (home / sub).rglob("*") if f.is_file())
+    if sha256 is not None:
+        files = [f for f in files if f.name.startswith(sha256) or run_id in f.relative_to(home).parts]
+        assert files, f"the dataset {sha256} and run {run_id} have no files under {home}"
+    return {str(f.relative_to(home)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
 def _no_partials(home: Path) -> list[str]:
@@ -53,12 +52,12 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+SERVER_LIMIT_MB = int(TOKEN_SERVER_ENV["HELICAL_PLATFORM_MAX_UPLOAD_MB"])
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bad-input")
-    with make_serve(tmp, {"HELICAL_PLATFORM_API_TOKEN": TOKEN,
-                          "HELICAL_PLATFORM_MAX_UPLOAD_MB": str(LIMIT_MB)}) as s:
-        yield s
+def server(token_server):
+    return settle(token_server)  # its checks of the data home's temporary files need a quiet server
 
 
 def _api_outcome(server, case: str, path: Path, good_id: str, raw: bool) -> tuple[int, str]:
@@ -86,15 +85,17 @@ def _api_outcome(server, case: str, path: Path, good_id: str, raw: bool) -> tupl
     return r.status_code, f"201 stored, {body['n_cells']:,} cells" + (f"; note: {notes[0]}" if notes else "")
 
 
-def test_every_bad_file_through_the_api_is_refused_with_its_words_and_loses_nothing(server, corpus, request):
-    good = upload(server, PBMC, name="pbmc3k subset.h5ad")
+def test_every_bad_file_through_the_api_is_refused_with_its_words_and_loses_nothing(server, corpus, request,
+                                                                                     tmp_path):
+    stored_before = dataset_ids(server)  # the server is shared: what other modules stored stays out of the count
+    good = upload(server, own_copy(PBMC, tmp_path / "good.h5ad", "bad input"), name="pbmc3k subset.h5ad")
     assert good.status_code == 201, good.text
     good_id = good.json()["dataset_id"]
     run = api(server, "POST", "/api/submit", json={"application": "cell-type-annotation", "model": "baseline",
                                                    "dataset": good_id, "label_column": "celltype"}).json()
     assert wait_run(server, run["run_id"])["status"] == "done"
     before_results = api(server, "GET", f"/api/results/{run['run_id']}", params={"limit": 600}).json()
-    before = _digest(server.home)
+    before = _digest(server.home, good.json()["sha256"], run["run_id"])
 
     for case, path in corpus.items():
         outcomes = [_api_outcome(server, case, path, good_id, raw) for raw in (True, False)]
@@ -105,20 +106,22 @@ def test_every_bad_file_through_the_api_is_refused_with_its_words_and_loses_noth
     # over the limit, streamed without a Content-Length: counted and stopped, nothing written whole
     def body():
         chunk = b"\0" * 2**20
-        for _ in range(LIMIT_MB + 1):
+        for _ in range(SERVER_LIMIT_MB + 1):
             yield chunk
 
     r = requests.post(server.url + "/api/upload", params={"filename": "huge.h5ad"}, data=body(), timeout=300,
                       headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream"})
-    assert r.status_code == 413 and str(LIMIT_MB) in error_of(r)["message"]
-    record("bad input", f"over the upload limit ({LIMIT_MB} MB setting)", "API raw, chunked (no Content-Length)",
-           f"413 too_large: {error_of(r)['message'][:160]}", HELD, request.node.nodeid)
+    assert r.status_code == 413 and str(SERVER_LIMIT_MB) in error_of(r)["message"]
+    record("bad input", f"over the upload limit ({SERVER_LIMIT_MB} MB setting)",
+           "API raw, chunked (no Content-Length)", f"413 too_large: {error_of(r)['message'][:160]}", HELD,
+           request.node.nodeid)
 
-    after = _digest(server.home)
-    assert {k: v for k, v in after.items() if k in before} == before  # nothing stored before was touched
-    stored = {d["dataset_id"] for d in api(server, "GET", "/api/datasets").json()}
+    after = _digest(server.home, good.json()["sha256"], run["run_id"])
+    assert after == before  # nothing stored before was touched
+    stored = dataset_ids(server) - stored_before
     assert len(stored) == 1 + sum(1 for c in CORPUS.values() if not c.refused)  # raw and multipart: one each
-    assert len([k for k in after if k.startswith("datasets/")]) == len(stored)  # refused files left nothing
+    on_disk = [f for f in (server.home / "datasets").rglob("*") if f.is_file()]
+    assert len(on_disk) == len(dataset_ids(server))  # refused files left nothing
     assert api(server, "GET", f"/api/results/{run['run_id']}", params={"limit": 600}).json() == before_results
     assert not _no_partials(server.home)
 

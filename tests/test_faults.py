@@ -23,6 +23,9 @@ from tests.conftest import PBMC, free_port
 from tests.reliability import record
 from tests.serving import make_serve, wait_until
 
+pytestmark = pytest.mark.faults
+
+
 FINISHED = ("done", "failed", "cancelled")
 AFTER = "no run left running; no partial folder; integrity_check ok; next run done"
 

@@ -35,11 +35,10 @@ from store.artifacts import new_id
 from store.engine import write_session
 from store.tables import Dataset
 from tests import hostile_files as H
-from tests.api_client import TOKEN, api, error_of, upload
+from tests.api_client import TOKEN, api, dataset_ids, error_of, own_copy, settle, upload
 from tests.broken_files import tenx_h5
-from tests.conftest import PBMC
+from tests.conftest import PBMC, TOKEN_SERVER_ENV
 from tests.reliability import record
-from tests.serving import make_serve
 
 SECRET = "SECRET-4f1c9a-do-not-leak"
 ENV_SECRET = "ENVSECRET-77e2b1"
@@ -155,11 +154,12 @@ def test_a_decompression_bomb_is_refused_by_the_checks_memory_limit(folder, requ
 
 # ---- through a served instance ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hostile-server")
-    with make_serve(tmp, {"HELICAL_PLATFORM_API_TOKEN": TOKEN, "HELICAL_PLATFORM_CHECK_MEMORY_MB": "2048",
-                          "HELICAL_PLATFORM_TEST_ENV_SECRET": ENV_SECRET}) as s:
-        yield s
+def server(token_server):
+    """The shared token server: its first check is limited to 2,048 MB and it holds ``ENV_SECRET`` in its
+    environment (``TOKEN_SERVER_ENV``)."""
+    assert TOKEN_SERVER_ENV["HELICAL_PLATFORM_CHECK_MEMORY_MB"] == "2048"
+    assert TOKEN_SERVER_ENV["HELICAL_PLATFORM_TEST_ENV_SECRET"] == ENV_SECRET
+    return settle(token_server)  # the data home's datasets must not change while it tries its files
 
 
 def _digest(home: Path) -> dict[str, str]:
@@ -169,7 +169,8 @@ def _digest(home: Path) -> dict[str, str]:
 
 def test_hostile_uploads_are_refused_with_415_read_nothing_outside_and_the_server_keeps_serving(server, folder,
                                                                                                 request):
-    good = upload(server, PBMC, name="pbmc.h5ad")
+    stored_before = dataset_ids(server)
+    good = upload(server, own_copy(PBMC, folder / "pbmc-own.h5ad", "hostile files"), name="pbmc.h5ad")
     assert good.status_code == 201, good.text
     before = _digest(server.home)
     secret = folder / "server-secret.txt"
@@ -203,7 +204,7 @@ def test_hostile_uploads_are_refused_with_415_read_nothing_outside_and_the_serve
                f"415: {(err.get('details') or {}).get('errors', [{}])[0].get('message', err['message'])[:140]}",
                "server up, nothing read outside, earlier dataset unchanged", request.node.nodeid)
     listing = api(server, "GET", "/api/datasets")
-    assert [d["dataset_id"] for d in listing.json()] == [good.json()["dataset_id"]]
+    assert {d["dataset_id"] for d in listing.json()} - stored_before == {good.json()["dataset_id"]}
     assert SECRET not in listing.text and ENV_SECRET not in listing.text
     assert _digest(server.home) == before
     assert server.proc.poll() is None

@@ -20,7 +20,6 @@ from inference.embedding_store import EmbeddingStore
 from tests.api_client import api, error_of, upload, wait_run
 from tests.conftest import PBMC
 from tests.multibatch import with_batch_effect, write_multibatch
-from tests.serving import make_serve
 
 APP = "embedding-integration"
 
@@ -31,12 +30,12 @@ def multibatch(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from tests.api_client import TOKEN
+def server(token_server):
+    """The shared token server (two workers: baseline and Harmony run at once, one reusing the other's PCs)."""
+    from tests.conftest import TOKEN_SERVER_ENV
 
-    tmp = tmp_path_factory.mktemp("integration")
-    with make_serve(tmp, {"HELICAL_PLATFORM_API_TOKEN": TOKEN, "HELICAL_PLATFORM_WORKERS": "2"}) as s:
-        yield s
+    assert TOKEN_SERVER_ENV["HELICAL_PLATFORM_WORKERS"] == "2"
+    return token_server
 
 
 def _group(server, dataset_id: str, models: list[str], label_column: str | None = "celltype") -> dict:

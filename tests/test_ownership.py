@@ -20,6 +20,9 @@ from tests.conftest import PBMC, REPO
 from tests.reliability import record
 from tests.serving import make_serve, wait_until
 
+pytestmark = pytest.mark.faults
+
+
 LEASE_S = 6
 ACTIVE = ("queued", "running")
 

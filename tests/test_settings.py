@@ -33,3 +33,16 @@ def test_environment_overrides(tmp_path):
 def test_a_bad_port_names_the_variable(value):
     with pytest.raises(SettingsError, match="HELICAL_PLATFORM_PORT"):
         Settings.from_env({"HELICAL_PLATFORM_PORT": value})
+
+
+def test_the_settings_a_server_logs_name_every_setting_and_no_secret(tmp_path):
+    s = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "h"),
+                           "HELICAL_PLATFORM_DB_URL": "postgresql://u:pg-secret-77@db/helical",
+                           "HELICAL_PLATFORM_API_TOKEN": "token-secret-99", "HELICAL_PLATFORM_ADMINS": "carol, dan",
+                           "HELICAL_PLATFORM_MAX_UPLOAD_MB": "64"})
+    shown = s.public()
+    assert set(shown) == set(Settings.__dataclass_fields__)
+    assert shown["api_token"] == "set" and Settings.from_env({}).public()["api_token"] == "unset"
+    assert shown["admins"] == "carol, dan" and shown["max_upload_mb"] == "64"
+    text = str(shown)
+    assert "token-secret-99" not in text and "pg-secret-77" not in text and "db/helical" in shown["db_url"]
