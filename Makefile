@@ -43,8 +43,8 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# The edit loop: no browser, fault or slow tests (docs/TESTING.md); `make test` stays the whole suite.
-FAST := not browser and not faults and not slow
+# The edit loop: no browser, fault, served or slow tests (docs/TESTING.md); `make test` stays the whole suite.
+FAST := not browser and not faults and not served and not slow
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)

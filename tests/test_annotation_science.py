@@ -118,6 +118,7 @@ def subset():
     return ad.read_h5ad(DATA / "pbmc3k_subset.h5ad")
 
 
+@pytest.mark.slow
 def test_left_one_type_out_the_reference_fit_ranks_that_types_cells_as_novel(subset):
     """Leave-one-type-out on real PBMCs: a type missing from the reference should fit it worse than the rest."""
     from sklearn.metrics import roc_auc_score
@@ -145,6 +146,7 @@ def test_left_one_type_out_the_reference_fit_ranks_that_types_cells_as_novel(sub
 
 
 
+@pytest.mark.slow
 def test_under_a_condition_shift_known_cells_still_fit_and_a_missing_type_does_not(subset):
     """A condition (stimulated, diseased cells) moves the whole query one way, some cells more than others: here
     the held-out cells' coordinates in the head's space, each moved along one direction by 4 to 12 of the

@@ -52,6 +52,7 @@ def _predictions(out: Path) -> pd.DataFrame:
                       a.obsm["prediction_probabilities"]], axis=1)
 
 
+@pytest.mark.slow
 def test_a_trained_annotator_says_what_it_is(trained):
     assert trained["name"] == "PBMC baseline v1" and trained["author"] == "Ada" and trained["model"] == "baseline"
     assert trained["head"] == "logistic_regression" and trained["trained"] is True
@@ -63,6 +64,7 @@ def test_a_trained_annotator_says_what_it_is(trained):
     assert len(trained["head_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_annotating_with_it_equals_training_on_the_reference(homes, files, trained, tmp_path):
     lab, _ = homes
     ref, query = files
@@ -246,6 +248,7 @@ def test_the_built_in_pbmc_annotator_is_there_at_first_start_and_annotates_unlab
     assert terms["CD14 Monocytes"] == "CL:0001054" and terms.get("unassigned", "") == ""
 
 
+@pytest.mark.slow
 def test_the_command_line_lists_uses_exports_and_refuses(homes, files, tmp_path):
     import os
     import shutil

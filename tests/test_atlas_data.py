@@ -9,6 +9,7 @@ import sys
 
 import anndata as ad
 import numpy as np
+import pytest
 
 from tests.conftest import REPO
 
@@ -20,6 +21,7 @@ def _make(cells: int, out, block: int = 5_000) -> dict:  # noqa: ANN001
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_ten_times_the_cells_take_about_the_same_memory(tmp_path):
     small, large = _make(10_000, tmp_path / "small.h5ad"), _make(100_000, tmp_path / "large.h5ad")
     assert large["nnz"] > 9 * small["nnz"]

@@ -144,6 +144,7 @@ def _drop(data_panel: DataPanel, name: str, payload: bytes) -> str:
     return "\n".join(rendered(line) for line in markdown.splitlines())
 
 
+@pytest.mark.slow
 def test_every_bad_file_through_the_dashboard_upload_shows_its_words_and_loses_nothing(panel, corpus, request,
                                                                                      tmp_path):
     data_panel, platform = panel

@@ -105,6 +105,7 @@ def hostile_files(tmp_path_factory) -> tuple[Path, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_the_command_lines_csv_of_a_real_annotation_has_no_formula(hostile_files, settings, tmp_path, request):
     from app.annotate import annotate_files
 

@@ -51,6 +51,7 @@ def tuned_run(backend, files, tmp_path_factory):
     return tuned_run_of(backend, "geneformer", files, tmp_path_factory.mktemp("ft-run"))
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_run_predicts_what_helicals_fine_tuned_model_outputs(backend, files, tuned_run):
     import torch
 
@@ -159,6 +160,7 @@ def test_early_stopping_keeps_the_best_epochs_weights():
     assert seen[-1][0].eta_s == 0 and all(r.eta_s >= 0 for r, _ in seen)
 
 
+@pytest.mark.slow
 def test_fine_tuning_is_cancelled_between_steps_and_leaves_no_head(backend, files, tmp_path):
     calls = {"n": 0}
 
@@ -213,6 +215,7 @@ def test_defaults_are_filled_in_and_recorded():
                         "batch_size": 12, "validation_fraction": 0.2, "patience": 2}
 
 
+@pytest.mark.slow
 def test_fine_tune_on_the_cluster_then_annotate_another_query_with_the_saved_annotator(files, tmp_path):
     """The runs service on a LocalCluster: a fine-tuning run on the reference, its head saved as an annotator,
     that annotator labelling a query (no reference) exactly as the fine-tuning run labelled it; the annotator
@@ -261,6 +264,7 @@ def test_fine_tune_on_the_cluster_then_annotate_another_query_with_the_saved_ann
         platform.close()
 
 
+@pytest.mark.slow
 def test_the_command_line_fine_tunes_an_annotator_once_and_annotates_with_it(files, tiny_weights, tmp_path):
     import os
     import shutil

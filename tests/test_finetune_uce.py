@@ -57,6 +57,7 @@ def _probabilities(run: AnnotationJob) -> np.ndarray:
     return probabilities(run)
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_uce_run_predicts_what_helicals_fine_tuned_model_outputs(backend, files, tuned_run):
     import torch
 

@@ -24,6 +24,9 @@ from store.engine import write_session
 from store.tables import ModelEntry
 from tests.conftest import PBMC
 
+pytestmark = pytest.mark.slow  # a module fixture starts a Dask cluster: not for the edit loop
+
+
 REFUSED = r"GPU-only test model needs a GPU .*workers have none.*DASK_SCHEDULER_ADDRESS.*--resources GPU=1"
 
 

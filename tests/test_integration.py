@@ -202,6 +202,7 @@ def _integrate(model: str, backend, info: dict, data: DataInput, home: Path, nam
     return __import__("json").loads((work / "integration.json").read_text())
 
 
+@pytest.mark.slow
 def test_store_computes_once_and_is_keyed_by_weights_and_settings(tmp_path, multibatch, tiny_locations):
     from app.annotate import sha256_of
 
@@ -299,6 +300,7 @@ def test_concurrent_runs_of_one_key_embed_once(tmp_path, pbmc_small):
     assert all(np.array_equal(e.features, out[0].features) for e in out)
 
 
+@pytest.mark.slow
 def test_annotation_embeds_nothing_the_second_time(tmp_path, tiny_locations):
     """Annotating one query twice with different references: the query is embedded once (the store), each
     reference once; evaluation mode on the query afterwards embeds nothing at all."""
@@ -366,6 +368,7 @@ def test_dataset_deletion_takes_its_embeddings_and_waits_for_active_runs(platfor
     assert platform.datasets.list() == []
 
 
+@pytest.mark.slow
 def test_the_command_line_integrates_and_manages_datasets(tmp_path, multibatch):
     """`helical-platform integrate` writes every model's embedding and UMAP with the metrics table; a second call
     embeds nothing (the data home's store); `datasets` lists, shows and deletes what the server would."""

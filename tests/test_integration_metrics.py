@@ -21,6 +21,9 @@ from inference.integration_metrics import (
     sample_cells,
 )
 
+pytestmark = pytest.mark.slow  # its module fixture computes every integration metric (scib): not for the edit loop
+
+
 BIO = ["Isolated labels", "KMeans NMI", "KMeans ARI", "Silhouette label", "cLISI"]
 BATCH = ["BRAS", "iLISI", "KBET", "Graph connectivity", "PCR comparison"]
 

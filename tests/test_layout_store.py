@@ -47,6 +47,7 @@ def _run(job: AnnotationJob, backend, info: dict) -> tuple[dict, list[str], pd.D
     return result, said, table
 
 
+@pytest.mark.slow
 def test_a_second_run_of_the_same_query_and_model_reuses_the_layout_and_says_so(split_files, tmp_path):
     ref, query = split_files
     first, said_first, coords_first = _run(_job(tmp_path, ref, query, "first"),
@@ -73,6 +74,7 @@ def test_a_second_run_of_the_same_query_and_model_reuses_the_layout_and_says_so(
     assert seeded["provenance"]["umap"]["layout_key"] != umap_first["layout_key"]
 
 
+@pytest.mark.slow
 def test_another_model_never_reuses_a_layout(split_files, tiny_locations, tmp_path):
     ref, query = split_files
     base, _, _ = _run(_job(tmp_path, ref, query, "base"), create_backend("baseline", None, None), BASELINE)
@@ -84,6 +86,7 @@ def test_another_model_never_reuses_a_layout(split_files, tiny_locations, tmp_pa
     assert other["provenance"]["umap"]["embedding_key"] != base["provenance"]["umap"]["embedding_key"]
 
 
+@pytest.mark.slow
 def test_a_stored_layout_counts_in_disk_use_and_goes_with_the_datasets_embeddings(split_files, tmp_path):
     ref, query = split_files
     result, _, _ = _run(_job(tmp_path, ref, query, "run"), create_backend("baseline", None, None), BASELINE)

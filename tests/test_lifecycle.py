@@ -187,6 +187,7 @@ def test_retention_deletes_only_finished_runs_past_it(tmp_path, request):
            "start naming the variable", "nothing active or recent touched", request.node.nodeid)
 
 
+@pytest.mark.slow
 def test_the_command_line_lists_deletes_and_measures(tmp_path):
     settings = _settings(tmp_path / "home")
     p = Platform(settings, start_cluster=False)

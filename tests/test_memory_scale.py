@@ -74,6 +74,7 @@ def _run(query: Path, out: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_a_ten_times_larger_query_costs_only_its_result_columns_more(tmp_path):
     sys.path.insert(0, str(REPO / "bench"))

@@ -16,6 +16,7 @@ from inference.helical_env import isolated
 from tests.conftest import TINY_VARIANTS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
 def test_geneformer_equals_bare_helical_get_embeddings(tiny_locations, pbmc_small, variant, no_network):
     backend = create_backend("geneformer", variant, tiny_locations, device="cpu", max_tokens=3000)

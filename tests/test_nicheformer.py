@@ -68,6 +68,7 @@ def test_generated_files_are_helicals_layout_recorded_untrained(nf_root):
     assert (config["n_tokens"], config["context_length"], config["trained"]) == (20_340, 1_500, False)
 
 
+@pytest.mark.slow
 def test_nicheformer_embeds_real_pbmcs_offline_as_bare_helical(nf, pbmc_small, no_network, monkeypatch):
     from helical.utils.downloader import Downloader
 
@@ -175,6 +176,7 @@ def test_allowed_downloads_fetch_helicals_own_links_into_its_cache(tmp_path, mon
     assert resolved.root == cache and sorted(resolved.files) == [f"nicheformer/{f}" for f in sorted(FILES)]
 
 
+@pytest.mark.slow
 def test_a_nicheformer_run_on_the_dask_cluster_embeds_as_bare_helical(nf, nf_root, pbmc_small, tmp_path):
     """The catalog's Nicheformer through the runs service on a LocalCluster: the server generates its files (the
     same as this module's, same seed), the worker's actor loads them, and the annotated file's embedding equals

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("HELICAL_PLATFORM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HELICAL_PLATFORM_WORKERS", "1")

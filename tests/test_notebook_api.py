@@ -21,6 +21,9 @@ from store.tables import RunStatus
 from tests.conftest import PBMC
 from tests.multibatch import with_batch_effect
 
+pytestmark = pytest.mark.slow  # a module fixture starts a Dask cluster: not for the edit loop
+
+
 REF_MODEL = "geneformer"
 
 

@@ -56,6 +56,7 @@ class CountingBackend:
         return self.inner.embed(adata, **kw)
 
 
+@pytest.mark.slow
 def test_baseline_end_to_end_writes_every_result_and_reuses_its_head(split_files, tmp_path):
     ref, query = split_files
     backend = CountingBackend(create_backend("baseline", None, None))
@@ -85,6 +86,7 @@ def test_baseline_end_to_end_writes_every_result_and_reuses_its_head(split_files
     assert again["metrics"]["macro_f1"] == pytest.approx(metrics["macro_f1"])
 
 
+@pytest.mark.slow
 def test_metrics_equal_scikit_learns_on_the_same_predictions(split_files, tmp_path):
     ref, query = split_files
     result = run_annotation(_job(tmp_path, ref, query, confidence_threshold=0.9),
@@ -104,6 +106,7 @@ def test_metrics_equal_scikit_learns_on_the_same_predictions(split_files, tmp_pa
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_annotated_file_keeps_the_input_and_adds_the_predictions(split_files, tmp_path):
     ref, query = split_files
     run_annotation(_job(tmp_path, ref, query), create_backend("baseline", None, None),
@@ -156,6 +159,7 @@ def test_the_annotated_copy_edits_only_what_the_run_adds(tmp_path):
     assert again.obs["predicted_label"].tolist() == obs["predicted_label"].tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["geneformer", "scgpt"])
 def test_foundation_models_run_the_same_pipeline_and_say_they_are_untrained(model, split_files, tiny_locations,
                                                                             tmp_path):
@@ -171,6 +175,7 @@ def test_foundation_models_run_the_same_pipeline_and_say_they_are_untrained(mode
     assert result["provenance"]["model"]["trained"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["baseline", "geneformer"])
 def test_the_query_is_read_embedded_and_classified_a_block_at_a_time(model, split_files, tiny_locations, tmp_path,
                                                                      monkeypatch):
@@ -215,6 +220,7 @@ def test_the_query_is_read_embedded_and_classified_a_block_at_a_time(model, spli
     assert os.stat(tmp_path / "blocked" / "embeddings.npy").st_ino == os.stat(work / "embeddings.npy").st_ino
 
 
+@pytest.mark.slow
 def test_the_baseline_stores_its_pcs_and_its_head_reads_the_genes_again_from_the_counts(split_files, tmp_path,
                                                                                           monkeypatch):
     """What the baseline stores per cell is its 50 PCs (the store's entry, the run folder, ``obsm``), not the
@@ -248,6 +254,7 @@ def test_the_baseline_stores_its_pcs_and_its_head_reads_the_genes_again_from_the
     assert out.obsm["X_baseline"].shape == (n, 50)
 
 
+@pytest.mark.slow
 def test_evaluation_mode_trains_on_a_stratified_split_and_scores_the_held_out_part(tmp_path):
     result = run_annotation(_job(tmp_path, None, PBMC), create_backend("baseline", None, None),
                             {"checksum": "b", "trained": True})
@@ -297,6 +304,7 @@ def test_the_head_gives_scikit_learns_probabilities_and_temperature_changes_only
         assert (calibrated.predict_proba(x).argmax(1) == ref.predict_proba(x).argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_the_command_line_annotates_and_checks(split_files, tmp_path):
     ref, query = split_files
     env = {**os.environ, "HELICAL_PLATFORM_HOME": str(tmp_path / "home")}

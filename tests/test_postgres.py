@@ -37,6 +37,7 @@ def platform(pg_url, tmp_path_factory):
         p.close()
 
 
+@pytest.mark.slow
 def test_the_platform_runs_on_postgresql_and_a_baseline_run_finishes_with_results(platform, pg_url):
     assert platform.engine.dialect.name == "postgresql"
     assert platform.schema_version == schema_version(platform.engine) == SCHEMA_VERSION

@@ -7,6 +7,7 @@ import anndata as ad
 import holoviews as hv
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 from tests.conftest import PBMC
@@ -38,6 +39,7 @@ def _run_on_a_query_with_donors(platform, tmp_path) -> tuple[str, ad.AnnData]:  
     return run_id, query
 
 
+@pytest.mark.slow
 def test_the_umap_colours_by_the_querys_columns_and_a_genes_expression(platform, tmp_path):
     from dashboards.results import ResultsView
 

@@ -104,6 +104,7 @@ def _settings(home: Path, db_url: str | None = None, **extra: str) -> Settings:
     return Settings.from_env(env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_three_uploads_at_once_on_two_replicas_cannot_together_pass_the_quota(three, tmp_path, database, request):
     from app.lifecycle import QuotaExceeded, user_bytes

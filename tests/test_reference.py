@@ -66,6 +66,7 @@ def _job(tmp_path: Path, ref: Path, query: Path, name: str, cap: int | None, hea
                          max_reference_cells=cap, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", [None, {"kind": "knn", "k": None}], ids=["logistic", "knn"])
 def test_a_reference_under_the_limit_trains_exactly_as_one_in_memory(files, tmp_path, head):
     """The file's path (labels first, counts read by rows when a head must be trained) gives the head that the
@@ -85,6 +86,7 @@ def test_a_reference_under_the_limit_trains_exactly_as_one_in_memory(files, tmp_
     assert streamed.provenance["head"]["reference_cells"] == cells.n_obs
 
 
+@pytest.mark.slow
 def test_a_reference_over_the_limit_trains_on_a_seeded_stratified_sample_and_says_so(files, tmp_path, monkeypatch):
     from inference.heads import DEFAULT_HEAD
 

@@ -20,6 +20,9 @@ from tests.conftest import PBMC
 from tests.reliability import record
 from tests.serving import wait_until
 
+pytestmark = pytest.mark.slow  # a module fixture starts a Dask cluster: not for the edit loop
+
+
 FINISHED = ("done", "failed", "cancelled")
 
 

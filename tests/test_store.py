@@ -187,6 +187,7 @@ def test_sqlite_and_postgresql_get_the_same_tables_columns_indexes_and_version(t
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_sixteen_threads_of_read_then_write_transactions_hit_no_lock_error(db_url):
     """16 threads x 200 read-then-write transactions on one SQLite file (or PostgreSQL database): every one
     commits."""

@@ -24,6 +24,9 @@ from inference.backends.transcriptformer import TranscriptFormerBackend, check_c
 from inference.devices import GpuRequired
 from inference.weights import TRANSCRIPTFORMER_SPECIES, WeightsError, WeightsLocations, read_manifest, required_files
 
+pytestmark = pytest.mark.slow  # its module fixtures generate and load TranscriptFormer: not for the edit loop
+
+
 VARIANT = "tf_sapiens"
 FILES = ("config.json", "model_weights.pt", "vocabs/assay_vocab.json", "vocabs/homo_sapiens_gene.h5")
 

@@ -69,6 +69,7 @@ def test_generated_files_are_helicals_layout_recorded_untrained(uce_root):
     assert json.loads((uce_root / "uce" / "species_offsets.json").read_text()) == {"human": 4}
 
 
+@pytest.mark.slow
 def test_uce_embeds_real_pbmcs_offline_as_helical_gives_each_cell_alone(uce, pbmc_small, no_network, monkeypatch):
     from helical.utils.downloader import Downloader
 
@@ -123,6 +124,7 @@ def test_uce_is_listed_staged_and_its_vocabulary_read(uce_root, tmp_path):
     assert kind == "symbol" and {"CD3E", "MS4A1", "LYZ"} <= genes
 
 
+@pytest.mark.slow
 def test_a_uce_run_on_the_dask_cluster_embeds_as_bare_helical(uce, uce_root, pbmc_small, tmp_path):
     """The catalog's UCE through the runs service on a LocalCluster: the server generates its files (the same as
     this module's, same seed), the worker's actor loads them, and the annotated file's embedding equals bare

@@ -141,6 +141,7 @@ def test_a_mismatched_geneformer_config_is_refused(tiny_weights, tmp_path):
         backend.load()
 
 
+@pytest.mark.slow
 def test_the_weights_command_line_end_to_end(tmp_path):
     env = {**os.environ, "HELICAL_PLATFORM_HOME": str(tmp_path / "home")}
     cli = shutil.which("helical-platform") or str(Path(os.sys.executable).parent / "helical-platform")
