@@ -5,7 +5,8 @@ ENV PYTHONUNBUFFERED=1 \
     HELICAL_PLATFORM_HOME=/data \
     HELICAL_PLATFORM_ADDRESS=0.0.0.0 \
     HELICAL_PLATFORM_PORT=5006 \
-    HELICAL_PLATFORM_ALLOW_ORIGIN=localhost:5006
+    HELICAL_PLATFORM_ALLOW_ORIGIN=localhost:5006 \
+    NUMBA_CACHE_DIR=/var/cache/helical-platform/numba
 
 WORKDIR /opt/helical-platform
 COPY pyproject.toml README.md ./
@@ -14,8 +15,10 @@ COPY dashboards ./dashboards
 COPY inference ./inference
 COPY store ./store
 COPY panel_serve.py ./
+# umap-learn's kernels compiled once here (inference/numba_cache.py), not by each worker's first run
 RUN pip install --no-cache-dir . && useradd --create-home --uid 1000 helical \
-    && mkdir -p /data && chown helical /data
+    && mkdir -p /data "$NUMBA_CACHE_DIR" && python -m inference.numba_cache \
+    && chown helical /data && chown -R helical /var/cache/helical-platform && chmod -R go-w /var/cache/helical-platform
 
 USER helical
 VOLUME ["/data"]

@@ -57,6 +57,10 @@ def over_cluster(basis: np.ndarray, seed: int = 0, resolution: float | None = No
 
 def _leiden(basis: np.ndarray, seed: int, resolution: float) -> np.ndarray:
     import scanpy as sc
+
+    from inference.numba_cache import cache_kernels
+
+    cache_kernels()  # scanpy's neighbours are umap-learn's kernels
     from anndata import AnnData
 
     n = len(basis)

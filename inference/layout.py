@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from inference.numba_cache import cache_kernels
+
 SPECTRAL_MAX_CELLS = 10_000
 FULL_UMAP_MAX_CELLS = 100_000
 SAMPLE_CELLS = 50_000
@@ -68,6 +70,7 @@ def umap_layout(basis: np.ndarray, seed: int = 0, params: dict | None = None,
         except Exception as exc:  # noqa: BLE001 - out of GPU memory or any cuML failure: the CPU still can
             info = {"gpu_fallback": f"cuML failed ({type(exc).__name__}: {exc}); umap-learn was used"}
     if "method" not in info:
+        cache_kernels()
         import umap
 
         init = asked_init or ("spectral" if fit_on <= spectral_max else "pca")

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# numba's compiled kernels (umap-learn's and pynndescent's, inference/numba_cache.py) in one folder for the session,
+# set before anything imports numba: each served instance, worker, command line and kernel the tests start reads
+# them instead of compiling them again, and no run of the suite reads what an earlier one left.
+if "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="helical-platform-numba-")
+    atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], True)
 
 from app.settings import Settings
 
