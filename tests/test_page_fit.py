@@ -1,23 +1,25 @@
 """The page fits the screen, and everything it loads comes from the server itself.
 
-One served instance for the module with one finished baseline run (submitted through the REST API: this test is
-about the page, not the form). At 1280×800, 1440×900 and 1920×1080 the page showing that run's results is
-measured in headless Chromium: no section (Panel's layouts and panes, tables' bodies, cells and column titles,
-shadow roots included) is wider than its box, the page does not scroll sideways, and at 1440×900 and wider the
-run's headline (scores, confusion matrix, UMAP) lies whole above the fold. Every request the page makes goes to
-the server (a lab server is often offline). Screenshots and the numbers measured go to test-output/page-fit/.
+The shared token server (``token_server``) with one finished baseline run of this module (submitted through the
+REST API: this test is about the page, not the form). At 1280×800, 1440×900 and 1920×1080 the page showing that
+run's results is measured in headless Chromium: no section (Panel's layouts and panes, tables' bodies, cells and
+column titles, shadow roots included) is wider than its box, the page does not scroll sideways, and at 1440×900
+and wider the run's headline (scores, confusion matrix, UMAP) lies whole above the fold. Every request the page
+makes goes to the server (a lab server is often offline). Screenshots and the numbers measured go to
+test-output/page-fit/.
 """
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests.api_client import wait_run
 from tests.conftest import PBMC, TEST_OUTPUT
-from tests.serving import browser_page, make_serve
+from tests.serving import browser_page
 
 SHOTS = TEST_OUTPUT / "page-fit"
 VIEWPORTS = [(1280, 800), (1440, 900), (1920, 1080)]
@@ -59,20 +61,21 @@ MAIN_HEIGHT = """
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The served dashboard with one finished baseline run on the shipped PBMC subset (a 70/30 split of its own
-    labels, so the results have metrics, a confusion matrix and a UMAP)."""
-    from tests.api_client import api, upload
+def server(token_server):
+    """The shared served dashboard (``token_server``) with this module's finished baseline run on the shipped PBMC
+    subset (a 70/30 split of its own labels, so the results have metrics, a confusion matrix and a UMAP), submitted
+    last on a quiet server: the newest run, which a new page shows."""
+    from tests.api_client import api, settle, upload
 
-    with make_serve(tmp_path_factory.mktemp("page-fit"), {"HELICAL_PLATFORM_WORKERS": "1"}) as s:
-        dataset = upload(s, PBMC).json()["dataset_id"]
-        submitted = api(s, "POST", "/api/submit", json={
-            "application": "cell-type-annotation", "model": "baseline", "dataset": dataset,
-            "label_column": "celltype", "truth_column": "celltype", "options": {}})
-        assert submitted.status_code == 202, submitted.text
-        s.run_id = submitted.json()["run_id"]
-        assert wait_run(s, s.run_id)["status"] == "done"
-        yield s
+    settle(token_server)
+    dataset = upload(token_server, PBMC).json()["dataset_id"]
+    submitted = api(token_server, "POST", "/api/submit", json={
+        "application": "cell-type-annotation", "model": "baseline", "dataset": dataset,
+        "label_column": "celltype", "truth_column": "celltype", "options": {}})
+    assert submitted.status_code == 202, submitted.text
+    run_id = submitted.json()["run_id"]
+    assert wait_run(token_server, run_id)["status"] == "done"
+    return SimpleNamespace(url=token_server.url, run_id=run_id)
 
 
 def _same_server(url: str, server) -> bool:

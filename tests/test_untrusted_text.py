@@ -1,6 +1,6 @@
 """Stored XSS: a lab member's hostile file name, column name, label values and cell ids, through every view.
 
-One served instance (`make serve`, API token set) for the module. The browser test uploads the hostile file in
+The shared token server (`token_server`: `make serve`, API token set). The browser test uploads the hostile file in
 the dashboard, runs the baseline twice (evaluation split, then with the file as its own reference), and walks
 every view; no payload may run (its ``window`` flag stays unset, no element it would create exists anywhere,
 shadow roots included, and the page reports no blocked script) and each string must be shown as typed. The
@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.api_client import TOKEN, api, upload, wait_run
+from tests.api_client import api, settle, upload, wait_run
 from tests.conftest import PBMC
 from tests.payloads import FILE_NAME, LABEL_COLUMN, PAYLOADS, PROBE_SELECTOR, SCRIPT_FLAGS
 from tests.reliability import record
-from tests.serving import browser_page, make_serve
+from tests.serving import browser_page
 
 VIEWS = ["check report", "stored-dataset picker", "reference picker", "label and truth pickers", "run history",
          "run message and progress", "metrics", "confusion matrix", "per-class F1 bars", "UMAP legend",
@@ -78,9 +78,8 @@ def hostile_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with make_serve(tmp_path_factory.mktemp("untrusted"), {"HELICAL_PLATFORM_API_TOKEN": TOKEN}) as s:
-        yield s
+def server(token_server):
+    return settle(token_server)  # the browser test counts the finished runs before its own: none may be in flight
 
 
 def _labels(adata_path: Path) -> list[str]:
