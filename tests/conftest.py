@@ -191,6 +191,27 @@ def token_server(shared_servers):
 
 
 @pytest.fixture(scope="session")
+def dask_scheduler() -> str:
+    """One warm Dask cluster for the session's in-process platforms: two worker processes on 127.0.0.1 with the
+    platform's worker plugins, reached through ``DASK_SCHEDULER_ADDRESS`` as a deployment reaches its own cluster
+    (SLURM, Kubernetes). Its workers import torch and helical once for every module that uses it. Tests that kill
+    workers, count them, or check the LocalCluster the platform starts itself keep their own."""
+    from distributed import Client, LocalCluster
+
+    from inference.cluster import ImportFirst, YieldToServer
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None)
+    try:
+        with Client(cluster) as client:
+            client.register_plugin(YieldToServer())
+            client.register_plugin(ImportFirst())
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
 def postgres_cluster():
     """A throwaway PostgreSQL cluster (tests/postgres.py), started on first use and stopped at the session's end,
     even after failures. Missing server binaries fail the test that asks for it, naming what to install."""

@@ -216,10 +216,11 @@ def test_defaults_are_filled_in_and_recorded():
 
 
 @pytest.mark.slow
-def test_fine_tune_on_the_cluster_then_annotate_another_query_with_the_saved_annotator(files, tmp_path):
-    """The runs service on a LocalCluster: a fine-tuning run on the reference, its head saved as an annotator,
-    that annotator labelling a query (no reference) exactly as the fine-tuning run labelled it; the annotator
-    refuses other weights."""
+def test_fine_tune_on_the_cluster_then_annotate_another_query_with_the_saved_annotator(files, tmp_path,
+                                                                                      dask_scheduler):
+    """The runs service on the session's Dask cluster: a fine-tuning run on the reference, its head saved as an
+    annotator, that annotator labelling a query (no reference) exactly as the fine-tuning run labelled it; the
+    annotator refuses other weights."""
     from sqlmodel import select
 
     from app.platform import Platform
@@ -228,8 +229,8 @@ def test_fine_tune_on_the_cluster_then_annotate_another_query_with_the_saved_ann
     from store.tables import AnnotatorEntry
     from tests.serving import wait_until
 
-    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "home"), "HELICAL_PLATFORM_WORKERS": "1",
-                                  "HELICAL_PLATFORM_DEVICE": "cpu"})
+    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "home"), "HELICAL_PLATFORM_DEVICE": "cpu",
+                                  "DASK_SCHEDULER_ADDRESS": dask_scheduler})
     platform = Platform(settings)
 
     def finish(run_id: str) -> dict:

@@ -1,6 +1,6 @@
 """A model that helical runs on CUDA only (a backend with ``requires_gpu``): listed as needing a GPU, refused at
 submission on a cluster whose workers have none, and placed only on GPU workers. A fake GPU-only backend stands in
-for such a model, on a real LocalCluster (CPU workers only), beside the shipped one (TranscriptFormer)."""
+for such a model, on the session's Dask cluster (CPU workers only), beside the shipped one (TranscriptFormer)."""
 
 from __future__ import annotations
 
@@ -47,10 +47,10 @@ def gpu_only_backend(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def cpu_cluster(tmp_path_factory):
-    """A LocalCluster of CPU workers with the fake model in its catalog and pbmc uploaded."""
+def cpu_cluster(tmp_path_factory, dask_scheduler):
+    """The session's Dask cluster of CPU workers, with the fake model in the catalog and pbmc uploaded."""
     settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path_factory.mktemp("gpu-only-home")),
-                                  "HELICAL_PLATFORM_WORKERS": "1", "HELICAL_PLATFORM_DEVICE": "auto"})
+                                  "HELICAL_PLATFORM_DEVICE": "auto", "DASK_SCHEDULER_ADDRESS": dask_scheduler})
     p = Platform(settings)
     p.compute(timeout=180)
     with write_session(p.engine) as s:

@@ -177,17 +177,18 @@ def test_allowed_downloads_fetch_helicals_own_links_into_its_cache(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_a_nicheformer_run_on_the_dask_cluster_embeds_as_bare_helical(nf, nf_root, pbmc_small, tmp_path):
-    """The catalog's Nicheformer through the runs service on a LocalCluster: the server generates its files (the
-    same as this module's, same seed), the worker's actor loads them, and the annotated file's embedding equals
-    bare helical's cell by cell."""
+def test_a_nicheformer_run_on_the_dask_cluster_embeds_as_bare_helical(nf, nf_root, pbmc_small, tmp_path,
+                                                                      dask_scheduler):
+    """The catalog's Nicheformer through the runs service on the session's Dask cluster: the server generates its
+    files (the same as this module's, same seed), the worker's actor loads them, and the annotated file's embedding
+    equals bare helical's cell by cell."""
     from app.platform import Platform
     from app.settings import Settings
     from inference.run_files import ANNOTATED, PROVENANCE
     from tests.serving import wait_until
 
-    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "home"), "HELICAL_PLATFORM_WORKERS": "1",
-                                  "HELICAL_PLATFORM_DEVICE": "cpu"})
+    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "home"), "HELICAL_PLATFORM_DEVICE": "cpu",
+                                  "DASK_SCHEDULER_ADDRESS": dask_scheduler})
     platform = Platform(settings)
     try:
         model = {m.id: m for m in platform.models()}["nicheformer"]

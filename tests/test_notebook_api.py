@@ -1,5 +1,5 @@
 """The Python API (``helical_platform``) on the real path: a Platform on a real SQLite file and a real Dask
-LocalCluster, helical's classes on generated tiny checkpoints, in-memory pbmc3k cells.
+cluster (the session's), helical's classes on generated tiny checkpoints, in-memory pbmc3k cells.
 
 It must give what the command line gives for the same cells, write into the caller's object only when asked, refuse
 what an upload would refuse with the same report, and cancel the run when the kernel is interrupted."""
@@ -28,9 +28,9 @@ REF_MODEL = "geneformer"
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory):
+def platform(tmp_path_factory, dask_scheduler):
     home = tmp_path_factory.mktemp("notebook-api") / "home"
-    p = Platform(Settings.from_env({"HELICAL_PLATFORM_HOME": str(home), "HELICAL_PLATFORM_WORKERS": "1",
+    p = Platform(Settings.from_env({"HELICAL_PLATFORM_HOME": str(home), "DASK_SCHEDULER_ADDRESS": dask_scheduler,
                                     "HELICAL_PLATFORM_DEVICE": "cpu"}))
     p.compute(timeout=180)
     hp.use_local(p)

@@ -1,5 +1,5 @@
 """The runs service on a real PostgreSQL server (a throwaway cluster, tests/postgres.py): a Platform whose
-``HELICAL_PLATFORM_DB_URL`` names it, with a LocalCluster of one worker, ingests the shipped PBMC subset and runs
+``HELICAL_PLATFORM_DB_URL`` names it, on the session's Dask cluster, ingests the shipped PBMC subset and runs
 the baseline to done; the rows the worker path wrote are read back from PostgreSQL itself."""
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ def pg_url(postgres_cluster):
 
 
 @pytest.fixture(scope="module")
-def platform(pg_url, tmp_path_factory):
+def platform(pg_url, tmp_path_factory, dask_scheduler):
     settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path_factory.mktemp("pg-home")),
-                                  "HELICAL_PLATFORM_DB_URL": pg_url, "HELICAL_PLATFORM_WORKERS": "1",
+                                  "HELICAL_PLATFORM_DB_URL": pg_url, "DASK_SCHEDULER_ADDRESS": dask_scheduler,
                                   "HELICAL_PLATFORM_DEVICE": "cpu"})
     p = Platform(settings).start()  # a server: its lease (a server_instances row) lives in PostgreSQL
     try:

@@ -125,10 +125,11 @@ def test_uce_is_listed_staged_and_its_vocabulary_read(uce_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_uce_run_on_the_dask_cluster_embeds_as_bare_helical(uce, uce_root, pbmc_small, tmp_path):
-    """The catalog's UCE through the runs service on a LocalCluster: the server generates its files (the same as
-    this module's, same seed), the worker's actor loads them, and the annotated file's embedding equals bare
-    helical's cell by cell."""
+def test_a_uce_run_on_the_dask_cluster_embeds_as_bare_helical(uce, uce_root, pbmc_small, tmp_path,
+                                                              dask_scheduler):
+    """The catalog's UCE through the runs service on the session's Dask cluster: the server generates its files
+    (the same as this module's, same seed), the worker's actor loads them, and the annotated file's embedding
+    equals bare helical's cell by cell."""
     import anndata as ad
 
     from app.platform import Platform
@@ -136,8 +137,8 @@ def test_a_uce_run_on_the_dask_cluster_embeds_as_bare_helical(uce, uce_root, pbm
     from inference.run_files import ANNOTATED, PROVENANCE
     from tests.serving import wait_until
 
-    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "home"), "HELICAL_PLATFORM_WORKERS": "1",
-                                  "HELICAL_PLATFORM_DEVICE": "cpu"})
+    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "home"), "HELICAL_PLATFORM_DEVICE": "cpu",
+                                  "DASK_SCHEDULER_ADDRESS": dask_scheduler})
     platform = Platform(settings)
     try:
         model = {m.id: m for m in platform.models()}["uce"]
