@@ -2,7 +2,8 @@
 a two-batch file uploaded, the application, batch and cell-type columns and two models picked, both runs followed
 to the end and opened from the run history; their UMAPs and the scIB table show the runs' own numbers.
 
-One served instance for the module; ``HELICAL_PLATFORM_UPDATE_DOCS=1`` also writes docs/images/integration.png.
+On the shared token server (``token_server``), with a file of its own and only its own runs counted;
+``HELICAL_PLATFORM_UPDATE_DOCS=1`` also writes docs/images/integration.png.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from types import SimpleNamespace
 
 import pytest
-import requests
 
+from tests.api_client import api, own_copy, settle
 from tests.conftest import PBMC, REPO, TEST_OUTPUT
 from tests.multibatch import write_multibatch
-from tests.serving import browser_page, make_serve, wait_until
+from tests.serving import browser_page, wait_until
 
 SHOTS = TEST_OUTPUT / "integration"
 LAPTOP = {"width": 1440, "height": 900}
@@ -25,12 +27,14 @@ BEST = "★"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(token_server, tmp_path_factory):
+    """The shared token server, quiet, with this module's own two-batch file (bytes no other module uploads: the
+    dashboard must meet it as new, under its own name)."""
     tmp = tmp_path_factory.mktemp("integration")
-    data = write_multibatch(PBMC, tmp / "two-labs.h5ad")
-    with make_serve(tmp, {"HELICAL_PLATFORM_WORKERS": "2"}) as s:
-        s.data = data
-        yield s
+    data = own_copy(write_multibatch(PBMC, tmp / "multibatch.h5ad"), tmp / "two-labs.h5ad", "integration-browser")
+    settle(token_server)
+    return SimpleNamespace(url=token_server.url, data=data,
+                           before={r["run_id"] for r in _integration_runs(token_server)})
 
 
 def _shot(page, name: str, locator=None) -> None:
@@ -42,8 +46,9 @@ def _shot(page, name: str, locator=None) -> None:
 
 
 def _integration_runs(server) -> list[dict]:
-    return [r for r in requests.get(server.url + "/api/runs", timeout=60).json()
-            if r["application"] == "embedding-integration"]
+    """The integration runs this module submitted (the shared server holds other modules' too)."""
+    return [r for r in api(server, "GET", "/api/runs").json()
+            if r["application"] == "embedding-integration" and r["run_id"] not in getattr(server, "before", ())]
 
 
 def _fits(page, *selectors: str) -> None:
@@ -109,8 +114,7 @@ def test_two_models_integrated_side_by_side_in_a_browser(server):
         names = {"baseline": "Baseline", "harmony": "Harmony"}
         scores = {}
         for run in runs:
-            metrics = requests.get(server.url + f"/api/results/{run['run_id']}", params={"limit": 0},
-                                   timeout=60).json()["metrics"]
+            metrics = api(server, "GET", f"/api/results/{run['run_id']}", params={"limit": 0}).json()["metrics"]
             values = {**metrics["metrics"], **metrics["aggregates"]}
             assert set(metrics["metrics"]) == {"Isolated labels", "KMeans NMI", "KMeans ARI", "Silhouette label",
                                                "cLISI", "BRAS", "iLISI", "KBET", "Graph connectivity",
