@@ -9,7 +9,8 @@ on for those the two packages define, before their first compile. The cache live
 package's ``__pycache__`` when writable, else the account's cache folder, or ``NUMBA_CACHE_DIR``; it is keyed by
 the source file, so a new umap-learn version compiles afresh. A kernel numba has no folder to write for stays
 compiled per process. Kernels that take another kernel as an argument (pynndescent's NN-descent, used above
-4,096 cells: most of the 12 s of that 5,000-cell fit) are still compiled per process: numba cannot key them across processes.
+4,096 cells: most of the 12 s of that 5,000-cell fit) are still compiled per process: numba cannot key them
+across processes.
 
 The cache is code that numba loads: ``NUMBA_CACHE_DIR`` must be a folder only the server's account can write.
 """
