@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 LAYOUT = r"""
@@ -37,6 +39,7 @@ def _layout(cache_dir) -> dict:  # noqa: ANN001
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # two fresh processes, one of them compiling: about 25 s
 def test_a_second_process_compiles_no_umap_kernel_and_lays_out_the_same(tmp_path):
     first = _layout(tmp_path)
     umap_kernels = [k for k in first["compiled"] if k.startswith("umap.")]
