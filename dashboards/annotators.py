@@ -89,6 +89,7 @@ class AnnotatorsView(PlatformView):
                                           layout="fit_columns", widths=WIDTHS,
                                           stylesheets=[FITTING_TABLE])
         self.table.param.watch(self._on_select, "selection")
+        self.table.on_click(self._on_click)  # a click always shows its row: Tabulator's own toggle can drop it
         self.details = pn.pane.Markdown("Select an annotator to see its classes and Cell Ontology terms.",
                                         css_classes=["annotator-details"], sizing_mode="stretch_width",
                                         styles={"font-size": "0.9em"})
@@ -116,8 +117,19 @@ class AnnotatorsView(PlatformView):
             self.selected = ""
 
     def _on_select(self, event) -> None:  # noqa: ANN001
+        """Selection by keyboard or a row's handle; a deselection keeps the details (a click re-selects)."""
         frame = self.table.value
-        self.selected = str(frame["id"].iloc[event.new[0]]) if event.new and len(frame) > event.new[0] else ""
+        if event.new and len(frame) > event.new[0]:
+            self.selected = str(frame["id"].iloc[event.new[0]])
+
+    def _on_click(self, event) -> None:  # noqa: ANN001 - panel's CellClickEvent
+        """Show the clicked row, even when Tabulator took the click as a toggle off or lost it in a redraw."""
+        frame = self.table.value
+        if event.row is None or not 0 <= event.row < len(frame):
+            return
+        self.selected = str(frame["id"].iloc[event.row])
+        if self.table.selection != [event.row]:
+            self.table.selection = [event.row]
 
     @param.depends("selected", watch=True)
     def _show_selected(self) -> None:

@@ -540,6 +540,14 @@ def test_the_annotators_table_says_what_each_is_and_deletes_only_what_is_not_bui
     row_of = {row_id: i for i, row_id in enumerate(view.table.value["id"])}
     view.table.selection = [row_of[builtin]]
     assert view.selected == builtin and "PBMC 3k (baseline)" in shown(view.details.object)
+    from panel.models.tabulator import CellClickEvent
+
+    view.table.selection = []  # a second click on the selected row: Tabulator toggles it off ...
+    view.table._process_event(CellClickEvent(model=None, column="name", row=row_of[builtin]))  # ... its click
+    assert view.selected == builtin and view.table.selection == [row_of[builtin]]  # still shown, still marked
+    view.table._process_event(CellClickEvent(model=None, column="author", row=row_of[kept]))  # any cell of a row
+    assert view.selected == kept and "Lab PBMC v1" in shown(view.details.object)
+    view.table.selection = [row_of[builtin]]
     asyncio.run(view._on_delete(None))  # refused by the service, in its words
     assert "is built in: it cannot be deleted" in shown(view.message.object) and len(platform.annotators.list()) == 3
     view.table.selection = [row_of[kept]]
