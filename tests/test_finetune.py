@@ -266,12 +266,14 @@ def test_fine_tune_on_the_cluster_then_annotate_another_query_with_the_saved_ann
 
 
 @pytest.mark.slow
-def test_the_command_line_fine_tunes_an_annotator_once_and_annotates_with_it(files, tiny_weights, tmp_path):
+def test_the_command_line_fine_tunes_an_annotator_once_and_annotates_with_it(files, tiny_weights, tmp_path, monkeypatch,
+                                                                          capsys):
     import os
     import shutil
     import subprocess
     import sys
 
+    from tests.cli_inprocess import run_main
     from tests.conftest import REPO
 
     ref, query = files
@@ -289,13 +291,15 @@ def test_the_command_line_fine_tunes_an_annotator_once_and_annotates_with_it(fil
     assert "[fine-tuning: epoch 1/1, loss" in trained.stderr and "untrained" in trained.stderr
     assert "PBMC tuned" in trained.stdout and "fine_tuned_linear" in trained.stdout
     out = tmp_path / "annotated.h5ad"
-    used = run("annotate", "--annotator", "PBMC tuned", "--query", str(query), "--truth-column", "celltype",
-               "--out", str(out))
-    assert used.returncode == 0, used.stderr[-3000:]
-    assert "macro-F1" in used.stdout and set(ad.read_h5ad(out).obs["predicted_label"]) <= {*TYPES, "unassigned"}
-    wrong = run("annotate", "--model", "baseline", "--head", "knn", "--epochs", "3", "--query", str(query),
-                "--reference", str(ref), "--label-column", "celltype", "--out", str(tmp_path / "x.h5ad"))
-    assert wrong.returncode != 0 and "apply to head = fine-tune only" in wrong.stderr
+    monkeypatch.setenv("HELICAL_PLATFORM_HOME", str(home))  # the later calls: the command's main in this process
+    code, used_out, used_err = run_main(capsys, "annotate", "--annotator", "PBMC tuned", "--query", str(query),
+                                        "--truth-column", "celltype", "--out", str(out))
+    assert code == 0, used_err[-3000:]
+    assert "macro-F1" in used_out and set(ad.read_h5ad(out).obs["predicted_label"]) <= {*TYPES, "unassigned"}
+    code, _, wrong_err = run_main(capsys, "annotate", "--model", "baseline", "--head", "knn", "--epochs", "3",
+                                  "--query", str(query), "--reference", str(ref), "--label-column", "celltype",
+                                  "--out", str(tmp_path / "x.h5ad"))
+    assert code != 0 and "apply to head = fine-tune only" in wrong_err
 
 
 def test_each_epoch_sees_every_training_cell_once_in_batches_of_similar_length():

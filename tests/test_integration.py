@@ -369,36 +369,43 @@ def test_dataset_deletion_takes_its_embeddings_and_waits_for_active_runs(platfor
 
 
 @pytest.mark.slow
-def test_the_command_line_integrates_and_manages_datasets(tmp_path, multibatch):
+def test_the_command_line_integrates_and_manages_datasets(tmp_path, multibatch, monkeypatch, capsys):
     """`helical-platform integrate` writes every model's embedding and UMAP with the metrics table; a second call
-    embeds nothing (the data home's store); `datasets` lists, shows and deletes what the server would."""
+    embeds nothing (the data home's store); `datasets` lists, shows and deletes what the server would. The first
+    call goes through the installed command; the others call its ``main`` in this process (the same parser and
+    code, without a Python start and torch's import each: tests/cli_inprocess.py)."""
     import json
     import os
     import shutil
     import subprocess
 
+    from tests.cli_inprocess import run_main
     from tests.conftest import REPO
 
     env = {**os.environ, "HELICAL_PLATFORM_HOME": str(tmp_path / "home")}
     cli = shutil.which("helical-platform") or str(Path(os.sys.executable).parent / "helical-platform")
     out = tmp_path / "integrated.h5ad"
-    args = [cli, "integrate", str(multibatch), "--models", "baseline,harmony", "--batch-column", "batch",
+    args = ["integrate", str(multibatch), "--models", "baseline,harmony", "--batch-column", "batch",
             "--label-column", "celltype", "--out", str(out)]
-    done = subprocess.run(args, env=env, capture_output=True, text=True, cwd=REPO, timeout=900)
+    done = subprocess.run([cli, *args], env=env, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert done.returncode == 0, done.stderr
     assert "Batch correction" in done.stdout and "[integration metrics]" in done.stderr
     result = ad.read_h5ad(out)
     assert {"X_baseline", "X_harmony", "X_umap_baseline", "X_umap_harmony"} <= set(result.obsm)
     table = json.loads(result.uns["helical_platform"]["integration_metrics_json"])
     assert table["harmony"]["aggregates"]["Batch correction"] > table["baseline"]["aggregates"]["Batch correction"]
-    again = subprocess.run(args[:4] + ["baseline", *args[5:]], env=env, capture_output=True, text=True, cwd=REPO,
-                           timeout=900)
-    assert again.returncode == 0 and "[embedding: embeddings reused]" in again.stderr, again.stderr
+
+    monkeypatch.setenv("HELICAL_PLATFORM_HOME", str(tmp_path / "home"))
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        return run_main(capsys, *argv)
+
+    code, _, err = run(*args[:3], "baseline", *args[4:])
+    assert code == 0 and "[embedding: embeddings reused]" in err, err
     for extra, words in ((["--batch-column", "nope"], "'nope' cannot be the batch column"),
                          (["--models", "baseline,unknown"], "Unknown model 'unknown'")):
-        bad = subprocess.run(args + extra, env=env, capture_output=True, text=True, cwd=REPO,
-                             timeout=300)
-        assert bad.returncode == 1 and words in bad.stderr, bad.stderr
+        code, _, err = run(*args, *extra)
+        assert code == 1 and words in err, err
 
     from app.platform import Platform
     from app.settings import Settings
@@ -409,13 +416,10 @@ def test_the_command_line_integrates_and_manages_datasets(tmp_path, multibatch):
             ds = p.datasets.ingest(fh, multibatch.name)  # the same bytes: its stored embeddings are the CLI's
     finally:
         p.close()
-    listed = subprocess.run([cli, "datasets", "list"], env=env, capture_output=True, text=True, timeout=300)
-    assert ds.id in listed.stdout and "embeddings" in listed.stdout and " 0.0 MB" not in listed.stdout.split(
-        "embeddings")[-1]
-    shown = subprocess.run([cli, "datasets", "embeddings", ds.id], env=env, capture_output=True, text=True,
-                           timeout=300)
-    assert json.loads(shown.stdout)["bytes"] > 0
-    deleted = subprocess.run([cli, "datasets", "delete", ds.id], env=env, capture_output=True, text=True,
-                             timeout=300)
-    assert deleted.returncode == 0, deleted.stderr
+    code, listed, _ = run("datasets", "list")
+    assert ds.id in listed and "embeddings" in listed and " 0.0 MB" not in listed.split("embeddings")[-1]
+    code, shown, _ = run("datasets", "embeddings", ds.id)
+    assert json.loads(shown)["bytes"] > 0
+    code, _, err = run("datasets", "delete", ds.id)
+    assert code == 0, err
     assert not (tmp_path / "home" / "embeddings" / ds.sha256).exists()

@@ -305,8 +305,16 @@ def test_the_head_gives_scikit_learns_probabilities_and_temperature_changes_only
 
 
 @pytest.mark.slow
-def test_the_command_line_annotates_and_checks(split_files, tmp_path):
+def test_the_command_line_annotates_and_checks(split_files, tmp_path, monkeypatch, capsys):
+    """The first call goes through the installed command; the others call its ``main`` in this process (the same
+    parser and code, without a Python start and torch's import each: tests/cli_inprocess.py)."""
+    from tests.cli_inprocess import run_main
+
     ref, query = split_files
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        return run_main(capsys, *argv)
+
     env = {**os.environ, "HELICAL_PLATFORM_HOME": str(tmp_path / "home")}
     cli = shutil.which("helical-platform") or str(Path(os.sys.executable).parent / "helical-platform")
     out = tmp_path / "annotated.h5ad"
@@ -318,26 +326,25 @@ def test_the_command_line_annotates_and_checks(split_files, tmp_path):
     assert "expected calibration error" in done.stdout
     assert "predicted_label" in ad.read_h5ad(out).obs
     assert "predicted_label" in pd.read_csv(out.with_suffix(".csv")).columns
-    common = [cli, "annotate", "--model", "baseline", "--reference", str(ref), "--label-column", "celltype",
+    monkeypatch.setenv("HELICAL_PLATFORM_HOME", str(tmp_path / "home"))
+    common = ["annotate", "--model", "baseline", "--reference", str(ref), "--label-column", "celltype",
               "--query", str(query), "--truth-column", "celltype", "--out", str(tmp_path / "knn.h5ad")]
-    knn = subprocess.run(common + ["--head", "knn", "--k", "3", "--majority-voting", "--novelty-threshold", "0.01"],
-                         env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert knn.returncode == 0, knn.stderr
-    assert "majority voting (" in knn.stdout and "[majority voting]" in knn.stderr
+    code, knn_out, knn_err = run(*common, "--head", "knn", "--k", "3", "--majority-voting", "--novelty-threshold",
+                                 "0.01")
+    assert code == 0, knn_err
+    assert "majority voting (" in knn_out and "[majority voting]" in knn_err
     annotated = ad.read_h5ad(tmp_path / "knn.h5ad")
     assert {"majority_voting", "over_clustering", "reference_fit", "unassigned_reason"} <= set(annotated.obs)
     assert json.loads(annotated.uns["helical_platform"]["provenance_json"])["head"]["k"] == 3
     for extra, words in ((["--head", "knn", "--k", "100000"], "larger than the reference"),
                          (["--novelty-threshold", "2"], "novelty_threshold must lie between 0 and 1")):
-        refused = subprocess.run(common + extra, env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
-        assert refused.returncode == 1 and words in refused.stderr, refused.stderr
-    check = subprocess.run([cli, "check", str(query), "--json"], env=env, capture_output=True, text=True,
-                           timeout=300)
-    assert check.returncode == 0 and json.loads(check.stdout)["label_columns"]["celltype"]
+        code, _, err = run(*common, *extra)
+        assert code == 1 and words in err, err
+    code, checked, _ = run("check", str(query), "--json")
+    assert code == 0 and json.loads(checked)["label_columns"]["celltype"]
     (tmp_path / "broken.h5ad").write_bytes(b"")
-    bad = subprocess.run([cli, "check", str(tmp_path / "broken.h5ad")], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert bad.returncode == 1 and "empty (0 bytes)" in bad.stdout
+    code, checked, _ = run("check", str(tmp_path / "broken.h5ad"))
+    assert code == 1 and "empty (0 bytes)" in checked
 
 
 def test_umap_takes_every_cell_up_to_a_size_and_a_seeded_sample_beyond_and_says_so():
