@@ -117,28 +117,98 @@ def test_validation_reads_a_sparse_matrix_in_bounded_memory(folder, monkeypatch,
            request.node.nodeid)
 
 
-def test_a_check_that_crashes_or_hangs_ends_its_own_process_only(folder, request):
+def _check_processes(me: psutil.Process) -> tuple[set[int], list[psutil.Process]]:
+    """(this process's check servers, the check processes under it: forked by a check server or spawned)."""
+    servers, checks = set(), []
+    for c in me.children(recursive=True):
+        try:
+            line = " ".join(c.cmdline())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if "inference.check_sandbox" in line:
+            (servers.add(c.pid) if line.endswith("--serve") and c.ppid() == me.pid else checks.append(c))
+    return servers, checks
+
+
+@pytest.mark.parametrize("check_server", [True, False], ids=["forked", "spawned"])
+def test_a_check_that_crashes_or_hangs_ends_its_own_process_only(folder, request, monkeypatch, check_server):
+    """Forked from the check server (each server's own) or, when there is none, spawned: a check killed by
+    SIGSEGV or past its time limit is refused in words, takes nothing else down and leaves no process behind."""
+    from inference import check_sandbox
+
+    monkeypatch.setattr(check_sandbox, "USE_CHECK_SERVER", check_server)
     path = H.valid(folder)
+    me = psutil.Process()
+
+    def started(outcome: dict, timeout_s: int) -> tuple[threading.Thread, psutil.Process]:
+        worker = threading.Thread(target=lambda: outcome.update(check_isolated(path, path.name, {}, 4096,
+                                                                               timeout_s)))
+        worker.start()
+        child, deadline = None, time.monotonic() + 60
+        while child is None and time.monotonic() < deadline:
+            child = next(iter(_check_processes(me)[1]), None)
+        assert child is not None, "the check ran in this process, not in a child"
+        return worker, child
+
     outcome: dict = {}
-    worker = threading.Thread(target=lambda: outcome.update(check_isolated(path, path.name, {}, 4096, 120)))
-    worker.start()
-    me, child, deadline = psutil.Process(), None, time.monotonic() + 60
-    while child is None and time.monotonic() < deadline:
-        child = next((c for c in me.children() if "inference.check_sandbox" in " ".join(c.cmdline())), None)
-        time.sleep(0.02)
-    assert child is not None, "the check ran in this process, not in a child"
+    worker, child = started(outcome, 120)
+    servers = _check_processes(me)[0]
+    assert (child.ppid() in servers) if check_server else (child.ppid() == me.pid), (servers, child)
     env = child.environ()
     child.send_signal(signal.SIGSEGV)  # what scipy did on indices outside the matrix before the gate
     worker.join(60)
     assert outcome["ok"] is False and "crashed" in outcome["errors"][0]["message"], outcome
     assert CheckReport(outcome).unreadable
     assert not any(k.startswith("HELICAL_PLATFORM") for k in env), sorted(env)  # no secret handed down
-    slow = check_isolated(path, path.name, {}, 4096, 1)
-    assert "longer than 1 s" in slow["errors"][0]["message"]
-    assert not [c for c in me.children() if "inference.check_sandbox" in " ".join(c.cmdline())]
-    record("security", "The first check crashes (SIGSEGV) or hangs", "a check process killed by SIGSEGV; one "
-           "past its time limit", f"refused: {outcome['errors'][0]['message'][:120]}", "the asking process alive, "
-           "no child left", request.node.nodeid)
+    for _ in range(5):  # a check that hangs: stopped (SIGSTOP) as soon as it is seen, before its ~0.2 s are over
+        slow: dict = {}
+        worker, child = started(slow, 1)
+        try:
+            child.suspend()  # it never ends by itself; the time limit's SIGKILL still ends it
+        except psutil.NoSuchProcess:
+            pass
+        worker.join(60)
+        if not slow["ok"]:
+            break
+    assert "longer than 1 s" in slow["errors"][0]["message"], slow
+    left_servers, left_checks = _check_processes(me)
+    assert not left_checks and left_servers == servers  # the check server outlived both of its children
+    assert check_isolated(path, path.name, {}, 4096, 120)["ok"]  # and checks the next file
+    record("security", f"The first check crashes (SIGSEGV) or hangs ({request.node.callspec.id})",
+           "a check process killed by SIGSEGV; one past its time limit",
+           f"refused: {outcome['errors'][0]['message'][:120]}", "the asking process alive, no check process left",
+           request.node.nodeid)
+
+
+def test_a_check_server_that_ends_under_a_check_takes_its_check_along_and_refuses_no_good_file(folder, request):
+    """The check server killed while its child checks a good file: the child dies with it (never an orphan), the
+    check runs again in a spawned interpreter and the file passes; the next check gets a new check server."""
+    path = H.valid(folder)
+    me = psutil.Process()
+    assert check_isolated(path, path.name, {}, 4096, 120)["ok"]  # the check server is up
+    outcome: dict = {}
+    for _ in range(5):  # the child stopped (SIGSTOP) as soon as it is seen, before its ~0.2 s are over
+        worker = threading.Thread(target=lambda: outcome.update(check_isolated(path, path.name, {}, 4096, 120)))
+        worker.start()
+        child, deadline = None, time.monotonic() + 60
+        while child is None and time.monotonic() < deadline:
+            servers, checks = _check_processes(me)
+            child = next((c for c in checks if c.ppid() in servers), None)
+        try:
+            child.suspend()
+            break
+        except psutil.NoSuchProcess:
+            worker.join(60)
+    (server,) = servers
+    psutil.Process(server).kill()
+    worker.join(120)
+    assert outcome["ok"], outcome  # checked again, spawned: a good file is not refused for the server's sake
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, "the check outlived its server"
+    assert check_isolated(path, path.name, {}, 4096, 120)["ok"]
+    assert _check_processes(me)[0] - {server}, "no new check server"
+    record("security", "The check server killed under a check", "SIGKILL to the check server while its child "
+           "checks a good file", "the child ended with it; the file checked again in a spawned interpreter, "
+           "accepted", "no orphan check; a new check server for the next file", request.node.nodeid)
 
 
 def test_a_decompression_bomb_is_refused_by_the_checks_memory_limit(folder, request):
