@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,6 +15,8 @@ from pathlib import Path
 import requests
 
 from tests.conftest import REPO, free_port
+from tests.generated_weights import OWN_WEIGHTS
+from tests.generated_weights import seed as seed_generated_weights
 
 CHROMIUM = os.environ.get("HELICAL_PLATFORM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -32,30 +31,6 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-# The generated (untrained) weights the session's first served instance wrote into its fresh data home: later
-# fresh homes get a copy, as if they had generated them (the same files; ~5 s of each start on the 2-core VM).
-# Not for an instance given its own home, weights or generation setting: those test what a server does itself.
-_GENERATED: list[Path] = []
-_OWN_WEIGHTS = ("HELICAL_PLATFORM_HOME", "HELICAL_PLATFORM_WEIGHTS", "HELICAL_PLATFORM_GENERATE_WEIGHTS")
-
-
-def _seed_generated_weights(home: Path, extra_env: dict[str, str]) -> bool:
-    if _GENERATED and not any(k in extra_env for k in _OWN_WEIGHTS):
-        shutil.copytree(_GENERATED[0], home / "weights-generated")
-        return True
-    return False
-
-
-def _keep_generated_weights(home: Path, extra_env: dict[str, str]) -> None:
-    made = home / "weights-generated"
-    if _GENERATED or any(k in extra_env for k in _OWN_WEIGHTS) or not (made / "manifest.json").is_file():
-        return
-    cache = Path(tempfile.mkdtemp(prefix="helical-test-weights-"))
-    atexit.register(shutil.rmtree, cache, True)
-    shutil.copytree(made, cache / "weights-generated")
-    _GENERATED.append(cache / "weights-generated")
-
-
 @contextmanager
 def make_serve(tmp: Path, extra_env: dict[str, str] | None = None, timeout: float = 240) -> Iterator[Server]:
     """Run `make serve` on a free port and a fresh data home until the block ends."""
@@ -64,7 +39,8 @@ def make_serve(tmp: Path, extra_env: dict[str, str] | None = None, timeout: floa
     extra_env = extra_env or {}
     env = {**os.environ, "HELICAL_PLATFORM_PORT": str(port), "HELICAL_PLATFORM_HOME": str(home),
            "HELICAL_PLATFORM_WORKERS": "1", **extra_env}
-    seeded = _seed_generated_weights(home, extra_env)
+    if not any(k in extra_env for k in OWN_WEIGHTS):
+        seed_generated_weights(home)  # what this fresh home would generate first (tests/generated_weights.py)
     log_path = tmp / "serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(["make", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -73,8 +49,6 @@ def make_serve(tmp: Path, extra_env: dict[str, str] | None = None, timeout: floa
     try:
         wait_until(lambda: _answers(server), timeout, "the server to answer")
         _check_settings(server, env)
-        if not seeded:
-            _keep_generated_weights(home, extra_env)
         yield server
     finally:
         try:

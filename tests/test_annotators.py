@@ -249,19 +249,12 @@ def test_the_built_in_pbmc_annotator_is_there_at_first_start_and_annotates_unlab
 
 
 @pytest.mark.slow
-def test_the_command_line_lists_uses_exports_and_refuses(homes, files, tmp_path):
-    import os
-    import shutil
-    import subprocess
-    import sys
+def test_the_command_line_lists_uses_exports_and_refuses(homes, files, tmp_path, capsys, monkeypatch):
+    from tests.cli_inprocess import runner
 
     _, elsewhere = homes
     _, query = files
-    env = {**os.environ, "HELICAL_PLATFORM_HOME": str(elsewhere.home)}
-    cli = shutil.which("helical-platform") or str(Path(sys.executable).parent / "helical-platform")
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=600)
+    run = runner(capsys, monkeypatch, elsewhere.home)  # the installed command first, then its main
 
     listed = run("annotators", "list")
     assert listed.returncode == 0 and "PBMC 3k (baseline)" in listed.stdout and "held-out macro-F1" in listed.stdout

@@ -22,6 +22,7 @@ from inference.finetune_files import read_fine_tuned, save_fine_tuned
 from inference.pipeline import AnnotationJob, run_annotation
 from tests.finetune_support import TUNING, TYPES, job, probabilities, write_files
 from tests.finetune_support import tuned_run as tuned_run_of
+from tests.generated_weights import seed as seed_generated_weights
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +230,8 @@ def test_fine_tune_on_the_cluster_then_annotate_another_query_with_the_saved_ann
     from store.tables import AnnotatorEntry
     from tests.serving import wait_until
 
-    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path / "home"), "HELICAL_PLATFORM_DEVICE": "cpu",
-                                  "DASK_SCHEDULER_ADDRESS": dask_scheduler})
+    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(seed_generated_weights(tmp_path / "home")),
+                                  "HELICAL_PLATFORM_DEVICE": "cpu", "DASK_SCHEDULER_ADDRESS": dask_scheduler})
     platform = Platform(settings)
 
     def finish(run_id: str) -> dict:

@@ -23,6 +23,7 @@ from inference.devices import NEEDS_GPU, GpuRequired, choose_device, device_labe
 from store.engine import write_session
 from store.tables import ModelEntry
 from tests.conftest import PBMC
+from tests.generated_weights import seed as seed_generated_weights
 
 pytestmark = pytest.mark.slow  # a module fixture starts a Dask cluster: not for the edit loop
 
@@ -49,7 +50,8 @@ def gpu_only_backend(monkeypatch):
 @pytest.fixture(scope="module")
 def cpu_cluster(tmp_path_factory, dask_scheduler):
     """The session's Dask cluster of CPU workers, with the fake model in the catalog and pbmc uploaded."""
-    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path_factory.mktemp("gpu-only-home")),
+    home = seed_generated_weights(tmp_path_factory.mktemp("gpu-only-home"))
+    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(home),
                                   "HELICAL_PLATFORM_DEVICE": "auto", "DASK_SCHEDULER_ADDRESS": dask_scheduler})
     p = Platform(settings)
     p.compute(timeout=180)

@@ -9,11 +9,12 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
+from tests.generated_weights import seed as seed_generated_weights
 
 
 @pytest.mark.slow
 def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("HELICAL_PLATFORM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HELICAL_PLATFORM_HOME", str(seed_generated_weights(tmp_path / "home")))
     monkeypatch.setenv("HELICAL_PLATFORM_WORKERS", "1")
     nb = nbformat.read(REPO / "examples" / "quickstart.ipynb", as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}},

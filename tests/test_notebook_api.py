@@ -19,6 +19,7 @@ from app.platform import Platform
 from app.settings import Settings
 from store.tables import RunStatus
 from tests.conftest import PBMC
+from tests.generated_weights import seed as seed_generated_weights
 from tests.multibatch import with_batch_effect
 
 pytestmark = pytest.mark.slow  # a module fixture starts a Dask cluster: not for the edit loop
@@ -29,7 +30,7 @@ REF_MODEL = "geneformer"
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory, dask_scheduler):
-    home = tmp_path_factory.mktemp("notebook-api") / "home"
+    home = seed_generated_weights(tmp_path_factory.mktemp("notebook-api") / "home")
     p = Platform(Settings.from_env({"HELICAL_PLATFORM_HOME": str(home), "DASK_SCHEDULER_ADDRESS": dask_scheduler,
                                     "HELICAL_PLATFORM_DEVICE": "cpu"}))
     p.compute(timeout=180)

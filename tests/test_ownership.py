@@ -17,6 +17,7 @@ import pytest
 
 from tests.api_client import TOKEN, api, upload, wait_run
 from tests.conftest import PBMC, REPO
+from tests.generated_weights import seed as seed_generated_weights
 from tests.reliability import record
 from tests.serving import make_serve, wait_until
 
@@ -33,7 +34,8 @@ def servers(request, tmp_path_factory):
     env = {"HELICAL_PLATFORM_API_TOKEN": TOKEN, "HELICAL_PLATFORM_HOME": str(home),
            "HELICAL_PLATFORM_LEASE_S": str(LEASE_S)}
     database = None
-    if request.param == "postgresql":
+    if request.param == "postgresql":  # the SQLite pair's A generates the weights itself; this pair's home has them
+        seed_generated_weights(home)
         cluster = request.getfixturevalue("postgres_cluster")
         database = cluster.create_database("replicas")
         env["HELICAL_PLATFORM_DB_URL"] = database

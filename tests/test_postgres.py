@@ -12,6 +12,7 @@ from app.settings import Settings
 from store.engine import read_session, schema_version
 from store.tables import SCHEMA_VERSION, Dataset, Run, ServerInstance
 from tests.conftest import PBMC
+from tests.generated_weights import seed as seed_generated_weights
 from tests.serving import wait_until
 
 FINISHED = ("done", "failed", "cancelled")
@@ -26,7 +27,8 @@ def pg_url(postgres_cluster):
 
 @pytest.fixture(scope="module")
 def platform(pg_url, tmp_path_factory, dask_scheduler):
-    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(tmp_path_factory.mktemp("pg-home")),
+    home = seed_generated_weights(tmp_path_factory.mktemp("pg-home"))
+    settings = Settings.from_env({"HELICAL_PLATFORM_HOME": str(home),
                                   "HELICAL_PLATFORM_DB_URL": pg_url, "DASK_SCHEDULER_ADDRESS": dask_scheduler,
                                   "HELICAL_PLATFORM_DEVICE": "cpu"})
     p = Platform(settings).start()  # a server: its lease (a server_instances row) lives in PostgreSQL

@@ -17,6 +17,7 @@ from app.settings import Settings
 from store.engine import write_session
 from store.tables import Run
 from tests.conftest import PBMC
+from tests.generated_weights import seed as seed_generated_weights
 from tests.reliability import record
 from tests.serving import wait_until
 
@@ -38,7 +39,7 @@ def _wait(platform: Platform, run_id: str, timeout: float = 300) -> dict:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
-    p = Platform(_settings(tmp_path_factory.mktemp("runs-home")))
+    p = Platform(_settings(seed_generated_weights(tmp_path_factory.mktemp("runs-home"))))
     p.compute(timeout=180)
     yield p
     p.close()
@@ -159,7 +160,7 @@ def test_runs_on_a_cluster_started_with_the_dask_command_line(tmp_path):
         import json
 
         address = json.loads(scheduler_file.read_text())["address"]
-        platform = Platform(_settings(tmp_path / "home", DASK_SCHEDULER_ADDRESS=address))
+        platform = Platform(_settings(seed_generated_weights(tmp_path / "home"), DASK_SCHEDULER_ADDRESS=address))
         try:
             compute = platform.compute(timeout=60)
             assert compute.cluster is None  # connected, started nothing
@@ -197,7 +198,7 @@ def test_a_run_submitted_while_the_cluster_starts_waits_for_it_instead_of_failin
 
     monkeypatch.setattr(platform_module, "start_compute", held_start)
     monkeypatch.setattr(Platform, "compute", compute)
-    platform = Platform(_settings(tmp_path / "home", HELICAL_PLATFORM_WORKERS="1"))
+    platform = Platform(_settings(seed_generated_weights(tmp_path / "home"), HELICAL_PLATFORM_WORKERS="1"))
     try:
         with open(PBMC, "rb") as fh:
             ds = platform.datasets.ingest(fh, "pbmc.h5ad")

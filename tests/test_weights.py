@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -21,7 +19,7 @@ from inference.weights import (
     required_files,
 )
 from inference.weights_stage import stage, verify
-from tests.conftest import REPO, TINY_VARIANTS
+from tests.conftest import TINY_VARIANTS
 
 
 def test_our_layout_is_helicals_own_download_list():
@@ -142,12 +140,13 @@ def test_a_mismatched_geneformer_config_is_refused(tiny_weights, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_weights_command_line_end_to_end(tmp_path):
-    env = {**os.environ, "HELICAL_PLATFORM_HOME": str(tmp_path / "home")}
-    cli = shutil.which("helical-platform") or str(Path(os.sys.executable).parent / "helical-platform")
+def test_the_weights_command_line_end_to_end(tmp_path, capsys, monkeypatch):
+    from tests.cli_inprocess import runner
+
+    command = runner(capsys, monkeypatch, tmp_path / "home")  # the installed command first, then its main
 
     def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([cli, *args], env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+        done = command(*args)
         assert (done.returncode == 0) == ok, done.stdout + done.stderr
         return done
 
