@@ -15,10 +15,14 @@ OWN_WEIGHTS = ("HELICAL_PLATFORM_HOME", "HELICAL_PLATFORM_WEIGHTS", "HELICAL_PLA
 
 
 def seed(home: Path) -> Path:
-    """``home`` with the session's generated weights in it (``home / 'weights-generated'``); returns ``home``."""
+    """``home`` with the session's generated weights in it (``home / 'weights-generated'``); returns ``home``. A
+    home that has generated weights already (a server started again on it) keeps its own."""
+    target = Path(home) / "weights-generated"
+    if target.exists():
+        return Path(home)
     if not _MADE:
         _MADE.append(_make())
-    shutil.copytree(_MADE[0], Path(home) / "weights-generated")
+    shutil.copytree(_MADE[0], target)
     return Path(home)
 
 

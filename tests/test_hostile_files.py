@@ -118,15 +118,22 @@ def test_validation_reads_a_sparse_matrix_in_bounded_memory(folder, monkeypatch,
 
 
 def _check_processes(me: psutil.Process) -> tuple[set[int], list[psutil.Process]]:
-    """(this process's check servers, the check processes under it: forked by a check server or spawned)."""
-    servers, checks = set(), []
-    for c in me.children(recursive=True):
+    """(this process's check servers, the check processes it started: forked by one of its check servers, or
+    spawned by it). Only this process's own: a served instance's check server is a grandchild too."""
+    def line(p: psutil.Process) -> str:
         try:
-            line = " ".join(c.cmdline())
+            return " ".join(p.cmdline())
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-        if "inference.check_sandbox" in line:
-            (servers.add(c.pid) if line.endswith("--serve") and c.ppid() == me.pid else checks.append(c))
+            return ""
+
+    mine = [c for c in me.children() if "inference.check_sandbox" in line(c)]
+    servers = {c.pid for c in mine if line(c).endswith("--serve")}
+    checks = [c for c in mine if c.pid not in servers]  # spawned
+    for pid in servers:
+        try:
+            checks += psutil.Process(pid).children()  # forked (a fork keeps its parent's command line)
+        except psutil.NoSuchProcess:
+            pass
     return servers, checks
 
 

@@ -73,7 +73,7 @@ def test_two_users_sign_in_see_whose_runs_are_whose_and_delete_only_their_own(se
         _open_run(bob, run_id)
         bob.locator(".delete-run button").click()  # first click: asks
         bob.locator(".run-message").filter(has_text="Click").first.wait_for(timeout=30_000)
-        bob.locator(".delete-run button").click()  # second: refused, alice's run kept
+        bob.locator(".delete-run button").filter(has_text="Yes, delete it").click()  # second: refused, kept
         refusal = bob.locator(".run-message").filter(has_text="belongs to alice")
         refusal.first.wait_for(timeout=30_000)
         assert _alice(server, "GET", f"/api/runs/{run_id}").status_code == 200
