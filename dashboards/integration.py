@@ -208,6 +208,14 @@ def umap_pair(cells: pd.DataFrame, label: str, batches: list[str], cell_types: l
     return plots
 
 
+def umap_panes(cells: pd.DataFrame, label: str, batches: list[str], cell_types: list[str] | None) -> pn.FlexBox:
+    """One model's maps side by side. Their axes are not linked to other panes (Panel links every HoloViews pane
+    of a layout whose axes share a name): each model's UMAP is a space of its own, and a datashaded map drawn in
+    another model's ranges left its cells outside the frame, unseen."""
+    return pn.FlexBox(*[pn.pane.HoloViews(p, css_classes=["integration-umap"], linked_axes=False)
+                        for p in umap_pair(cells, label, batches, cell_types)])
+
+
 class IntegrationView(PlatformView):
     """Every model of an integration run's group, side by side; redrawn only when a run of the group changes."""
 
@@ -293,8 +301,7 @@ class IntegrationView(PlatformView):
             untrained = r.parameters.get("weights") == "generated"
             parts.append(pn.Column(
                 self._model_line(r.id, names.get(r.model_id, r.model_id), untrained),
-                pn.FlexBox(*[pn.pane.HoloViews(p, css_classes=["integration-umap"])
-                             for p in umap_pair(cells[r.id], labels[r.id], batches, cell_types)]),
+                umap_panes(cells[r.id], labels[r.id], batches, cell_types),
                 css_classes=["integration-model"], sizing_mode="stretch_width"))
         return parts
 

@@ -156,6 +156,34 @@ def test_each_model_gets_a_umap_by_batch_and_one_by_cell_type_in_shared_colours(
     assert len(umap_pair(_cells(cell_types=False), "Harmony", ["lab-A", "lab-B"], None)) == 1
 
 
+def test_each_models_maps_keep_their_own_ranges_and_every_cell_inside_them():
+    """Two models' UMAPs in one page: each model's coordinates are a space of their own. Panel links the axes of
+    every HoloViews pane of a layout whose axes share a name, so the second model's maps were drawn in ranges
+    shared with the first's and its cells outside them were not drawn (docs/images/integration.png)."""
+    import panel as pn
+    from bokeh.models import Plot, Range1d
+
+    from dashboards.integration import NO_CELL_TYPE, umap_cells, umap_panes
+
+    first = umap_cells(_cells())
+    second = first.assign(umap_1=first["umap_1"] * 3 + 40, umap_2=first["umap_2"] * 0.5 - 25)  # far apart
+    page = pn.Column(umap_panes(first, "Baseline", ["lab-A", "lab-B"], ["B", "T", NO_CELL_TYPE]),
+                     umap_panes(second, "Harmony", ["lab-A", "lab-B"], ["B", "T", NO_CELL_TYPE]))
+    root = page.get_root()
+    figures = [f for f in root.select({"type": Plot}) if f.title is not None and f.title.text]
+    by_model = {name: [f for f in figures if f.title.text.startswith(name)] for name in ("Baseline", "Harmony")}
+    assert [len(v) for v in by_model.values()] == [2, 2], [f.title.text for f in figures]
+    for name, cells in (("Baseline", first), ("Harmony", second)):
+        for figure in by_model[name]:
+            for axis, column in ((figure.x_range, "umap_1"), (figure.y_range, "umap_2")):
+                assert isinstance(axis, Range1d)
+                low, high = sorted((axis.start, axis.end))
+                assert low <= cells[column].min() and high >= cells[column].max(), (figure.title.text, column,
+                                                                                   low, high)
+    harmony_ranges = {id(f.x_range) for f in by_model["Harmony"]}
+    assert not harmony_ranges & {id(f.x_range) for f in by_model["Baseline"]}  # zooming one never moves the other
+
+
 def test_default_columns_pick_the_batch_by_name_not_by_position():
     columns = {"celltype": {"B": 50, "T": 60, "NK": 20}, "batch": {"lab-A": 65, "lab-B": 65}}
     assert default_columns(columns) == ("batch", "celltype")
