@@ -109,9 +109,9 @@ class RunPanel(PlatformView):
                       doc="Neighbours that vote (kNN only). Blank: automatic (15, or the smallest class's size).")
     novelty = param.Number(default=0.0, bounds=(0, 1), step=0.05,
                            doc="Cells that fit the reference less than this (0-1) are left unassigned as 'does not "
-                               "fit the reference'; 0 leaves none out. Suggested: 0.05: below it a cell and its "
-                               "neighbours are further from their type than 95 % of that type's reference cells "
-                               "and theirs, once a shift the whole query shares (a stimulation) is allowed for: "
+                               "fit the reference'; 0 leaves none out. Suggested: 0.05: below it the cell, or the "
+                               "neighbourhood it sits in, lies further from its type than 97.5 % of the "
+                               "reference's, once a shift the whole query shares (a stimulation) is allowed for: "
                                "one the reference does not explain.")
     max_reference_cells = param.Integer(default=MAX_REFERENCE_CELLS, bounds=(0, None),
                                         doc="The head trains on at most about this many labelled reference cells: "
