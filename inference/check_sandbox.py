@@ -184,7 +184,11 @@ class CheckServer:
                                      env=_child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         self.alive = True
+        self._ended = False
         threading.Thread(target=self._read, name="check-server-answers", daemon=True).start()
+        # its end is seen by its exit, not only by its answers' pipe: a child forked a moment before it died may
+        # still hold that pipe open
+        threading.Thread(target=self._watch, name="check-server-watch", daemon=True).start()
 
     @classmethod
     def shared(cls) -> CheckServer | None:
@@ -246,16 +250,27 @@ class CheckServer:
                                else self._pending.pop(answer.get("id"), None))
                 if answers is not None:
                     answers.put(answer)
-        finally:  # it is gone: whoever waits hears it at once
-            with self._state:
-                self.alive = False
-                pending, self._pending = self._pending, {}
-            for answers in pending.values():
-                answers.put({"gone": True})
-            self.proc.wait()
-            if not self._answered:
-                CheckServer._failed_at = time.monotonic()
-            log.warning("the check server ended (exit %s); the next check starts another", self.proc.returncode)
+        finally:
+            self._gone()
+
+    def _watch(self) -> None:
+        self.proc.wait()
+        time.sleep(0.2)  # the answers it wrote before it ended are read first
+        self._gone()
+
+    def _gone(self) -> None:
+        """It has ended: whoever waits hears it at once (once)."""
+        with self._state:
+            if self._ended:
+                return
+            self._ended, self.alive = True, False
+            pending, self._pending = self._pending, {}
+        for answers in pending.values():
+            answers.put({"gone": True})
+        self._tmp.cleanup()  # its working folder (private, empty): gone with it
+        if not self._answered:
+            CheckServer._failed_at = time.monotonic()
+        log.warning("the check server ended; the next check starts another")
 
     def stop(self) -> None:
         with self._state:
@@ -343,9 +358,13 @@ def _serve() -> None:
         if not ready:
             continue
         data = os.read(0, 1 << 16)
-        if not data:  # the server that asked is gone: so are its checks
+        if not data:  # the server that asked is gone: so are its checks, and this one's empty working folder
             for pid in children:
                 _kill_group(pid)
+            try:
+                os.rmdir(os.getcwd())
+            except OSError:
+                pass
             return
         pending += data
         while b"\n" in pending:

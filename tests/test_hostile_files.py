@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import signal
 import threading
 import time
@@ -117,6 +118,15 @@ def test_validation_reads_a_sparse_matrix_in_bounded_memory(folder, monkeypatch,
            request.node.nodeid)
 
 
+def _running(p: psutil.Process) -> bool:
+    """Alive and set up: in a session of its own (a forked check calls setsid after asking to die with its check
+    server; a spawned one is started in its own session), so stopping it cannot catch it half made."""
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE and os.getsid(p.pid) == p.pid
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return False
+
+
 def _check_processes(me: psutil.Process) -> tuple[set[int], list[psutil.Process]]:
     """(this process's check servers, the check processes it started: forked by one of its check servers, or
     spawned by it). Only this process's own: a served instance's check server is a grandchild too."""
@@ -147,36 +157,40 @@ def test_a_check_that_crashes_or_hangs_ends_its_own_process_only(folder, request
     path = H.valid(folder)
     me = psutil.Process()
 
-    def started(outcome: dict, timeout_s: int) -> tuple[threading.Thread, psutil.Process]:
-        worker = threading.Thread(target=lambda: outcome.update(check_isolated(path, path.name, {}, 4096,
-                                                                               timeout_s)))
-        worker.start()
-        child, deadline = None, time.monotonic() + 60
-        while child is None and time.monotonic() < deadline:
-            child = next(iter(_check_processes(me)[1]), None)
-        assert child is not None, "the check ran in this process, not in a child"
-        return worker, child
+    def stopped(timeout_s: int) -> tuple[threading.Thread, dict, psutil.Process]:
+        """A check of the file, its process stopped (SIGSTOP) as soon as it is seen: a forked check is over in
+        ~0.2 s, so a check that ended first is tried again."""
+        for _ in range(5):
+            outcome: dict = {}
+            earlier = {c.pid for c in _check_processes(me)[1]}  # a check that ended may linger unreaped a moment
+            worker = threading.Thread(target=lambda o=outcome: o.update(check_isolated(path, path.name, {}, 4096,
+                                                                                       timeout_s)))
+            worker.start()
+            child, deadline = None, time.monotonic() + 60
+            while child is None and time.monotonic() < deadline and worker.is_alive():
+                child = next((c for c in _check_processes(me)[1] if c.pid not in earlier and _running(c)), None)
+            try:
+                child.suspend()
+                return worker, outcome, child
+            except (psutil.NoSuchProcess, AttributeError):  # it ended before it was seen or stopped
+                worker.join(60)
+        raise AssertionError("no check process was seen: did the check run in this process?")
 
-    outcome: dict = {}
-    worker, child = started(outcome, 120)
-    servers = _check_processes(me)[0]
-    assert (child.ppid() in servers) if check_server else (child.ppid() == me.pid), (servers, child)
-    env = child.environ()
-    child.send_signal(signal.SIGSEGV)  # what scipy did on indices outside the matrix before the gate
-    worker.join(60)
+    for _ in range(5):  # a check whose report was written before the signal landed passes: try again
+        worker, outcome, child = stopped(120)
+        servers = _check_processes(me)[0]
+        assert (child.ppid() in servers) if check_server else (child.ppid() == me.pid), (servers, child)
+        env = child.environ()
+        child.send_signal(signal.SIGSEGV)  # what scipy did on indices outside the matrix before the gate
+        child.resume()
+        worker.join(60)
+        if not outcome["ok"]:
+            break
     assert outcome["ok"] is False and "crashed" in outcome["errors"][0]["message"], outcome
     assert CheckReport(outcome).unreadable
     assert not any(k.startswith("HELICAL_PLATFORM") for k in env), sorted(env)  # no secret handed down
-    for _ in range(5):  # a check that hangs: stopped (SIGSTOP) as soon as it is seen, before its ~0.2 s are over
-        slow: dict = {}
-        worker, child = started(slow, 1)
-        try:
-            child.suspend()  # it never ends by itself; the time limit's SIGKILL still ends it
-        except psutil.NoSuchProcess:
-            pass
-        worker.join(60)
-        if not slow["ok"]:
-            break
+    worker, slow, child = stopped(1)  # a check that hangs: stopped, it never ends; the time limit's SIGKILL does
+    worker.join(60)
     assert "longer than 1 s" in slow["errors"][0]["message"], slow
     left_servers, left_checks = _check_processes(me)
     assert not left_checks and left_servers == servers  # the check server outlived both of its children
@@ -200,19 +214,24 @@ def test_a_check_server_that_ends_under_a_check_takes_its_check_along_and_refuse
         child, deadline = None, time.monotonic() + 60
         while child is None and time.monotonic() < deadline:
             servers, checks = _check_processes(me)
-            child = next((c for c in checks if c.ppid() in servers), None)
+            child = next((c for c in checks if c.ppid() in servers and _running(c)), None)
         try:
             child.suspend()
             break
         except psutil.NoSuchProcess:
             worker.join(60)
     (server,) = servers
+    from inference.check_sandbox import CheckServer
+
+    folder = Path(CheckServer._shared._tmp.name)  # its private working folder
+    assert folder.is_dir()
     psutil.Process(server).kill()
     worker.join(120)
     assert outcome["ok"], outcome  # checked again, spawned: a good file is not refused for the server's sake
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, "the check outlived its server"
     assert check_isolated(path, path.name, {}, 4096, 120)["ok"]
     assert _check_processes(me)[0] - {server}, "no new check server"
+    assert not folder.exists()  # nothing of the dead check server left in the temporary folder
     record("security", "The check server killed under a check", "SIGKILL to the check server while its child "
            "checks a good file", "the child ended with it; the file checked again in a spawned interpreter, "
            "accepted", "no orphan check; a new check server for the next file", request.node.nodeid)
